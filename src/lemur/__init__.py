@@ -1,0 +1,12 @@
+"""lemur: LEMUR multi-vector retrieval on the CPU, without PyTorch.
+
+LEMUR (Jääsaari et al., 2026) learns a small MLP psi that turns a query's token
+vectors into one vector, so that one inner-product search over a matrix W
+(one row per document) finds candidates for exact MaxSim reranking.
+"""
+
+from lemur._build_info import VERSION as __version__
+from lemur._config import show_config
+from lemur.model import ACTIVATIONS, Layer, Model
+
+__all__ = ["ACTIVATIONS", "Layer", "Model", "__version__", "show_config"]

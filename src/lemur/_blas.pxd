@@ -1,0 +1,30 @@
+# Declarations of the BLAS routines lemur calls, from scipy-openblas32's
+# cblas.h. Every symbol carries the "scipy_" prefix, so this OpenBLAS never
+# clashes with another BLAS loaded in the same process (NumPy's, PyTorch's).
+# blasint is a 32-bit int in this build: callers keep M, N, K and the leading
+# dimensions below 2**31.
+
+cdef extern from "cblas.h" nogil:
+    enum CBLAS_ORDER:
+        CblasRowMajor
+    enum CBLAS_TRANSPOSE:
+        CblasNoTrans
+        CblasTrans
+
+    void scipy_cblas_sgemm(
+        CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
+        int m, int n, int k,
+        float alpha, const float *a, int lda, const float *b, int ldb,
+        float beta, float *c, int ldc,
+    )
+    void scipy_cblas_sgemv(
+        CBLAS_ORDER order, CBLAS_TRANSPOSE trans,
+        int m, int n,
+        float alpha, const float *a, int lda, const float *x, int incx,
+        float beta, float *y, int incy,
+    )
+
+    void scipy_openblas_set_num_threads(int num_threads)
+    int scipy_openblas_get_num_threads()
+    char *scipy_openblas_get_corename()
+    char *scipy_openblas_get_config()

@@ -1,0 +1,63 @@
+"""``lemur.show_config()``: what this installation is built with and runs on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+from lemur import _build_info, _cpu, _dispatch
+from lemur._threads import available_cores, default_num_threads
+
+
+def config() -> dict[str, dict[str, object]]:
+    """The facts :func:`show_config` prints, as nested dicts."""
+    kernels = _dispatch.kernels
+    blas = kernels.blas_info()
+    openmp = kernels.openmp_info()
+    return {
+        "lemur": {
+            "version": _build_info.VERSION,
+            "compiler": _build_info.COMPILER,
+            "kernel variant": _dispatch.variant,
+            "kernel variants built": ", ".join(_build_info.KERNEL_VARIANTS),
+            "kernel variants runnable": ", ".join(_dispatch.runnable_variants()),
+        },
+        "platform": {
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "machine": f"{platform.system()} {platform.machine()}",
+            "x86-64 level": _cpu.x86_64_level(),
+            "cores available": available_cores(),
+        },
+        "threads": {
+            "default num_threads": default_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+            "OpenMP": "enabled" if openmp["enabled"] else "disabled (kernels run on one thread)",
+            "OpenMP max threads": openmp["max_threads"],
+        },
+        "blas": {
+            "library": f"scipy-openblas32 {_build_info.OPENBLAS_VERSION} (bundled)",
+            "core type": blas["corename"],
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+            "threads": blas["num_threads"],
+            "config": blas["config"],
+        },
+    }
+
+
+def show_config(mode: str = "stdout") -> dict[str, dict[str, object]] | None:
+    """Print (``mode="stdout"``) or return (``mode="dicts"``) the build and run-time
+    configuration: versions, kernel variant, BLAS core type, OpenMP and threads."""
+    facts = config()
+    if mode == "dicts":
+        return facts
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
+    for section, entries in facts.items():
+        print(f"{section}:")
+        for key, value in entries.items():
+            print(f"  {key}: {value}")
+    return None
