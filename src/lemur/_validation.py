@@ -64,6 +64,8 @@ def check_finite(array: np.ndarray, *, name: str, num_threads: int | None = None
 def check_integer_array(values: object, *, name: str, ndim: int = 1) -> np.ndarray:
     """Check an array-like of integers of the given ndim; return it as int64."""
     array = np.asarray(values)
+    if array.size == 0 and not isinstance(values, np.ndarray):
+        array = array.astype(np.int64)  # an empty list has no dtype of its own
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.ndim != ndim:

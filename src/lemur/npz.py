@@ -133,20 +133,24 @@ def _build_model(archive: _Archive, layers: list[Layer], **options: object) -> M
         raise type(exc)(f"{archive.path}: {exc}") from None
 
 
-def _read_W(archive: _Archive, model: Model) -> np.ndarray | None:
+def _read_W(archive: _Archive) -> np.ndarray | None:
+    """W as float32, checked for finiteness, or None (read before the layers, so
+    that a defective W is reported even when the layers are missing)."""
     if "W" not in archive.keys:
         return None
-    W = archive.floats("W", 2)
-    if W.shape[1] != model.feature_dim:
-        raise archive.error(
-            f"W has shape {W.shape}, but the model's last layer outputs {model.feature_dim} features"
-        )
-    W = np.ascontiguousarray(W, dtype=np.float32)
+    W = np.ascontiguousarray(archive.floats("W", 2), dtype=np.float32)
     try:
         check_finite(W, name="W")
     except ValueError as exc:
         raise archive.error(str(exc)) from None
     return W
+
+
+def _check_W_width(archive: _Archive, W: np.ndarray | None, model: Model) -> None:
+    if W is not None and W.shape[1] != model.feature_dim:
+        raise archive.error(
+            f"W has shape {W.shape}, but the model's last layer outputs {model.feature_dim} features"
+        )
 
 
 def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
@@ -177,6 +181,7 @@ def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
     num_layers = archive.integer("num_layers")
     if num_layers < 1:
         raise archive.error(f"num_layers must be >= 1, got {num_layers}")
+    W = _read_W(archive)
     model = _build_model(
         archive,
         _read_layers(archive, num_layers, kind),
@@ -185,11 +190,13 @@ def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
         output_mean=archive.real("output_mean"),
         output_std=archive.real("output_std"),
     )
-    return Contents(model, _read_W(archive, model), "lemur")
+    _check_W_width(archive, W, model)
+    return Contents(model, W, "lemur")
 
 
 def _load_fork(archive: _Archive, activation: str | None, default_activation: str) -> Contents:
     activation = check_activation(default_activation if activation is None else activation)
+    W = _read_W(archive)
     if "num_layers" in archive.keys:
         num_layers = archive.integer("num_layers")
         if num_layers < 1:
@@ -213,7 +220,8 @@ def _load_fork(archive: _Archive, activation: str | None, default_activation: st
                 f"final_hidden_dim is {final_hidden_dim}, but layer_{num_layers - 1}_weight "
                 f"outputs {model.feature_dim} features"
             )
-    return Contents(model, _read_W(archive, model), "lemur-numpy")
+    _check_W_width(archive, W, model)
+    return Contents(model, W, "lemur-numpy")
 
 
 def load(
@@ -256,11 +264,11 @@ def load(
         archive = _Archive(opened, path)
         if "lemur_format" in archive.keys:
             return _load_lemur(archive, activation)
-        if "layer_0_weight" in archive.keys:
+        if archive.keys & {"layer_0_weight", "W", "final_hidden_dim"}:
             return _load_fork(archive, activation, default_activation)
     raise ValueError(
         f"{path}: neither a lemur file (no 'lemur_format' key) nor a LEMUR-NumPy export "
-        "(no 'layer_0_weight' key)"
+        "(no 'layer_0_weight', 'W' or 'final_hidden_dim' key)"
     )
 
 
