@@ -296,3 +296,17 @@ def test_int_count_dtypes_are_accepted(small_model):
     for dtype in (np.int32, np.uint8, np.uint64, np.int16):
         assert np.array_equal(small_model.features(tokens, np.array([4, 5], dtype)), expected)
     assert np.array_equal(small_model.features(tokens, [4, 5]), expected)
+
+
+def test_concurrent_calls_from_python_threads():
+    # kernels release the GIL; calls from several threads at once stay correct
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = random_model("mlp", "gelu", dims=(32, 256))
+    tokens = random_tokens(2000, 32)
+    counts = [500, 700, 800]
+    expected = model.features(tokens, counts, num_threads=1)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda t: model.features(tokens, counts, num_threads=t), [1, 2, 1, 2] * 4))
+    for result in results:
+        assert np.array_equal(result, expected)
