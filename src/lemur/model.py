@@ -22,13 +22,7 @@ from lemur._validation import check_finite, check_vectors, counts_to_offsets
 #: Activation names accepted everywhere. "gelu" is the exact erf form of
 #: PyTorch's ``nn.GELU()``; "gelu-tanh" is its tanh approximation, which the
 #: Numba fork uses (opt in to reproduce the fork's numbers).
-ACTIVATIONS: dict[str, int] = {
-    "relu": kernels.Activation.RELU,
-    "gelu": kernels.Activation.GELU,
-    "gelu-tanh": kernels.Activation.GELU_TANH,
-    "silu": kernels.Activation.SILU,
-    "mish": kernels.Activation.MISH,
-}
+ACTIVATIONS: dict[str, int] = dict(kernels.ACTIVATION_CODES)
 
 #: Model kinds: a trained MLP, or the random features of an ELM (the original's
 #: ``epochs=0`` mode).
