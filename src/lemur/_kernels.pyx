@@ -12,6 +12,7 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 
 cimport cython
 from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -26,6 +27,7 @@ from lemur._blas cimport (
     scipy_openblas_get_num_threads,
     scipy_openblas_set_num_threads,
 )
+from lemur._selection cimport push_pair, sort_best_first
 from lemur._vector_math cimport (
     GELU,
     GELU_TANH,
@@ -36,12 +38,15 @@ from lemur._vector_math cimport (
     add_row,
     all_finite,
     apply_activation,
+    dot_product,
     exp_approx,
     layer_norm_row,
     scale_shift_and_sum,
 )
 
 import numpy as np
+
+from lemur._scratch import scratch
 
 cdef extern from *:
     """
@@ -260,7 +265,7 @@ def feature_workspace(object layers, int num_threads):
     cdef Py_ssize_t max_width = max(layer[0].shape[0] for layer in layers)
     cdef Py_ssize_t per_thread = 2 * BLOCK_ROWS * max_width
     per_thread = (per_thread + LANES - 1) // LANES * LANES   # own cache lines per thread
-    return np.empty((num_threads, per_thread), dtype=np.float32)
+    return scratch("feature blocks", (num_threads, per_thread), np.float32)
 
 
 # Features of a ragged batch of queries (pooled) or of every token (unpooled).
@@ -320,6 +325,406 @@ def gemm_nt(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int
         with nogil:
             scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k,
                               1.0, &a[0, 0], k, &b[0, 0], k, 0.0, &out[0, 0], n)
+
+
+# --------------------------------------------------------------------------
+# First stage: the k largest inner products with the rows of W.
+# --------------------------------------------------------------------------
+
+cdef enum:
+    # Largest block of W's rows scored at once.
+    MAX_DOC_BLOCK = 1024
+    # Batches of at most this many queries score W with the streaming dot
+    # kernel (each row of W read once, like a GEMV); larger ones use sgemm.
+    SMALL_BATCH = 4
+    # Queries per unit of work when the batch is split over threads.
+    QUERY_CHUNK = 64
+
+
+# scores (num_queries, num_docs) = features (num_queries, h) . W_block (num_docs, h)^T
+cdef void score_block(const float *features, Py_ssize_t num_queries, const float *W_block,
+                      Py_ssize_t num_docs, Py_ssize_t h, float *scores) noexcept nogil:
+    cdef Py_ssize_t doc, query
+    cdef const float *row
+    if num_queries <= SMALL_BATCH:
+        for doc in range(num_docs):
+            row = W_block + doc * h
+            for query in range(num_queries):
+                scores[query * num_docs + doc] = dot_product(features + query * h, row, h)
+    else:
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                          <int>num_queries, <int>num_docs, <int>h,
+                          1.0, features, <int>h, W_block, <int>h,
+                          0.0, scores, <int>num_docs)
+
+
+# Pushes the scores of documents first_doc, first_doc + 1, ... into a k-best
+# list; returns its new size. Most scores fall below the list's worst and cost
+# one comparison.
+cdef Py_ssize_t push_scores(const float *scores, Py_ssize_t num_docs, int64_t first_doc,
+                            float *best_scores, int64_t *best_indices, Py_ssize_t size,
+                            Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t doc
+    cdef float threshold = best_scores[0] if size == k else -INFINITY
+    for doc in range(num_docs):
+        if scores[doc] >= threshold:
+            size = push_pair(best_scores, best_indices, size, k, scores[doc], first_doc + doc)
+            if size == k:
+                threshold = best_scores[0]
+    return size
+
+
+# Sorts a k-best list best first and pads it to k with (-inf, -1).
+cdef void finish_list(float *best_scores, int64_t *best_indices, Py_ssize_t size,
+                      Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t position
+    sort_best_first(best_scores, best_indices, size)
+    for position in range(size, k):
+        best_scores[position] = -INFINITY
+        best_indices[position] = -1
+
+
+# The k best documents of the queries [first_query, first_query + num_queries)
+# over document blocks [first_block, end_block), into k-best lists of
+# `list_stride` entries each (query i's list at i * list_stride).
+cdef void scan_documents(const float *features, Py_ssize_t num_queries, const float *W,
+                         Py_ssize_t num_docs, Py_ssize_t h, Py_ssize_t doc_block,
+                         Py_ssize_t first_block, Py_ssize_t end_block, Py_ssize_t k,
+                         float *scores, float *best_scores, int64_t *best_indices,
+                         Py_ssize_t *sizes, Py_ssize_t list_stride) noexcept nogil:
+    cdef Py_ssize_t block, query, block_docs
+    for block in range(first_block, end_block):
+        block_docs = min(doc_block, num_docs - block * doc_block)
+        score_block(features, num_queries, W + block * doc_block * h, block_docs, h, scores)
+        for query in range(num_queries):
+            sizes[query] = push_scores(scores + query * block_docs, block_docs, block * doc_block,
+                                       best_scores + query * list_stride,
+                                       best_indices + query * list_stride, sizes[query], k)
+
+
+def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_t k,
+                          int num_threads, Py_ssize_t budget_bytes):
+    """Plan a top-k run: (parallel_on_queries, query_chunk, doc_block).
+
+    Many queries (at least 4 * QUERY_CHUNK per thread): threads take chunks of
+    QUERY_CHUNK queries and scan all of W. Fewer: threads take blocks of W's
+    rows and keep k-best lists of their own for a chunk of queries, merged at
+    the end; the chunk is as large as `budget_bytes` allows for the score
+    blocks and lists of all threads, so W is read as few times as possible.
+    """
+    cdef Py_ssize_t doc_block = (num_docs + 4 * num_threads - 1) // (4 * num_threads)
+    doc_block = min(MAX_DOC_BLOCK, max(16, (doc_block + 15) // 16 * 16))
+    if num_queries >= 4 * QUERY_CHUNK * num_threads:
+        return True, QUERY_CHUNK, doc_block
+    per_query = num_threads * (doc_block * 4 + k * 12)
+    chunk = max(1, min(num_queries, budget_bytes // per_query))
+    return False, chunk, doc_block
+
+
+# The k (< num_docs) largest inner products of each query's features with the
+# rows of W, best first (ties: smaller index first).
+#   features: (num_queries, h); W: (num_docs, h)
+#   out_indices (int64), out_scores (float32): (num_queries, k)
+# Parallel over chunks of queries when there are many; otherwise over blocks of
+# W's rows, with thread-local k-best lists merged at the end. Each thread scores
+# one block at a time into its own buffer, so the full score matrix is never
+# held. BLAS runs single-threaded inside the parallel loops.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py_ssize_t k,
+                         int64_t[:, ::1] out_indices, float[:, ::1] out_scores,
+                         int num_threads, Py_ssize_t budget_bytes):
+    cdef Py_ssize_t num_queries = features.shape[0], num_docs = W.shape[0], h = W.shape[1]
+    cdef Py_ssize_t query_chunk, doc_block, num_blocks, num_chunks, chunk, start, count
+    cdef Py_ssize_t block, query, thread, position
+    cdef bint on_queries
+    cdef float[:, ::1] buffers
+    cdef float[:, :, ::1] list_scores
+    cdef int64_t[:, :, ::1] list_indices
+    cdef Py_ssize_t[:, ::1] sizes
+    cdef Py_ssize_t size
+    on_queries, query_chunk, doc_block = top_k_workspace_shape(
+        num_queries, num_docs, k, num_threads, budget_bytes)
+    num_blocks = (num_docs + doc_block - 1) // doc_block
+    buffers = scratch("score blocks", (num_threads, query_chunk * doc_block), np.float32)
+    with BlasThreads(1):
+        if on_queries:
+            sizes = scratch("list sizes", (num_queries, 1), np.intp)
+            sizes[:, :] = 0
+            num_chunks = (num_queries + query_chunk - 1) // query_chunk
+            with nogil:
+                for chunk in prange(num_chunks, num_threads=num_threads, schedule='dynamic'):
+                    start = chunk * query_chunk
+                    count = min(query_chunk, num_queries - start)
+                    scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
+                                   0, num_blocks, k, &buffers[threadid(), 0],
+                                   &out_scores[start, 0], &out_indices[start, 0],
+                                   &sizes[start, 0], k)
+                    for query in range(start, start + count):
+                        finish_list(&out_scores[query, 0], &out_indices[query, 0],
+                                    sizes[query, 0], k)
+            return
+        list_scores = scratch("list scores", (num_threads, query_chunk, k), np.float32)
+        list_indices = scratch("list indices", (num_threads, query_chunk, k), np.int64)
+        sizes = scratch("list sizes", (num_threads, query_chunk), np.intp)
+        for start in range(0, num_queries, query_chunk):
+            count = min(query_chunk, num_queries - start)
+            sizes[:, :] = 0
+            with nogil:
+                for block in prange(num_blocks, num_threads=num_threads, schedule='dynamic'):
+                    thread = threadid()
+                    scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
+                                   block, block + 1, k, &buffers[thread, 0],
+                                   &list_scores[thread, 0, 0], &list_indices[thread, 0, 0],
+                                   &sizes[thread, 0], k)
+                for query in prange(count, num_threads=num_threads, schedule='static'):
+                    size = 0
+                    for thread in range(num_threads):
+                        for position in range(sizes[thread, query]):
+                            size = push_pair(&out_scores[start + query, 0],
+                                             &out_indices[start + query, 0], size, k,
+                                             list_scores[thread, query, position],
+                                             list_indices[thread, query, position])
+                    finish_list(&out_scores[start + query, 0], &out_indices[start + query, 0],
+                                size, k)
+
+
+# --------------------------------------------------------------------------
+# Exact MaxSim and rerank.
+# --------------------------------------------------------------------------
+
+cdef extern from "_simd.h" nogil:
+    ctypedef struct lemur_vector:
+        pass
+    enum:
+        # floats per vector register (16 with AVX-512, 8 with AVX, else 4)
+        VECTOR_FLOATS "LEMUR_VECTOR_FLOATS"
+        # document tokens per register block, sized to the register file
+        DOC_ROWS "LEMUR_DOC_ROWS"
+    lemur_vector vector_zero "lemur_vector_zero"()
+    lemur_vector vector_load "lemur_vector_load"(const float *source)
+    void vector_store "lemur_vector_store"(float *target, lemur_vector value)
+    lemur_vector vector_fma "lemur_vector_fma"(lemur_vector accumulator, lemur_vector a, float b)
+    lemur_vector vector_max "lemur_vector_max"(lemur_vector a, lemur_vector b)
+    void prefetch "lemur_prefetch"(const void *address)
+
+
+cdef enum:
+    # Query tokens per chunk: queries are stored transposed, chunk by chunk.
+    QUERY_LANES = 16
+    # Chunks whose running maxima are kept at once (64 query tokens): each
+    # block of document rows is loaded once for all of them.
+    CHUNK_BATCH = 4
+    # Vector registers per chunk row; the largest value, for the array sizes.
+    MAX_VECTORS_PER_CHUNK = 4
+    CACHE_LINE = 64
+
+
+# Running maxima over a document's tokens of <query token, document token>,
+# for query chunks [first_chunk, end_chunk) (at most CHUNK_BATCH). A chunk is
+# (dim, QUERY_LANES): 16 query tokens transposed. Register blocking: for
+# DOC_ROWS document tokens at a time, each chunk row is loaded once into
+# vector registers and multiplied by each of the DOC_ROWS values, into
+# DOC_ROWS x (QUERY_LANES / VECTOR_FLOATS) accumulators. best holds
+# (end_chunk - first_chunk) x QUERY_LANES maxima. While it works, it prefetches
+# the same stretch of next_doc (NULL: none; next_doc_bytes long), the document
+# the caller scores next.
+cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t end_chunk,
+                       const float *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
+                       const char *next_doc, Py_ssize_t next_doc_bytes,
+                       float *best) noexcept nogil:
+    cdef lemur_vector accumulators[DOC_ROWS * MAX_VECTORS_PER_CHUNK]
+    cdef lemur_vector query_row[MAX_VECTORS_PER_CHUNK]
+    cdef lemur_vector top
+    cdef Py_ssize_t parts = QUERY_LANES // VECTOR_FLOATS
+    cdef Py_ssize_t token = 0, block_rows, row, part, i, chunk, offset
+    cdef const float *chunk_data
+    cdef const float *doc_rows
+    cdef float *chunk_best
+    cdef float value
+    for i in range((end_chunk - first_chunk) * QUERY_LANES):
+        best[i] = -INFINITY
+    while token < num_doc_tokens:
+        doc_rows = doc + token * dim
+        block_rows = DOC_ROWS if token + DOC_ROWS <= num_doc_tokens else 1
+        if next_doc != NULL:
+            offset = token * dim * sizeof(float)
+            while offset < min((token + block_rows) * dim * sizeof(float), next_doc_bytes):
+                prefetch(next_doc + offset)
+                offset += CACHE_LINE
+        for chunk in range(first_chunk, end_chunk):
+            chunk_data = chunks + chunk * dim * QUERY_LANES
+            chunk_best = best + (chunk - first_chunk) * QUERY_LANES
+            if block_rows == DOC_ROWS:
+                for part in range(DOC_ROWS * parts):
+                    accumulators[part] = vector_zero()
+                for i in range(dim):
+                    for part in range(parts):
+                        query_row[part] = vector_load(chunk_data + i * QUERY_LANES + part * VECTOR_FLOATS)
+                    for row in range(DOC_ROWS):
+                        value = doc_rows[row * dim + i]
+                        for part in range(parts):
+                            accumulators[row * parts + part] = vector_fma(
+                                accumulators[row * parts + part], query_row[part], value)
+            else:
+                for part in range(parts):
+                    accumulators[part] = vector_zero()
+                for i in range(dim):
+                    value = doc_rows[i]
+                    for part in range(parts):
+                        accumulators[part] = vector_fma(
+                            accumulators[part],
+                            vector_load(chunk_data + i * QUERY_LANES + part * VECTOR_FLOATS), value)
+            for part in range(parts):
+                top = vector_load(chunk_best + part * VECTOR_FLOATS)
+                for row in range(block_rows):
+                    top = vector_max(accumulators[row * parts + part], top)
+                vector_store(chunk_best + part * VECTOR_FLOATS, top)
+        token += block_rows
+
+
+# Query tokens (num_tokens, dim) -> chunks of QUERY_LANES tokens, each stored
+# transposed as (dim, QUERY_LANES) and zero-padded past the last token.
+cdef void transpose_query(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
+                          float *chunks) noexcept nogil:
+    cdef Py_ssize_t token, i, num_chunks = (num_tokens + QUERY_LANES - 1) // QUERY_LANES
+    memset(chunks, 0, num_chunks * dim * QUERY_LANES * sizeof(float))
+    for token in range(num_tokens):
+        for i in range(dim):
+            chunks[((token // QUERY_LANES) * dim + i) * QUERY_LANES + token % QUERY_LANES] = \
+                tokens[token * dim + i]
+
+
+# MaxSim of one query (transposed chunks, num_tokens >= 1) with one document:
+# the sum over the query's tokens, in order, of the max over the document's
+# tokens. Prefetches next_doc (see chunk_maxima) during the first batch.
+cdef float maxsim_pair(const float *chunks, Py_ssize_t num_tokens, const float *doc,
+                       Py_ssize_t num_doc_tokens, Py_ssize_t dim, const char *next_doc,
+                       Py_ssize_t next_doc_bytes) noexcept nogil:
+    cdef float best[CHUNK_BATCH * QUERY_LANES]
+    cdef float total = 0
+    cdef Py_ssize_t num_chunks = (num_tokens + QUERY_LANES - 1) // QUERY_LANES
+    cdef Py_ssize_t first = 0, end, lane
+    while first < num_chunks:
+        end = min(first + CHUNK_BATCH, num_chunks)
+        chunk_maxima(chunks, first, end, doc, num_doc_tokens, dim,
+                     next_doc if first == 0 else NULL, next_doc_bytes, best)
+        for lane in range(min((end - first) * QUERY_LANES, num_tokens - first * QUERY_LANES)):
+            total += best[lane]
+        first = end
+    return total
+
+
+# Exact MaxSim of each query with each of its candidate documents.
+#   query_tokens (total, dim), query_offsets (num_queries + 1)
+#   doc_tokens (total, dim), doc_offsets (num_docs + 1): every document has >= 1 token
+#   candidates (num_queries, num_candidates) int64: ids in [0, num_docs), or -1
+#   out (num_queries, num_candidates): the score; -inf for -1; 0 for a query
+#   without tokens
+# The (query, candidate) pairs are grouped by document (a stable argsort of
+# the ids), and the groups are the parallel work units (dynamic schedule):
+# each document is read from memory once however many queries have it as a
+# candidate, and the next group's document is prefetched while the last pair
+# of a group is scored. Queries are transposed once, up front.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
+                  const float[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                  const int64_t[:, ::1] candidates, float[:, ::1] out, int num_threads):
+    cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
+    cdef Py_ssize_t num_pairs = num_queries * num_candidates
+    cdef Py_ssize_t dim = doc_tokens.shape[1]
+    cdef Py_ssize_t query, group, position, pair, num_tokens, num_groups
+    cdef int64_t doc, next_doc
+    cdef const char *next_doc_data
+    cdef Py_ssize_t next_doc_bytes
+    cdef int64_t[::1] chunk_offsets = np.empty(num_queries + 1, dtype=np.int64)
+    cdef float[::1] chunks
+    cdef const int64_t[::1] flat_candidates
+    cdef const int64_t[::1] order
+    cdef const int64_t[::1] group_starts
+    cdef float[::1] flat_out
+    if num_pairs == 0:
+        return
+    chunk_offsets[0] = 0
+    for query in range(num_queries):
+        num_tokens = query_offsets[query + 1] - query_offsets[query]
+        chunk_offsets[query + 1] = chunk_offsets[query] + (
+            (num_tokens + QUERY_LANES - 1) // QUERY_LANES) * dim * QUERY_LANES
+    chunks = scratch("query chunks", (max(1, chunk_offsets[num_queries]),), np.float32)
+    flat_array = np.asarray(candidates).reshape(-1)
+    sorted_order = np.argsort(flat_array, kind="stable")
+    sorted_ids = flat_array[sorted_order]
+    flat_candidates = flat_array
+    order = sorted_order
+    group_starts = np.concatenate(
+        ([0], np.flatnonzero(np.diff(sorted_ids)) + 1, [num_pairs])
+    ).astype(np.int64)
+    num_groups = group_starts.shape[0] - 1
+    flat_out = np.asarray(out).reshape(-1)
+    with nogil:
+        for query in prange(num_queries, num_threads=num_threads, schedule='static'):
+            num_tokens = query_offsets[query + 1] - query_offsets[query]
+            if num_tokens > 0:
+                transpose_query(&query_tokens[query_offsets[query], 0], num_tokens, dim,
+                                &chunks[chunk_offsets[query]])
+        for group in prange(num_groups, num_threads=num_threads, schedule='dynamic', chunksize=2):
+            doc = flat_candidates[order[group_starts[group]]]
+            next_doc_data = NULL
+            next_doc_bytes = 0
+            if group + 1 < num_groups:
+                next_doc = flat_candidates[order[group_starts[group + 1]]]
+                next_doc_data = <const char *>&doc_tokens[doc_offsets[next_doc], 0]
+                next_doc_bytes = (doc_offsets[next_doc + 1] - doc_offsets[next_doc]) * dim * sizeof(float)
+            for position in range(group_starts[group], group_starts[group + 1]):
+                pair = order[position]
+                query = pair // num_candidates
+                num_tokens = query_offsets[query + 1] - query_offsets[query]
+                if doc < 0:
+                    flat_out[pair] = -INFINITY
+                elif num_tokens == 0:
+                    flat_out[pair] = 0
+                else:
+                    flat_out[pair] = maxsim_pair(
+                        &chunks[chunk_offsets[query]], num_tokens,
+                        &doc_tokens[doc_offsets[doc], 0], doc_offsets[doc + 1] - doc_offsets[doc],
+                        dim, next_doc_data if position + 1 == group_starts[group + 1] else NULL,
+                        next_doc_bytes)
+
+
+# The k best candidates of each query by their scores, best first (ties: the
+# smaller document id), padded with (-1, -inf) where a query has fewer than k
+# valid (>= 0) candidates. A query without tokens keeps its first k candidates
+# in their order, as the original LEMUR does.
+#   scores, candidates: (num_queries, num_candidates), as from maxsim_scores
+#   out_indices, out_scores: (num_queries, k)
+# Parallel over queries; each query's k-best list lives in its output row.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates,
+                    const int64_t[::1] query_offsets, Py_ssize_t k,
+                    int64_t[:, ::1] out_indices, float[:, ::1] out_scores, int num_threads):
+    cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
+    cdef Py_ssize_t query, position, size
+    cdef int64_t doc
+    with nogil:
+        for query in prange(num_queries, num_threads=num_threads, schedule='static'):
+            size = 0
+            if query_offsets[query + 1] == query_offsets[query]:
+                for position in range(min(k, num_candidates)):
+                    out_indices[query, position] = candidates[query, position]
+                    out_scores[query, position] = scores[query, position]
+                size = min(k, num_candidates)
+                for position in range(size, k):
+                    out_indices[query, position] = -1
+                    out_scores[query, position] = -INFINITY
+            else:
+                for position in range(num_candidates):
+                    doc = candidates[query, position]
+                    if doc >= 0:
+                        size = push_pair(&out_scores[query, 0], &out_indices[query, 0], size, k,
+                                         scores[query, position], doc)
+                finish_list(&out_scores[query, 0], &out_indices[query, 0], size, k)
 
 
 # --------------------------------------------------------------------------

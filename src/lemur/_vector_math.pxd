@@ -249,3 +249,23 @@ cdef inline bint all_finite(const float *values, Py_ssize_t n) noexcept nogil:
     for j in range(num_blocks * LANES, n):
         total += values[j] - values[j]
     return total == 0
+
+
+# sum_j a[j] b[j], with 2 LANES partial sums (two independent FMA chains per
+# SIMD lane, so the loop is not bound by the FMA latency).
+cdef inline float dot_product(const float *a, const float *b, Py_ssize_t n) noexcept nogil:
+    cdef float partial[2 * LANES]
+    cdef Py_ssize_t block, lane, j, num_blocks = n // (2 * LANES)
+    cdef const float *a_chunk
+    cdef const float *b_chunk
+    cdef float total
+    memset(partial, 0, sizeof(partial))
+    for block in range(num_blocks):
+        a_chunk = a + block * 2 * LANES
+        b_chunk = b + block * 2 * LANES
+        for lane in range(2 * LANES):
+            partial[lane] += a_chunk[lane] * b_chunk[lane]
+    total = sum_lanes(partial) + sum_lanes(partial + LANES)
+    for j in range(num_blocks * 2 * LANES, n):
+        total += a[j] * b[j]
+    return total

@@ -1,0 +1,106 @@
+/* A minimal portable SIMD vector of floats for the register-blocked MaxSim
+ * kernel in _kernels.pyx.
+ *
+ * GCC and Clang: their vector extensions, as wide as the instruction set the
+ * file is compiled for (16 floats with AVX-512, 8 with AVX, 4 otherwise; the
+ * compiler emits the matching instructions). Other compilers (MSVC): a struct
+ * of 4 floats handled lane by lane.
+ *
+ * LEMUR_DOC_ROWS: document tokens per register block. The kernel keeps
+ * LEMUR_DOC_ROWS x (16 / LEMUR_VECTOR_FLOATS) accumulators in registers, sized
+ * to the register file: 8 of 32 zmm with AVX-512, 12 of 16 ymm with AVX,
+ * 12 of 16 xmm otherwise.
+ */
+#ifndef LEMUR_SIMD_H
+#define LEMUR_SIMD_H
+
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define LEMUR_VECTOR_FLOATS 16
+#define LEMUR_DOC_ROWS 8
+#elif defined(__AVX__)
+#define LEMUR_VECTOR_FLOATS 8
+#define LEMUR_DOC_ROWS 6
+#else
+#define LEMUR_VECTOR_FLOATS 4
+#define LEMUR_DOC_ROWS 3
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+
+typedef float lemur_vector __attribute__((vector_size(4 * LEMUR_VECTOR_FLOATS)));
+typedef int lemur_vector_mask __attribute__((vector_size(4 * LEMUR_VECTOR_FLOATS)));
+
+static inline lemur_vector lemur_vector_zero(void) { return (lemur_vector){0}; }
+
+static inline lemur_vector lemur_vector_load(const float *source)
+{
+    lemur_vector value;
+    memcpy(&value, source, sizeof value);
+    return value;
+}
+
+static inline void lemur_vector_store(float *target, lemur_vector value)
+{
+    memcpy(target, &value, sizeof value);
+}
+
+/* accumulator + a * b, with b broadcast to every lane (one FMA instruction) */
+static inline lemur_vector lemur_vector_fma(lemur_vector accumulator, lemur_vector a, float b)
+{
+    return accumulator + a * b;
+}
+
+static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)
+{
+    lemur_vector_mask a_larger = a > b;
+    return (lemur_vector)(((lemur_vector_mask)a & a_larger) | ((lemur_vector_mask)b & ~a_larger));
+}
+
+static inline void lemur_prefetch(const void *address) { __builtin_prefetch(address, 0, 2); }
+
+#else
+
+typedef struct { float lane[LEMUR_VECTOR_FLOATS]; } lemur_vector;
+
+static inline lemur_vector lemur_vector_zero(void)
+{
+    lemur_vector value;
+    memset(&value, 0, sizeof value);
+    return value;
+}
+
+static inline lemur_vector lemur_vector_load(const float *source)
+{
+    lemur_vector value;
+    memcpy(value.lane, source, sizeof value);
+    return value;
+}
+
+static inline void lemur_vector_store(float *target, lemur_vector value)
+{
+    memcpy(target, value.lane, sizeof value);
+}
+
+static inline lemur_vector lemur_vector_fma(lemur_vector accumulator, lemur_vector a, float b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        accumulator.lane[i] += a.lane[i] * b;
+    return accumulator;
+}
+
+static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        a.lane[i] = a.lane[i] > b.lane[i] ? a.lane[i] : b.lane[i];
+    return a;
+}
+
+static inline void lemur_prefetch(const void *address) { (void)address; }
+
+#endif
+
+#endif

@@ -1,0 +1,290 @@
+"""First-stage top-k over W, exact MaxSim and rerank, as plain functions.
+
+These validate every argument on every call (including a full finiteness
+check of W and of the document tokens). For repeated searches over the same
+documents, use :class:`lemur.Index`, which checks them once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lemur._dispatch import kernels
+from lemur._threads import resolve_num_threads
+from lemur._validation import (
+    check_integer_array,
+    check_positive_int,
+    check_vectors,
+    counts_to_offsets,
+)
+
+#: Memory the first stage may use for its score blocks and thread-local k-best
+#: lists together (the full num_queries x num_docs matrix is never held).
+TOP_K_BUDGET_BYTES = 32 * 2**20
+
+
+class Documents:
+    """Validated document token vectors: ``tokens`` and per-document ``offsets``.
+
+    Every document must have at least one token.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        counts: object,
+        *,
+        name: str = "doc_tokens",
+        counts_name: str = "doc_counts",
+        num_threads: int | None = None,
+    ) -> None:
+        self.tokens = check_vectors(tokens, name=name, num_threads=num_threads)
+        self.offsets = counts_to_offsets(
+            counts, name=counts_name, total=self.tokens.shape[0], total_name=name
+        )
+        empty = np.flatnonzero(self.offsets[1:] == self.offsets[:-1])
+        if empty.size:
+            raise ValueError(
+                f"{counts_name}[{int(empty[0])}] = 0: every document needs at least one token"
+            )
+        self.offsets.flags.writeable = False
+        self.name = name
+
+    @property
+    def num_docs(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def check_W(W: object, *, name: str = "W", dim: int | None = None, num_threads: int | None = None) -> np.ndarray:
+    """Check a document matrix: float32, (num_docs >= 1, h), C-contiguous, finite."""
+    W = check_vectors(W, name=name, dim=dim, dim_name="the feature dimension", num_threads=num_threads)
+    if W.shape[0] == 0:
+        raise ValueError(f"{name} has no rows: there must be at least one document")
+    return W
+
+
+def check_k(k: object, *, name: str = "k") -> int:
+    return check_positive_int(k, name=name)
+
+
+def check_candidates(
+    candidates: object, *, num_queries: int, num_docs: int, name: str = "candidates"
+) -> np.ndarray:
+    """Check candidate document ids: ints, (num_queries, c), each in [0, num_docs) or -1."""
+    candidates = check_integer_array(candidates, name=name, ndim=2)
+    if candidates.shape[0] != num_queries:
+        raise ValueError(
+            f"{name} has {candidates.shape[0]} rows, but there are {num_queries} queries"
+        )
+    bad = np.argwhere((candidates < -1) | (candidates >= num_docs))
+    if bad.size:
+        row, column = (int(i) for i in bad[0])
+        raise ValueError(
+            f"{name}[{row}, {column}] = {candidates[row, column]} is not a document id: "
+            f"ids go from 0 to {num_docs - 1}, and -1 marks padding"
+        )
+    return np.ascontiguousarray(candidates)
+
+
+def top_k_unchecked(
+    features: np.ndarray, W: np.ndarray, k: int, num_threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` on validated arguments."""
+    num_queries, num_docs = features.shape[0], W.shape[0]
+    if k >= num_docs:
+        scores = np.empty((num_queries, num_docs), dtype=np.float32)
+        kernels.gemm_nt(features, W, scores, num_threads)
+        order = np.argsort(-scores, axis=1, kind="stable")  # ties: smaller index first
+        return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
+    indices = np.empty((num_queries, k), dtype=np.int64)
+    scores = np.empty((num_queries, k), dtype=np.float32)
+    kernels.top_k_inner_products(features, W, k, indices, scores, num_threads, TOP_K_BUDGET_BYTES)
+    return indices, scores
+
+
+def maxsim_unchecked(
+    query_tokens: np.ndarray,
+    query_offsets: np.ndarray,
+    documents: Documents,
+    candidates: np.ndarray,
+    num_threads: int,
+) -> np.ndarray:
+    """:func:`maxsim_scores` on validated arguments."""
+    out = np.empty(candidates.shape, dtype=np.float32)
+    kernels.maxsim_scores(
+        query_tokens, query_offsets, documents.tokens, documents.offsets, candidates, out, num_threads
+    )
+    return out
+
+
+def rerank_unchecked(
+    query_tokens: np.ndarray,
+    query_offsets: np.ndarray,
+    documents: Documents,
+    candidates: np.ndarray,
+    k: int,
+    num_threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rerank` on validated arguments."""
+    exact = maxsim_unchecked(query_tokens, query_offsets, documents, candidates, num_threads)
+    indices = np.empty((candidates.shape[0], k), dtype=np.int64)
+    scores = np.empty((candidates.shape[0], k), dtype=np.float32)
+    kernels.select_reranked(exact, candidates, query_offsets, k, indices, scores, num_threads)
+    return indices, scores
+
+
+def check_queries(
+    query_tokens: object, query_counts: object, *, dim: int, dim_name: str, num_threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a ragged batch of query tokens; return (tokens, offsets)."""
+    tokens = check_vectors(
+        query_tokens, name="query_tokens", dim=dim, dim_name=dim_name, num_threads=num_threads
+    )
+    offsets = counts_to_offsets(
+        query_counts, name="query_counts", total=tokens.shape[0], total_name="query_tokens"
+    )
+    return tokens, offsets
+
+
+def scores(features: np.ndarray, W: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
+    """Approximate MaxSim scores of every query with every document: ``features @ W.T``.
+
+    Parameters
+    ----------
+    features : ndarray of float32, shape (num_queries, h)
+    W : ndarray of float32, shape (num_docs, h)
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray of float32, shape (num_queries, num_docs)
+    """
+    threads = resolve_num_threads(num_threads)
+    W = check_W(W, num_threads=threads)
+    features = check_vectors(
+        features, name="features", dim=W.shape[1], dim_name="W's width (h)", num_threads=threads
+    )
+    out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
+    kernels.gemm_nt(features, W, out, threads)
+    return out
+
+
+def top_k(
+    features: np.ndarray, W: np.ndarray, k: int, *, num_threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` documents with the largest inner product with each query's features.
+
+    Scores are computed block by block with the selection fused in, so memory
+    stays bounded (:data:`TOP_K_BUDGET_BYTES`) whatever the number of queries
+    and documents.
+
+    Parameters
+    ----------
+    features : ndarray of float32, shape (num_queries, h)
+    W : ndarray of float32, shape (num_docs, h)
+    k : int
+        At least 1. With ``k >= num_docs`` every document is returned, sorted.
+    num_threads : int, optional
+
+    Returns
+    -------
+    indices : ndarray of int64, shape (num_queries, min(k, num_docs))
+    scores : ndarray of float32, same shape
+        Sorted by score, largest first; equal scores by smaller index.
+    """
+    threads = resolve_num_threads(num_threads)
+    k = check_k(k)
+    W = check_W(W, num_threads=threads)
+    features = check_vectors(
+        features, name="features", dim=W.shape[1], dim_name="W's width (h)", num_threads=threads
+    )
+    if features.shape[0] == 0:
+        raise ValueError("features has no rows: the batch must hold at least one query")
+    return top_k_unchecked(features, W, k, threads)
+
+
+def maxsim_scores(
+    query_tokens: np.ndarray,
+    query_counts: object,
+    doc_tokens: np.ndarray,
+    doc_counts: object,
+    candidates: object,
+    *,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """Exact MaxSim of each query with each of its candidate documents.
+
+    ``MaxSim(Q, D) = sum over q in Q of max over d in D of <q, d>``.
+
+    Parameters
+    ----------
+    query_tokens : ndarray of float32, shape (num_query_tokens, d)
+    query_counts : array-like of int, shape (num_queries,)
+        Tokens per query (0 allowed: its scores are 0).
+    doc_tokens : ndarray of float32, shape (num_doc_tokens, d)
+    doc_counts : array-like of int, shape (num_docs,)
+        Tokens per document, each at least 1.
+    candidates : array-like of int, shape (num_queries, num_candidates)
+        Document ids, or -1 for padding. Any other id outside
+        ``[0, num_docs)`` is an error.
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray of float32, shape (num_queries, num_candidates)
+        ``-inf`` where the candidate is -1.
+    """
+    threads = resolve_num_threads(num_threads)
+    documents = Documents(doc_tokens, doc_counts, num_threads=threads)
+    tokens, offsets = check_queries(
+        query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
+        num_threads=threads,
+    )
+    candidates = check_candidates(
+        candidates, num_queries=offsets.size - 1, num_docs=documents.num_docs
+    )
+    return maxsim_unchecked(tokens, offsets, documents, candidates, threads)
+
+
+def rerank(
+    query_tokens: np.ndarray,
+    query_counts: object,
+    doc_tokens: np.ndarray,
+    doc_counts: object,
+    candidates: object,
+    k: int,
+    *,
+    num_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` best candidates of each query by exact MaxSim.
+
+    Parameters are those of :func:`maxsim_scores`, and `k` (at least 1).
+
+    Returns
+    -------
+    indices : ndarray of int64, shape (num_queries, k)
+    scores : ndarray of float32, shape (num_queries, k)
+        Best first; equal scores by smaller document id. Rows with fewer than
+        `k` valid (not -1) candidates are padded with -1 and -inf. A query
+        with no tokens keeps its first `k` candidates in their given order
+        (scores 0), as the original LEMUR does.
+    """
+    threads = resolve_num_threads(num_threads)
+    k = check_k(k)
+    documents = Documents(doc_tokens, doc_counts, num_threads=threads)
+    tokens, offsets = check_queries(
+        query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
+        num_threads=threads,
+    )
+    candidates = check_candidates(
+        candidates, num_queries=offsets.size - 1, num_docs=documents.num_docs
+    )
+    return rerank_unchecked(tokens, offsets, documents, candidates, k, threads)
