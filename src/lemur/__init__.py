@@ -7,6 +7,19 @@ vectors into one vector, so that one inner-product search over a matrix W
 
 from lemur._build_info import VERSION as __version__
 from lemur._config import show_config
+from lemur.index import Index
 from lemur.model import ACTIVATIONS, Layer, Model
+from lemur.retrieval import maxsim_scores, rerank, scores, top_k
 
-__all__ = ["ACTIVATIONS", "Layer", "Model", "__version__", "show_config"]
+__all__ = [
+    "ACTIVATIONS",
+    "Index",
+    "Layer",
+    "Model",
+    "__version__",
+    "maxsim_scores",
+    "rerank",
+    "scores",
+    "show_config",
+    "top_k",
+]

@@ -17,11 +17,12 @@ import os
 
 import numpy as np
 
-from lemur import npz
+from lemur import npz, retrieval
 from lemur._dispatch import kernels
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_vectors
 from lemur.model import Layer, Model, check_activation
+from lemur.retrieval import check_k
 
 __all__ = ["LemurNumPy", "create_synthetic_model"]
 
@@ -62,6 +63,8 @@ class LemurNumPy:
         self.activation = check_activation(activation)
         self.num_threads = resolve_num_threads(num_threads) if num_threads is not None else None
         self._deeper_layers: tuple[Layer, ...] = ()
+        self._W_source: object = None
+        self._W: np.ndarray | None = None
         self._model: Model | None = None
         self._model_parts: tuple[object, ...] = ()
 
@@ -145,20 +148,85 @@ class LemurNumPy:
         ndarray of float32, shape (num_queries, num_docs)
             ``query_features @ W_out.T``.
         """
+        W = self._checked_W()
+        features = self._checked_features(query_features, W)
+        scores = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
+        kernels.gemm_nt(features, W, scores, resolve_num_threads(self.num_threads))
+        return scores
+
+    def top_k(self, query_features: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """The k documents with the largest approximate score per query.
+
+        Parameters
+        ----------
+        query_features : array-like, shape (num_queries, hidden_dim)
+        k : int, default 100
+
+        Returns
+        -------
+        indices : ndarray of int64, shape (num_queries, min(k, num_docs))
+        scores : ndarray of float32, same shape
+            Largest score first; equal scores by smaller index (the fork leaves
+            their order arbitrary). Scores are never held for all documents
+            at once, unlike the fork's.
+        """
+        W = self._checked_W()
+        features = self._checked_features(query_features, W)
+        return retrieval.top_k_unchecked(
+            features, W, check_k(k), resolve_num_threads(self.num_threads)
+        )
+
+    def exact_maxsim(
+        self,
+        query_embeddings: np.ndarray,
+        query_counts: object,
+        doc_embeddings: np.ndarray,
+        doc_counts: object,
+        candidate_indices: object,
+    ) -> np.ndarray:
+        """Exact MaxSim of each query with each of its candidates.
+
+        Parameters
+        ----------
+        query_embeddings : array-like, shape (num_query_tokens, embed_dim)
+        query_counts : array-like of int, shape (num_queries,)
+        doc_embeddings : array-like, shape (num_doc_tokens, embed_dim)
+        doc_counts : array-like of int, shape (num_docs,)
+        candidate_indices : array-like of int, shape (num_queries, k)
+
+        Returns
+        -------
+        ndarray of float32, shape (num_queries, k)
+            Unlike the fork, a candidate id of -1 is padding (score -inf) and
+            any other id outside the documents raises ValueError.
+        """
+        return retrieval.maxsim_scores(
+            np.ascontiguousarray(query_embeddings, dtype=np.float32),
+            query_counts,
+            np.ascontiguousarray(doc_embeddings, dtype=np.float32),
+            doc_counts,
+            candidate_indices,
+            num_threads=self.num_threads,
+        )
+
+    def _checked_W(self) -> np.ndarray:
+        """W_out as float32, checked once per array assigned to W_out."""
         if self.W_out is None:
             raise ValueError("no document matrix: call load_npz() first, or set W_out")
-        W = check_vectors(
-            np.ascontiguousarray(self.W_out, dtype=np.float32), name="W_out", ndim=2
-        )
-        features = check_vectors(
+        if self.W_out is not self._W_source:
+            self._W = retrieval.check_W(
+                np.ascontiguousarray(self.W_out, dtype=np.float32), name="W_out"
+            )
+            self._W_source = self.W_out
+        return self._W
+
+    def _checked_features(self, query_features: object, W: np.ndarray) -> np.ndarray:
+        return check_vectors(
             np.ascontiguousarray(query_features, dtype=np.float32),
             name="query_features",
             dim=W.shape[1],
             dim_name="W_out's width (hidden_dim)",
         )
-        scores = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-        kernels.gemm_nt(features, W, scores, resolve_num_threads(self.num_threads))
-        return scores
 
     @property
     def num_docs(self) -> int:

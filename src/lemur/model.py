@@ -282,9 +282,7 @@ class Model:
             )
             flat = tokens
             divisor = RAGGED_POOL_DIVISOR
-        out = np.empty((offsets.size - 1, self.feature_dim), dtype=np.float32)
-        self._run(flat, offsets, divisor, out, threads)
-        return out
+        return self._pooled(flat, offsets, divisor, threads)
 
     def token_features(self, tokens: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
         """psi of every token, without pooling.
@@ -302,6 +300,14 @@ class Model:
         tokens = check_vectors(tokens, name="tokens", dim=self.input_dim, num_threads=threads)
         out = np.empty((tokens.shape[0], self.feature_dim), dtype=np.float32)
         self._run(tokens, np.zeros(1, dtype=np.int64), 0.0, out, threads)
+        return out
+
+    def _pooled(
+        self, tokens: np.ndarray, query_offsets: np.ndarray, pool_divisor: float, num_threads: int
+    ) -> np.ndarray:
+        """Pooled features of validated tokens and offsets (for Model and Index)."""
+        out = np.empty((query_offsets.size - 1, self.feature_dim), dtype=np.float32)
+        self._run(tokens, query_offsets, pool_divisor, out, num_threads)
         return out
 
     def _run(

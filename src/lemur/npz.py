@@ -20,7 +20,13 @@ key                dtype     shape            meaning
 ``output_mean``    float64   ()               mean of the training targets
 ``output_std``     float64   ()               their (population) standard deviation
 ``W``              float32   (num_docs, h)    optional: one row per document
+``doc_tokens``     float32   (tokens, d)      optional (with ``doc_counts``): the
+                                              documents' token vectors, in order
+``doc_counts``     int64     (num_docs,)      tokens per document (each >= 1)
 ================== ========= ================ =======================================
+
+Members are stored uncompressed, so that ``np.load`` reads each array straight
+into memory of its own (one copy, however large).
 
 The fork's export (``export_weights.py``) has ``layer_{i}_weight/bias/ln_weight/
 ln_bias``, ``num_layers``, ``W``, ``final_hidden_dim``, ``output_mean`` and
@@ -50,13 +56,17 @@ FORMAT_VERSION = 1
 
 
 class Contents(NamedTuple):
-    """What a model file holds."""
+    """What a model or index file holds."""
 
     model: Model
     #: Document matrix, ``(num_docs, h)`` float32, or None if the file has none.
     W: np.ndarray | None
     #: ``"lemur"`` (our format) or ``"lemur-numpy"`` (the Numba fork's export).
     file_format: str
+    #: The documents' token vectors, ``(num_doc_tokens, d)`` float32, or None.
+    doc_tokens: np.ndarray | None = None
+    #: Tokens per document, int64, or None.
+    doc_counts: np.ndarray | None = None
 
 
 class _Archive:
@@ -191,7 +201,11 @@ def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
         output_std=archive.real("output_std"),
     )
     _check_W_width(archive, W, model)
-    return Contents(model, W, "lemur")
+    doc_tokens = doc_counts = None
+    if "doc_tokens" in archive.keys or "doc_counts" in archive.keys:
+        doc_tokens = np.ascontiguousarray(archive.floats("doc_tokens", 2), dtype=np.float32)
+        doc_counts = archive.array("doc_counts")
+    return Contents(model, W, "lemur", doc_tokens, doc_counts)
 
 
 def _load_fork(archive: _Archive, activation: str | None, default_activation: str) -> Contents:
@@ -273,9 +287,15 @@ def load(
 
 
 def save(
-    path: str | os.PathLike[str], *, model: Model, W: np.ndarray | None = None
+    path: str | os.PathLike[str],
+    *,
+    model: Model,
+    W: np.ndarray | None = None,
+    doc_tokens: np.ndarray | None = None,
+    doc_counts: np.ndarray | None = None,
 ) -> None:
-    """Write `model` (and optionally W) to `path` in lemur's format, atomically.
+    """Write `model` (and optionally W and the token store) to `path` in lemur's
+    format, atomically.
 
     The archive is written to a temporary file in the same folder and renamed
     over `path`, so `path` always holds either the old or the new file.
@@ -295,6 +315,9 @@ def save(
                 arrays[f"layer_{index}_{field}"] = value
     if W is not None:
         arrays["W"] = W
+    if doc_tokens is not None:
+        arrays["doc_tokens"] = doc_tokens
+        arrays["doc_counts"] = np.asarray(doc_counts, dtype=np.int64)
     write_atomically(path, arrays)
 
 
