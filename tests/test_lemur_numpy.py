@@ -122,3 +122,49 @@ def test_num_threads_option():
     assert np.array_equal(one, two)
     with pytest.raises(ValueError, match="num_threads must be >= 1"):
         LemurNumPy(num_threads=0)
+
+
+def fork_top_k(scores, k):
+    """The fork's top_k on a score matrix (argpartition, then argsort)."""
+    if k >= scores.shape[1]:
+        indices = np.argsort(-scores, axis=1)
+        return indices, np.take_along_axis(scores, indices, axis=1)
+    indices = np.argpartition(-scores, k, axis=1)[:, :k]
+    top = np.take_along_axis(scores, indices, axis=1)
+    order = np.argsort(-top, axis=1)
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 10, 100, 300, 1000])
+def test_top_k_behaves_as_the_forks(k):
+    lemur = loaded()
+    expected = golden("mlp1_gelu_d128_h2048")
+    features = lemur.compute_features(expected["query_tokens"], expected["query_counts"])
+    indices, scores = lemur.top_k(features, k=k)
+    fork_indices, fork_scores = fork_top_k(lemur.approximate_scores(features), k)
+    assert indices.shape == fork_indices.shape and indices.dtype == fork_indices.dtype
+    assert scores.dtype == fork_scores.dtype == np.float32
+    np.testing.assert_allclose(scores, fork_scores, rtol=1e-6, atol=1e-6)
+    real = np.arange(41) != int(expected["zero_query_index"])  # all-zero row: ties
+    assert np.array_equal(indices[real], fork_indices[real])
+
+
+def test_exact_maxsim_behaves_as_the_forks():
+    lemur = loaded()
+    expected = golden("mlp1_gelu_d128_h2048")
+    with np.load(DATA / "corpus.npz") as archive:
+        doc_tokens, doc_counts = archive["doc_tokens_d128"], archive["doc_counts"]
+    scores = lemur.exact_maxsim(
+        expected["query_tokens"], expected["query_counts"], doc_tokens, doc_counts,
+        expected["candidates"].astype(np.int64),
+    )
+    assert scores.dtype == np.float32 and scores.shape == (41, 50)
+    np.testing.assert_allclose(scores, expected["exact_maxsim_candidates"], rtol=1e-6, atol=2e-5)
+    with pytest.raises(ValueError, match="is not a document id"):
+        lemur.exact_maxsim(expected["query_tokens"], expected["query_counts"], doc_tokens, doc_counts,
+                           np.full((41, 1), 300))
+
+
+def test_top_k_refuses_k_below_one():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        loaded().top_k(np.ones((1, 2048), np.float32), k=0)
