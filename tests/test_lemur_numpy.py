@@ -144,7 +144,7 @@ def test_top_k_behaves_as_the_forks(k):
     fork_indices, fork_scores = fork_top_k(lemur.approximate_scores(features), k)
     assert indices.shape == fork_indices.shape and indices.dtype == fork_indices.dtype
     assert scores.dtype == fork_scores.dtype == np.float32
-    np.testing.assert_allclose(scores, fork_scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scores, fork_scores, **FEATURE_TOLERANCE)
     real = np.arange(41) != int(expected["zero_query_index"])  # all-zero row: ties
     assert np.array_equal(indices[real], fork_indices[real])
 

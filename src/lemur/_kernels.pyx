@@ -327,18 +327,81 @@ def gemm_nt(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int
                               1.0, &a[0, 0], k, &b[0, 0], k, 0.0, &out[0, 0], n)
 
 
+cdef extern from "_simd.h" nogil:
+    ctypedef struct lemur_vector:
+        pass
+    enum:
+        # floats per vector register (16 with AVX-512, 8 with AVX, else 4)
+        VECTOR_FLOATS "LEMUR_VECTOR_FLOATS"
+        # document tokens per register block of the MaxSim kernel
+        DOC_ROWS "LEMUR_DOC_ROWS"
+        # the register tile of the first-stage scoring kernel
+        TILE_QUERIES "LEMUR_TILE_QUERIES"
+        TILE_DOCS "LEMUR_TILE_DOCS"
+    lemur_vector vector_zero "lemur_vector_zero"()
+    lemur_vector vector_load "lemur_vector_load"(const float *source)
+    void vector_store "lemur_vector_store"(float *target, lemur_vector value)
+    lemur_vector vector_fma "lemur_vector_fma"(lemur_vector accumulator, lemur_vector a, float b)
+    lemur_vector vector_fma_lanes "lemur_vector_fma_lanes"(lemur_vector accumulator, lemur_vector a, lemur_vector b)
+    float vector_sum "lemur_vector_sum"(lemur_vector value)
+    lemur_vector vector_max "lemur_vector_max"(lemur_vector a, lemur_vector b)
+    void prefetch "lemur_prefetch"(const void *address)
+
+
 # --------------------------------------------------------------------------
 # First stage: the k largest inner products with the rows of W.
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # Largest block of W's rows scored at once.
-    MAX_DOC_BLOCK = 1024
     # Batches of at most this many queries score W with the streaming dot
-    # kernel (each row of W read once, like a GEMV); larger ones use sgemm.
+    # kernel (each row of W read once, like a GEMV); larger ones with the tiles.
     SMALL_BATCH = 4
+    # Rows of W scored at once: small batches stream large blocks; larger
+    # batches take blocks small enough to stay in L2 while every query tile
+    # passes over them (48 rows of h = 2048: 384 KiB).
+    SMALL_BATCH_DOC_BLOCK = 1024
+    TILED_DOC_BLOCK = 48
     # Queries per unit of work when the batch is split over threads.
     QUERY_CHUNK = 64
+
+
+# out[q * out_stride + j] = <features[q], W_rows[j]> for q < num_queries and
+# j < num_docs (at most TILE_QUERIES x TILE_DOCS), rows h floats apart. A
+# register tile: one accumulator vector of partial sums per (query, document),
+# one vector load per query and per document for each VECTOR_FLOATS of h, and
+# TILE_QUERIES x TILE_DOCS multiply-adds. A partial tile repeats its last row
+# (and does not store it) so that the loops keep their fixed trip counts.
+cdef void score_tile(const float *features, Py_ssize_t num_queries, const float *W_rows,
+                     Py_ssize_t num_docs, Py_ssize_t h, float *out,
+                     Py_ssize_t out_stride) noexcept nogil:
+    cdef lemur_vector accumulators[TILE_QUERIES * TILE_DOCS]
+    cdef lemur_vector feature_part[TILE_QUERIES]
+    cdef lemur_vector row_part
+    cdef const float *query_rows[TILE_QUERIES]
+    cdef const float *doc_rows[TILE_DOCS]
+    cdef Py_ssize_t query, doc, step, j, offset
+    cdef float total
+    for query in range(TILE_QUERIES):
+        query_rows[query] = features + min(query, num_queries - 1) * h
+    for doc in range(TILE_DOCS):
+        doc_rows[doc] = W_rows + min(doc, num_docs - 1) * h
+    for query in range(TILE_QUERIES * TILE_DOCS):
+        accumulators[query] = vector_zero()
+    for step in range(h // VECTOR_FLOATS):
+        offset = step * VECTOR_FLOATS
+        for query in range(TILE_QUERIES):
+            feature_part[query] = vector_load(query_rows[query] + offset)
+        for doc in range(TILE_DOCS):
+            row_part = vector_load(doc_rows[doc] + offset)
+            for query in range(TILE_QUERIES):
+                accumulators[query * TILE_DOCS + doc] = vector_fma_lanes(
+                    accumulators[query * TILE_DOCS + doc], feature_part[query], row_part)
+    for query in range(num_queries):
+        for doc in range(num_docs):
+            total = vector_sum(accumulators[query * TILE_DOCS + doc])
+            for j in range((h // VECTOR_FLOATS) * VECTOR_FLOATS, h):
+                total += query_rows[query][j] * doc_rows[doc][j]
+            out[query * out_stride + doc] = total
 
 
 # scores (num_queries, num_docs) = features (num_queries, h) . W_block (num_docs, h)^T
@@ -351,11 +414,16 @@ cdef void score_block(const float *features, Py_ssize_t num_queries, const float
             row = W_block + doc * h
             for query in range(num_queries):
                 scores[query * num_docs + doc] = dot_product(features + query * h, row, h)
-    else:
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                          <int>num_queries, <int>num_docs, <int>h,
-                          1.0, features, <int>h, W_block, <int>h,
-                          0.0, scores, <int>num_docs)
+        return
+    query = 0
+    while query < num_queries:
+        doc = 0
+        while doc < num_docs:
+            score_tile(features + query * h, min(TILE_QUERIES, num_queries - query),
+                       W_block + doc * h, min(TILE_DOCS, num_docs - doc), h,
+                       scores + query * num_docs + doc, num_docs)
+            doc += TILE_DOCS
+        query += TILE_QUERIES
 
 
 # Pushes the scores of documents first_doc, first_doc + 1, ... into a k-best
@@ -413,7 +481,9 @@ def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_
     blocks and lists of all threads, so W is read as few times as possible.
     """
     cdef Py_ssize_t doc_block = (num_docs + 4 * num_threads - 1) // (4 * num_threads)
-    doc_block = min(MAX_DOC_BLOCK, max(16, (doc_block + 15) // 16 * 16))
+    doc_block = min(SMALL_BATCH_DOC_BLOCK, max(16, (doc_block + 15) // 16 * 16))
+    if num_queries > SMALL_BATCH:
+        doc_block = TILED_DOC_BLOCK
     if num_queries >= 4 * QUERY_CHUNK * num_threads:
         return True, QUERY_CHUNK, doc_block
     per_query = num_threads * (doc_block * 4 + k * 12)
@@ -492,22 +562,6 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
 # --------------------------------------------------------------------------
 # Exact MaxSim and rerank.
 # --------------------------------------------------------------------------
-
-cdef extern from "_simd.h" nogil:
-    ctypedef struct lemur_vector:
-        pass
-    enum:
-        # floats per vector register (16 with AVX-512, 8 with AVX, else 4)
-        VECTOR_FLOATS "LEMUR_VECTOR_FLOATS"
-        # document tokens per register block, sized to the register file
-        DOC_ROWS "LEMUR_DOC_ROWS"
-    lemur_vector vector_zero "lemur_vector_zero"()
-    lemur_vector vector_load "lemur_vector_load"(const float *source)
-    void vector_store "lemur_vector_store"(float *target, lemur_vector value)
-    lemur_vector vector_fma "lemur_vector_fma"(lemur_vector accumulator, lemur_vector a, float b)
-    lemur_vector vector_max "lemur_vector_max"(lemur_vector a, lemur_vector b)
-    void prefetch "lemur_prefetch"(const void *address)
-
 
 cdef enum:
     # Query tokens per chunk: queries are stored transposed, chunk by chunk.

@@ -6,10 +6,13 @@
  * compiler emits the matching instructions). Other compilers (MSVC): a struct
  * of 4 floats handled lane by lane.
  *
- * LEMUR_DOC_ROWS: document tokens per register block. The kernel keeps
- * LEMUR_DOC_ROWS x (16 / LEMUR_VECTOR_FLOATS) accumulators in registers, sized
- * to the register file: 8 of 32 zmm with AVX-512, 12 of 16 ymm with AVX,
- * 12 of 16 xmm otherwise.
+ * Register blocks, sized to the register file (32 zmm with AVX-512, else 16):
+ * LEMUR_DOC_ROWS: document tokens per block of the MaxSim kernel, which keeps
+ *   LEMUR_DOC_ROWS x (16 / LEMUR_VECTOR_FLOATS) accumulators (8 zmm, 12 ymm,
+ *   12 xmm).
+ * LEMUR_TILE_QUERIES x LEMUR_TILE_DOCS: the tile of the first-stage scoring
+ *   kernel, one accumulator per (query, document) plus one register per query
+ *   and one for the document (24 + 5 zmm, 12 + 4 ymm, 8 + 3 xmm).
  */
 #ifndef LEMUR_SIMD_H
 #define LEMUR_SIMD_H
@@ -19,12 +22,18 @@
 #if defined(__AVX512F__)
 #define LEMUR_VECTOR_FLOATS 16
 #define LEMUR_DOC_ROWS 8
+#define LEMUR_TILE_QUERIES 4
+#define LEMUR_TILE_DOCS 6
 #elif defined(__AVX__)
 #define LEMUR_VECTOR_FLOATS 8
 #define LEMUR_DOC_ROWS 6
+#define LEMUR_TILE_QUERIES 3
+#define LEMUR_TILE_DOCS 4
 #else
 #define LEMUR_VECTOR_FLOATS 4
 #define LEMUR_DOC_ROWS 3
+#define LEMUR_TILE_QUERIES 2
+#define LEMUR_TILE_DOCS 4
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -50,6 +59,24 @@ static inline void lemur_vector_store(float *target, lemur_vector value)
 static inline lemur_vector lemur_vector_fma(lemur_vector accumulator, lemur_vector a, float b)
 {
     return accumulator + a * b;
+}
+
+/* accumulator + a * b, lane by lane */
+static inline lemur_vector lemur_vector_fma_lanes(lemur_vector accumulator, lemur_vector a, lemur_vector b)
+{
+    return accumulator + a * b;
+}
+
+/* the sum of the lanes, pairwise: halves, then quarters, ... */
+static inline float lemur_vector_sum(lemur_vector value)
+{
+    float lanes[LEMUR_VECTOR_FLOATS];
+    int width, i;
+    memcpy(lanes, &value, sizeof lanes);
+    for (width = LEMUR_VECTOR_FLOATS / 2; width > 0; width /= 2)
+        for (i = 0; i < width; i++)
+            lanes[i] += lanes[i + width];
+    return lanes[0];
 }
 
 static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)
@@ -89,6 +116,23 @@ static inline lemur_vector lemur_vector_fma(lemur_vector accumulator, lemur_vect
     for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
         accumulator.lane[i] += a.lane[i] * b;
     return accumulator;
+}
+
+static inline lemur_vector lemur_vector_fma_lanes(lemur_vector accumulator, lemur_vector a, lemur_vector b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        accumulator.lane[i] += a.lane[i] * b.lane[i];
+    return accumulator;
+}
+
+static inline float lemur_vector_sum(lemur_vector value)
+{
+    int width, i;
+    for (width = LEMUR_VECTOR_FLOATS / 2; width > 0; width /= 2)
+        for (i = 0; i < width; i++)
+            value.lane[i] += value.lane[i + width];
+    return value.lane[0];
 }
 
 static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)

@@ -1,0 +1,358 @@
+"""lemur side by side with the original LEMUR and the Numba fork, in one run.
+
+    python bench/compare.py --original ~/peers/lemur --fork ~/peers/lemur-numpy \\
+        --peer-python ~/peers/venv/bin/python
+
+The same synthetic workload goes through each implementation: documents of 60
+to 100 tokens (80 on average), d = 128, a one-layer GELU model with
+h = 2048, 100-query batches of 32 tokens, k' = 100 and 200 candidates, final
+k = 10, and single queries. Printed: medians of repeated runs and ratios for
+the first stage (features + top-k'), the rerank (exact MaxSim of k'
+candidates -> 10), end to end, single-query latency p50/p90, and the first
+stage's peak memory (its peak RSS above the RSS before it, beside W's size).
+
+Each implementation runs in a process of its own (no shared thread pools, a
+clean memory peak) on the same data, which is generated once into --data-dir
+and reused. Each OPENBLAS_CORETYPE setting asked for (default: unset, as users
+have it, and Haswell, as this machine's environment sets it) is a separate
+pass, since OpenBLAS reads it when it is loaded.
+
+The peers are optional; give checkouts built outside this project, from their
+public repositories (their package is also called ``lemur``, so they run in an
+interpreter without lemur-retrieval installed, --peer-python):
+
+* the original: ``git clone https://github.com/ejaasaari/lemur`` and, in it,
+  ``python setup.py build_ext --inplace`` (needs torch, pybind11, tqdm);
+* the fork: ``git clone https://github.com/oaustegard/lemur-numpy`` (needs
+  numba; its package imports torch too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM, HIDDEN, QUERY_TOKENS, BATCH, FINAL_K = 128, 2048, 32, 100, 10
+CANDIDATES = (100, 200)
+IMPLEMENTATIONS = ("lemur", "original", "fork")
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def make_data(folder: Path, num_docs: int, num_single: int, seed: int = 0) -> Path:
+    """Write the workload for `num_docs` documents into folder (once)."""
+    target = folder / f"docs{num_docs}_single{num_single}_seed{seed}"
+    if (target / "done").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    random = np.random.default_rng(seed)
+
+    def unit(rows: int) -> np.ndarray:
+        out = np.empty((rows, DIM), dtype=np.float32)
+        for start in range(0, rows, 1 << 20):
+            block = random.standard_normal((min(1 << 20, rows - start), DIM), dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            out[start : start + len(block)] = block
+        return out
+
+    doc_counts = random.integers(60, 101, num_docs).astype(np.int32)
+    np.save(target / "doc_counts.npy", doc_counts)
+    np.save(target / "doc_tokens.npy", unit(int(doc_counts.sum())))
+    np.save(target / "W.npy", random.standard_normal((num_docs, HIDDEN), dtype=np.float32) * 0.05)
+    np.save(target / "queries.npy", unit(BATCH * QUERY_TOKENS))
+    np.save(target / "single_queries.npy", unit(num_single * QUERY_TOKENS))
+    np.savez(
+        target / "model.npz",  # the fork's export format, which all three read
+        layer_0_weight=random.standard_normal((HIDDEN, DIM), dtype=np.float32) / np.float32(np.sqrt(DIM)),
+        layer_0_bias=random.standard_normal(HIDDEN, dtype=np.float32) * 0.1,
+        layer_0_ln_weight=1 + random.standard_normal(HIDDEN, dtype=np.float32) * 0.1,
+        layer_0_ln_bias=random.standard_normal(HIDDEN, dtype=np.float32) * 0.1,
+        W=np.zeros((1, HIDDEN), np.float32),
+        final_hidden_dim=np.int64(HIDDEN),
+        num_layers=np.int64(1),
+    )
+    (target / "done").write_text("ok")
+    return target
+
+
+# -- measuring (in the worker process) ------------------------------------------------------
+
+
+def median_ms(function, repeat: int) -> float:
+    function()
+    timings = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings) * 1e3)
+
+
+def rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) so a stage's own peak can be read."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Pipeline:
+    """One implementation's stages on numpy inputs."""
+
+    name = ""
+
+    def first_stage(self, tokens, counts, k): ...
+
+    def rerank(self, tokens, counts, candidates): ...
+
+    def end_to_end(self, tokens, counts, k_candidates):
+        return self.rerank(tokens, counts, self.first_stage(tokens, counts, k_candidates))
+
+
+class LemurPipeline(Pipeline):
+    name = "lemur"
+
+    def __init__(self, data, threads):
+        import lemur
+
+        self.version = lemur.__version__
+        self.threads = threads
+        model = lemur.Model.load(data["folder"] / "model.npz")
+        self.index = lemur.Index(model, data["W"], data["doc_tokens"], data["doc_counts"])
+
+    def first_stage(self, tokens, counts, k):
+        features = self.index.features(tokens, counts, num_threads=self.threads)
+        return self.index.top_k(features, k, num_threads=self.threads)[0]
+
+    def rerank(self, tokens, counts, candidates):
+        return self.index.rerank(tokens, counts, candidates, FINAL_K, num_threads=self.threads)[0]
+
+    def end_to_end(self, tokens, counts, k_candidates):
+        return self.index.search(
+            tokens, counts, k=FINAL_K, candidates=k_candidates, num_threads=self.threads
+        )[0]
+
+
+class OriginalPipeline(Pipeline):
+    name = "original"
+
+    def __init__(self, data, threads):
+        import torch
+        from lemur import Lemur
+        from lemur.maxsim import MaxSim
+        from lemur.model import MLP
+
+        torch.set_num_threads(threads)
+        self.torch, self.threads = torch, threads
+        self.version = f"torch {torch.__version__}"
+        weights = np.load(data["folder"] / "model.npz")
+        mlp = MLP(input_dim=DIM, output_dim=128, hidden_dim=512, final_hidden_dim=HIDDEN,
+                  num_layers=1, activation="gelu")
+        with torch.no_grad():
+            mlp.feature_extractor[0].weight.copy_(torch.from_numpy(weights["layer_0_weight"]))
+            mlp.feature_extractor[0].bias.copy_(torch.from_numpy(weights["layer_0_bias"]))
+            mlp.feature_extractor[1].weight.copy_(torch.from_numpy(weights["layer_0_ln_weight"]))
+            mlp.feature_extractor[1].bias.copy_(torch.from_numpy(weights["layer_0_ln_bias"]))
+        self.lemur = Lemur(device="cpu")
+        self.lemur.mlp, self.lemur.final_hidden_dim = mlp.eval(), HIDDEN
+        self.W = torch.from_numpy(data["W"])
+        self.maxsim = MaxSim(data["doc_tokens"], data["doc_counts"])
+
+    def first_stage(self, tokens, counts, k):
+        with self.torch.inference_mode():
+            features = self.lemur.compute_features((tokens, counts))
+            return self.torch.topk(features @ self.W.T, k, dim=1).indices.numpy().astype(np.int32)
+
+    def rerank(self, tokens, counts, candidates):
+        return self.maxsim.rerank_subset(
+            tokens, counts, FINAL_K, np.ascontiguousarray(candidates, dtype=np.int32), self.threads
+        )
+
+
+class ForkPipeline(Pipeline):
+    name = "fork"
+
+    def __init__(self, data, threads):
+        import numba
+        from lemur.lemur_numpy import LemurNumPy
+
+        numba.set_num_threads(threads)
+        self.version = f"numba {numba.__version__}"
+        self.lemur = LemurNumPy().load_npz(data["folder"] / "model.npz")
+        self.lemur.W_out = data["W"]
+        self.doc_tokens, self.doc_counts = data["doc_tokens"], data["doc_counts"]
+
+    def first_stage(self, tokens, counts, k):
+        return self.lemur.top_k(self.lemur.compute_features(tokens, counts), k)[0]
+
+    def rerank(self, tokens, counts, candidates):
+        # the fork scores the candidates; the final top k is the user's argsort
+        scores = self.lemur.exact_maxsim(tokens, counts, self.doc_tokens, self.doc_counts, candidates)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :FINAL_K]
+        return np.take_along_axis(candidates, order, axis=1)
+
+
+def measure(implementation: str, folder: Path, threads: int, repeat: int, single_repeat: int) -> dict:
+    if implementation != "lemur":
+        import lemur
+
+        location = os.path.realpath(lemur.__file__)
+        expected = os.environ.get("LEMUR_COMPARE_PEER", "")
+        if not expected or not location.startswith(os.path.realpath(expected)):
+            return {"skipped": f"'import lemur' finds {location}, not the {implementation}'s checkout"}
+    data = {
+        "folder": folder,
+        "W": np.load(folder / "W.npy"),
+        "doc_tokens": np.load(folder / "doc_tokens.npy"),
+        "doc_counts": np.load(folder / "doc_counts.npy"),
+    }
+    pipeline = {"lemur": LemurPipeline, "original": OriginalPipeline, "fork": ForkPipeline}[
+        implementation
+    ](data, threads)
+    queries = np.load(folder / "queries.npy")
+    counts = np.full(BATCH, QUERY_TOKENS, dtype=np.int32)
+    results: dict[str, object] = {
+        "version": pipeline.version,
+        "W_bytes": int(data["W"].nbytes),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+    }
+    rss_before = rss_bytes("VmRSS")
+    peak_reset = reset_peak_rss()
+    for k in CANDIDATES:
+        results[f"first_stage_{k}"] = median_ms(lambda: pipeline.first_stage(queries, counts, k), repeat)
+    results["first_stage_peak_extra_bytes"] = (rss_bytes("VmHWM") - rss_before) if peak_reset else None
+    results["rss_bytes"] = rss_before
+    for k in CANDIDATES:
+        candidates = np.ascontiguousarray(pipeline.first_stage(queries, counts, k), dtype=np.int64)
+        results[f"rerank_{k}"] = median_ms(lambda: pipeline.rerank(queries, counts, candidates), repeat)
+        results[f"end_to_end_{k}"] = median_ms(lambda: pipeline.end_to_end(queries, counts, k), repeat)
+    singles = np.load(folder / "single_queries.npy").reshape(-1, QUERY_TOKENS, DIM)
+    one = np.array([QUERY_TOKENS], dtype=np.int32)
+    pipeline.end_to_end(singles[0], one, CANDIDATES[-1])
+    latencies = []
+    for query in singles[:single_repeat]:
+        start = time.perf_counter()
+        pipeline.end_to_end(query, one, CANDIDATES[-1])
+        latencies.append(time.perf_counter() - start)
+    results["single_p50"] = float(np.percentile(latencies, 50) * 1e3)
+    results["single_p90"] = float(np.percentile(latencies, 90) * 1e3)
+    return results
+
+
+# -- the report (in the parent) --------------------------------------------------------------
+
+
+def run_worker(implementation, folder, arguments, coretype) -> dict:
+    environment = dict(os.environ)
+    environment.pop("OPENBLAS_CORETYPE", None)
+    if coretype != "unset":
+        environment["OPENBLAS_CORETYPE"] = coretype
+    python = sys.executable
+    if implementation != "lemur":
+        peer = arguments.original if implementation == "original" else arguments.fork
+        if not peer:
+            return {"skipped": f"no --{implementation} checkout given"}
+        python = arguments.peer_python or sys.executable
+        environment["PYTHONPATH"] = os.pathsep.join([peer, environment.get("PYTHONPATH", "")])
+        environment["LEMUR_COMPARE_PEER"] = peer
+    command = [python, __file__, "--worker", implementation, "--data", str(folder),
+               "--threads", str(arguments.threads), "--repeat", str(arguments.repeat),
+               "--single", str(arguments.single)]
+    child = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        return {"skipped": f"failed: {child.stderr.strip().splitlines()[-1] if child.stderr.strip() else child.returncode}"}
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+ROWS = [
+    ("first stage (features + top-100), 100 queries", "first_stage_100", "ms"),
+    ("first stage (features + top-200), 100 queries", "first_stage_200", "ms"),
+    ("rerank 100 queries x 100 candidates -> 10", "rerank_100", "ms"),
+    ("rerank 100 queries x 200 candidates -> 10", "rerank_200", "ms"),
+    ("end to end, k'=100 -> 10, 100 queries", "end_to_end_100", "ms"),
+    ("end to end, k'=200 -> 10, 100 queries", "end_to_end_200", "ms"),
+    ("single query end to end (k'=200), p50", "single_p50", "ms"),
+    ("single query end to end (k'=200), p90", "single_p90", "ms"),
+    ("first stage peak memory above RSS before it", "first_stage_peak_extra_bytes", "MB"),
+]
+
+
+def report(num_docs, coretype, results, threads):
+    lemur = results["lemur"]
+    print(
+        f"\n== {num_docs:,} documents, OPENBLAS_CORETYPE={coretype}, {threads} threads "
+        f"(W: {lemur['W_bytes'] / 2**20:.0f} MB) =="
+    )
+    names = [name for name in IMPLEMENTATIONS if "skipped" not in results[name]]
+    for name in IMPLEMENTATIONS:
+        if "skipped" in results[name]:
+            print(f"  ({name}: skipped, {results[name]['skipped']})")
+    header = f"  {'':48s}" + "".join(f"{name:>12s}" for name in names)
+    header += "".join(f"{'vs ' + name:>14s}" for name in names[1:])
+    print(header + "\n  " + "-" * (len(header) - 2))
+    for label, key, unit in ROWS:
+        values = [results[name].get(key) for name in names]
+        if unit == "MB":
+            cells = "".join(f"{(v or 0) / 2**20:10.0f}MB" for v in values)
+            ratios = ""
+        else:
+            cells = "".join(f"{v:10.2f}ms" for v in values)
+            ratios = "".join(f"{v / values[0]:13.2f}x" for v in values[1:])
+        print(f"  {label:48s}{cells}{ratios}")
+    print("  (ratios: the peer's time / lemur's, so > 1 means lemur is faster)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--original", help="checkout of ejaasaari/lemur, built in place")
+    parser.add_argument("--fork", help="checkout of oaustegard/lemur-numpy")
+    parser.add_argument("--peer-python", help="interpreter for the peers (without lemur-retrieval)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10, help="runs per batch measurement")
+    parser.add_argument("--single", type=int, default=100, help="single queries timed")
+    parser.add_argument("--coretype", action="append", help="OPENBLAS_CORETYPE ('unset' for none); repeatable")
+    parser.add_argument("--data-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "lemur-bench"))
+    parser.add_argument("--json", help="also write all results to this file")
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+
+    if arguments.worker:
+        print(json.dumps(measure(arguments.worker, Path(arguments.data), arguments.threads,
+                                 arguments.repeat, arguments.single)))
+        return
+    everything = []
+    for num_docs in arguments.docs:
+        folder = make_data(Path(arguments.data_dir), num_docs, arguments.single)
+        for coretype in arguments.coretype or ["unset", "Haswell"]:
+            results = {name: run_worker(name, folder, arguments, coretype) for name in IMPLEMENTATIONS}
+            if "skipped" in results["lemur"]:
+                raise SystemExit(f"lemur failed: {results['lemur']['skipped']}")
+            report(num_docs, coretype, results, arguments.threads)
+            everything.append({"docs": num_docs, "coretype": coretype, "threads": arguments.threads,
+                               "results": results})
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(everything, indent=1))
+
+
+if __name__ == "__main__":
+    main()
