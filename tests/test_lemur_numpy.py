@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import DATA, FEATURE_TOLERANCE, golden
 
+import lemur as lemur_module
 from lemur.lemur_numpy import LemurNumPy, create_synthetic_model
 
 
@@ -97,7 +98,9 @@ def test_replacing_an_attribute_changes_the_model():
     assert not np.allclose(before, after)
 
 
-def test_errors():
+def test_errors(tmp_path):
+    elm_npz = tmp_path / "elm.npz"
+    lemur_module.load(DATA / "elm_gelu_d128_h512").save(elm_npz)
     empty = LemurNumPy()
     assert empty.num_docs == 0
     with pytest.raises(ValueError, match="no model loaded: call load_npz"):
@@ -108,7 +111,7 @@ def test_errors():
     with pytest.raises(ValueError, match="query_features holds vectors of dimension 100, but W_out's width"):
         lemur.approximate_scores(np.ones((2, 100), np.float32))
     with pytest.raises(ValueError, match="holds an ELM model; LemurNumPy supports MLP models only"):
-        LemurNumPy().load_npz(DATA / "elm_gelu_d128_h512" / "model_lemur.npz")
+        LemurNumPy().load_npz(elm_npz)
     with pytest.raises(ValueError, match="unknown activation"):
         LemurNumPy(activation="GELU")
     with pytest.raises(ValueError, match="counts sums to 3, but tokens has 4 rows"):

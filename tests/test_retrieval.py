@@ -7,7 +7,7 @@ import pytest
 from conftest import DATA, VARIANTS, golden, load_variant
 
 import lemur
-from lemur import _dispatch, npz, retrieval
+from lemur import _dispatch, files, retrieval
 
 
 # -- brute-force references ---------------------------------------------------------
@@ -223,7 +223,7 @@ def test_empty_query_keeps_its_first_candidates():
 
 def fixture_index(variant):
     filename, activation = VARIANTS[variant]
-    contents = npz.load(DATA / variant / filename, activation=activation)
+    contents = files.read(DATA / variant / filename, activation=activation)
     with np.load(DATA / "corpus.npz") as archive:
         expected = golden(variant)
         doc_tokens = archive[str(expected["corpus_key"])]

@@ -289,12 +289,15 @@ class Index:
         activation: str | None = None,
         num_threads: int | None = None,
     ) -> Index:
-        """Read an index from a lemur ``.npz`` file or a LEMUR-NumPy export.
+        """Read an index from any file :func:`lemur.load` reads: a lemur
+        ``.npz``, a LEMUR-NumPy export, or an original LEMUR index directory.
 
         The arrays are read once, into memory of their own (no second copy).
         `activation` is for exports, which do not record it (default "gelu").
         """
-        contents = npz.load(path, activation=activation)
+        from lemur import files
+
+        contents = files.read(path, activation=activation)
         if contents.W is None:
             raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
         return cls(

@@ -343,16 +343,17 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, activation: str | None = None) -> Model:
-        """Read a model from a lemur ``.npz`` file or a Numba fork export.
+        """Read a model from any file :func:`lemur.load` reads (lemur ``.npz``,
+        Numba fork export, original LEMUR index directory or ``mlp.pt``).
 
         Parameters
         ----------
         path : path-like
         activation : str, optional
             Only for files that do not record it (the fork's): which activation
-            the model was trained with; default "gelu" (exact). For lemur's own
-            files it must be None or match the recorded one.
+            the model was trained with; default "gelu" (exact). For the other
+            formats it must be None or match the recorded one.
         """
-        from lemur import npz
+        from lemur import files
 
-        return npz.load(path, activation=activation).model
+        return files.read(path, activation=activation).model
