@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import DATA
+import numpy as np
+import pytest
+from conftest import DATA, golden
 
 from lemur.cli import main
 
@@ -44,3 +46,94 @@ def test_usage_errors_exit_2():
     result = subprocess.run([sys.executable, "-m", "lemur"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage: lemur" in result.stderr
+
+
+def save_queries(tmp_path, variant="mlp1_gelu_d128_h2048"):
+    expected = golden(variant)
+    with np.load(DATA / "corpus.npz") as corpus:
+        np.save(tmp_path / "docs.npy", corpus[str(expected["corpus_key"])])
+        np.save(tmp_path / "doc_counts.npy", corpus["doc_counts"])
+    np.save(tmp_path / "queries.npy", expected["query_tokens"].astype(np.float64))  # converted
+    np.save(tmp_path / "counts.npy", expected["query_counts"])
+    return expected
+
+
+@pytest.mark.parametrize(
+    ("path", "lines"),
+    [
+        (DATA / "mlp2_relu_d96_h256", ["format:            lemur-original (directory)",
+                                       "model:             mlp, 2 layers, dims 96 -> 128 -> 256, activation relu",
+                                       "documents:         300 (W: 300 x 256 float32, 0.3 MB)"]),
+        (DATA / "elm_gelu_d128_h512" / "mlp.pt", ["model:             elm, 1 layer, dims 128 -> 512, activation gelu",
+                                                 "documents:         none (a model without W)"]),
+    ],
+)
+def test_info(capsys, path, lines):
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    for line in lines:
+        assert line in out
+
+
+def test_convert_then_info_and_search(capsys, tmp_path):
+    assert main(["convert", str(DATA / "elm_gelu_d128_h512"), str(tmp_path / "elm.npz")]) == 0
+    assert "lemur index (elm, activation gelu, 300 documents), from lemur-original (directory)" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "elm.npz")]) == 0
+    assert "format:            lemur\n" in capsys.readouterr().out
+
+
+def test_search_prints_results_and_writes_npz(capsys, tmp_path):
+    expected = save_queries(tmp_path)
+    common = ["search", str(DATA / "mlp1_gelu_d128_h2048"), "--queries", str(tmp_path / "queries.npy"),
+              "--counts", str(tmp_path / "counts.npy"), "--docs", str(tmp_path / "docs.npy"),
+              "--doc-counts", str(tmp_path / "doc_counts.npy"), "--candidates", "50"]
+    assert main(common + ["-k", "10", "--out", str(tmp_path / "results.npz")]) == 0
+    with np.load(tmp_path / "results.npz") as results:
+        assert np.array_equal(results["indices"][0], expected["rerank_top10"][0])
+        assert results["scores"].dtype == np.float32
+    captured = capsys.readouterr()
+    assert "41 queries, 300 documents, k=10, rerank by exact MaxSim" in captured.err
+    assert main(common + ["-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query\trank\tdocument\tscore"
+    assert lines[1].startswith(f"0\t0\t{expected['rerank_top10'][0, 0]}\t")
+
+
+def test_search_without_document_tokens_is_first_stage_only(capsys, tmp_path):
+    save_queries(tmp_path)
+    assert main(["search", str(DATA / "mlp1_gelu_d128_h2048"), "--queries", str(tmp_path / "queries.npy"),
+                 "--counts", str(tmp_path / "counts.npy"), "-k", "3"]) == 0
+    assert "first stage only (no document tokens)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["search", str(DATA / "hostile" / "mlp.pt"), "--queries", "q.npy", "--counts", "c.npy"], "refusing to load it"),
+        (["search", str(DATA / "elm_gelu_d128_h512" / "mlp.pt"), "--queries", "q.npy", "--counts", "c.npy"], "holds a model but no W"),
+        (["search", str(DATA / "mlp1_gelu_d128_h2048"), "--queries", "missing.npy", "--counts", "c.npy"], "No such file"),
+        (["search", str(DATA / "mlp1_gelu_d128_h2048"), "--queries", "q.npy", "--counts", "c.npy", "--docs", "d.npy"], "pass --docs and --doc-counts together"),
+        (["info", str(DATA / "hostile" / "object_array.npz")], "holds a Python object array"),
+        (["convert", str(DATA / "nowhere"), "out.npz"], "no such file or directory"),
+    ],
+)
+def test_errors_exit_1_with_a_message(capsys, tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    save_queries(tmp_path)
+    np.save(tmp_path / "q.npy", np.load(tmp_path / "queries.npy"))
+    np.save(tmp_path / "c.npy", np.load(tmp_path / "counts.npy"))
+    assert main(arguments) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("command", ["info", "convert", "search", "demo", "config"])
+def test_every_subcommand_has_help(command):
+    result = subprocess.run([sys.executable, "-m", "lemur", command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: lemur {command}")
+
+
+def test_bad_option_values_are_usage_errors():
+    result = subprocess.run([sys.executable, "-m", "lemur", "search", "x", "--queries", "q", "--counts", "c", "-k", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr

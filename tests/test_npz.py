@@ -9,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 from conftest import DATA, FEATURE_TOLERANCE, golden, random_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import lemur
 from lemur import npz
@@ -238,3 +240,25 @@ def test_truncated_archive_is_refused(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
         npz.load("/nonexistent/model.npz")
+
+
+NPZ_SOURCE = (DATA / "mlp1_mish_d64_h256" / "model.npz").read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.integers(0, len(NPZ_SOURCE)),
+    flips=st.lists(st.tuples(st.integers(0, len(NPZ_SOURCE) - 1), st.integers(0, 7)), max_size=8),
+)
+def test_fuzz_damaged_files_raise_our_errors(tmp_path, cut, flips):
+    data = bytearray(NPZ_SOURCE[:cut])
+    for position, bit in flips:
+        if position < len(data):
+            data[position] ^= 1 << bit
+    path = tmp_path / "model.npz"
+    path.write_bytes(bytes(data))
+    try:
+        model = npz.load(path, activation="mish").model
+    except (ValueError, TypeError):
+        return
+    assert model.num_layers == 1

@@ -1,4 +1,9 @@
-"""The ``lemur`` command line (also ``python -m lemur``)."""
+"""The ``lemur`` command line (also ``python -m lemur``).
+
+Exit status: 0 on success, 1 when the work fails (a bad file or input; the
+reason goes to stderr, without a traceback), 2 for a usage error, 130 when
+interrupted.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,129 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MB"
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    """An .npy file, read without unpickling."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npy file for {what} ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{path}: expected an .npy array for {what}, found an .npz archive")
+    return array
+
+
+def _load_vectors(path: str, what: str) -> np.ndarray:
+    """Token vectors from .npy, as float32 (other float dtypes are converted)."""
+    array = _load_array(path, what)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{path}: {what} must hold floating-point values, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _info(arguments: argparse.Namespace) -> int:
+    from lemur import files
+
+    contents = files.read(arguments.path, activation=arguments.activation)
+    model = contents.model
+    dims = " -> ".join([str(model.input_dim)] + [str(layer.weight.shape[0]) for layer in model.layers])
+    lines = [
+        ("file", arguments.path),
+        ("format", contents.file_format),
+        ("model", f"{model.kind}, {model.num_layers} layer{'s' * (model.num_layers > 1)}, "
+                  f"dims {dims}, activation {model.activation}"),
+        ("weights", f"float32, {_megabytes(model.nbytes)}"),
+        ("target statistics", f"output_mean {model.output_mean:.6g}, output_std {model.output_std:.6g}"),
+    ]
+    total = model.nbytes
+    if contents.W is None:
+        lines.append(("documents", "none (a model without W)"))
+    else:
+        lines.append(("documents", f"{contents.W.shape[0]:,} (W: {contents.W.shape[0]:,} x "
+                                   f"{contents.W.shape[1]} {contents.W.dtype}, {_megabytes(contents.W.nbytes)})"))
+        total += contents.W.nbytes
+    if contents.doc_tokens is None:
+        lines.append(("token store", "none"))
+    else:
+        lines.append(("token store", f"{contents.doc_tokens.shape[0]:,} tokens x "
+                                     f"{contents.doc_tokens.shape[1]} {contents.doc_tokens.dtype}, "
+                                     f"{_megabytes(contents.doc_tokens.nbytes)}"))
+        total += contents.doc_tokens.nbytes
+    lines.append(("in memory", _megabytes(total)))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label + ':':{width + 1}s} {value}")
+    return 0
+
+
+def _convert(arguments: argparse.Namespace) -> int:
+    from lemur import files, npz
+
+    contents = files.read(arguments.source, activation=arguments.activation)
+    npz.save(
+        arguments.destination,
+        model=contents.model,
+        W=contents.W,
+        doc_tokens=contents.doc_tokens,
+        doc_counts=contents.doc_counts,
+    )
+    what = "index" if contents.W is not None else "model"
+    print(
+        f"wrote {arguments.destination}: lemur {what} ({contents.model.kind}, activation "
+        f"{contents.model.activation}"
+        + (f", {contents.W.shape[0]:,} documents" if contents.W is not None else "")
+        + f"), from {contents.file_format}"
+    )
+    return 0
+
+
+def _search(arguments: argparse.Namespace) -> int:
+    from lemur import Index, files
+
+    contents = files.read(arguments.index, activation=arguments.activation)
+    if contents.W is None:
+        raise ValueError(f"{arguments.index}: holds a model but no W; it is not an index")
+    doc_tokens, doc_counts = contents.doc_tokens, contents.doc_counts
+    if (arguments.docs is None) != (arguments.doc_counts is None):
+        raise ValueError("pass --docs and --doc-counts together")
+    if arguments.docs is not None:
+        doc_tokens = _load_vectors(arguments.docs, "document tokens")
+        doc_counts = _load_array(arguments.doc_counts, "document counts")
+    index = Index(contents.model, contents.W, doc_tokens, doc_counts, num_threads=arguments.threads)
+    queries = _load_vectors(arguments.queries, "query tokens")
+    counts = _load_array(arguments.counts, "query counts")
+    start = time.perf_counter()
+    indices, scores = index.search(
+        queries, counts, k=arguments.k, candidates=arguments.candidates, num_threads=arguments.threads
+    )
+    elapsed = time.perf_counter() - start
+    how = "rerank by exact MaxSim" if index.has_documents else "first stage only (no document tokens)"
+    print(
+        f"lemur search: {indices.shape[0]:,} queries, {index.num_docs:,} documents, k={arguments.k}, "
+        f"{how}, {elapsed * 1e3:.1f} ms",
+        file=sys.stderr,
+    )
+    if arguments.out == "-":
+        lines = ["query\trank\tdocument\tscore"]
+        for query, (row_ids, row_scores) in enumerate(zip(indices, scores)):
+            lines += [
+                f"{query}\t{rank}\t{doc}\t{score:.6g}"
+                for rank, (doc, score) in enumerate(zip(row_ids, row_scores))
+                if doc >= 0
+            ]
+        print("\n".join(lines))
+    else:
+        with open(arguments.out, "wb") as stream:
+            np.savez(stream, indices=indices, scores=scores)
+        print(f"wrote {arguments.out}: indices {indices.shape} int64, scores float32", file=sys.stderr)
+    return 0
 
 
 def _demo(arguments: argparse.Namespace) -> int:
@@ -24,10 +152,10 @@ def _demo(arguments: argparse.Namespace) -> int:
         model = Model(
             [
                 Layer(
-                    weight=random.standard_normal((hidden, dim), dtype=np.float32) / np.sqrt(dim),
-                    bias=random.standard_normal(hidden, dtype=np.float32) * 0.1,
-                    ln_weight=1 + random.standard_normal(hidden, dtype=np.float32) * 0.1,
-                    ln_bias=random.standard_normal(hidden, dtype=np.float32) * 0.1,
+                    weight=random.standard_normal((hidden, dim), dtype=np.float32) / np.float32(np.sqrt(dim)),
+                    bias=random.standard_normal(hidden, dtype=np.float32) * np.float32(0.1),
+                    ln_weight=1 + random.standard_normal(hidden, dtype=np.float32) * np.float32(0.1),
+                    ln_bias=random.standard_normal(hidden, dtype=np.float32) * np.float32(0.1),
                 )
             ],
             activation="gelu",
@@ -71,35 +199,82 @@ def _config(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lemur",
-        description="LEMUR multi-vector retrieval on the CPU, without PyTorch.",
+        description="LEMUR multi-vector retrieval on the CPU, without PyTorch. Reads lemur "
+        ".npz files, LEMUR-NumPy exports and the original LEMUR's index directories "
+        "(mlp.pt, w.pt; never executing code from them).",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
+    activation_help = "the model's activation, for LEMUR-NumPy exports (they do not record it; default gelu)"
+
+    info = subcommands.add_parser(
+        "info", help="describe a model or index file",
+        description="Print a model's or index's kind, layers, dimensions, activation, number of "
+        "documents, dtypes, memory footprint and file format.",
+    )
+    info.add_argument("path", help="a lemur .npz, a LEMUR-NumPy export, or an original index directory or mlp.pt")
+    info.add_argument("--activation", help=activation_help)
+    info.set_defaults(handler=_info)
+
+    convert = subcommands.add_parser(
+        "convert", help="convert any supported model or index to lemur's .npz",
+        description="Write SOURCE in lemur's .npz format, which records the activation and the "
+        "model kind (MLP or ELM) that the fork's exporter drops.",
+    )
+    convert.add_argument("source", help="a lemur .npz, a LEMUR-NumPy export, or an original index directory or mlp.pt")
+    convert.add_argument("destination", help="the .npz file to write (replaced atomically)")
+    convert.add_argument("--activation", help=activation_help)
+    convert.set_defaults(handler=_convert)
+
+    search = subcommands.add_parser(
+        "search", help="search an index with queries from .npy files",
+        description="Compute the queries' features, take the CANDIDATES documents with the largest "
+        "approximate score and rerank them by exact MaxSim (when the index, or --docs, provides "
+        "the documents' token vectors), keeping the K best.",
+    )
+    search.add_argument("index", help="an index: lemur .npz, LEMUR-NumPy export, or original index directory")
+    search.add_argument("--queries", required=True, help=".npy of query token vectors (total_tokens, d), float")
+    search.add_argument("--counts", required=True, help=".npy of tokens per query (num_queries,), int")
+    search.add_argument("--docs", help=".npy of the documents' token vectors, for the exact rerank")
+    search.add_argument("--doc-counts", help=".npy of tokens per document, with --docs")
+    search.add_argument("-k", type=_positive_int, default=10, help="results per query (default 10)")
+    search.add_argument("--candidates", type=_positive_int, default=100,
+                        help="candidates per query for the rerank (default 100)")
+    search.add_argument("--out", default="-",
+                        help="an .npz to write (indices, scores), or - for text on stdout (default)")
+    search.add_argument("--threads", type=_positive_int, help="threads (default: OMP_NUM_THREADS or all cores)")
+    search.add_argument("--activation", help=activation_help)
+    search.set_defaults(handler=_search)
 
     demo = subcommands.add_parser(
-        "demo",
-        help="compute query features with a model and time it",
+        "demo", help="compute query features with a model and time them",
         description="Load a model (or make a random one), compute the features of a batch "
         "of random queries, and print what was done and how fast.",
     )
-    demo.add_argument("--model", help="a lemur .npz or LEMUR-NumPy export (default: random)")
-    demo.add_argument(
-        "--activation",
-        help="activation, for exports that do not record it (default: gelu, exact)",
-    )
-    demo.add_argument("--queries", type=int, default=100, help="queries per batch (default 100)")
-    demo.add_argument("--tokens", type=int, default=32, help="tokens per query (default 32)")
-    demo.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
-    demo.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
+    demo.add_argument("--model", help="a model or index file (default: a random model)")
+    demo.add_argument("--activation", help=activation_help)
+    demo.add_argument("--queries", type=_positive_int, default=100, help="queries per batch (default 100)")
+    demo.add_argument("--tokens", type=_positive_int, default=32, help="tokens per query (default 32)")
+    demo.add_argument("--repeat", type=_positive_int, default=20, help="timed runs (default 20)")
+    demo.add_argument("--threads", type=_positive_int, help="threads (default: OMP_NUM_THREADS or all cores)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(handler=_demo)
 
     config = subcommands.add_parser(
-        "config",
-        help="print versions, kernel variant, BLAS and threads",
+        "config", help="print versions, kernel variant, BLAS and threads",
         description="Print lemur's build and run-time configuration (lemur.show_config()).",
     )
     config.set_defaults(handler=_config)
@@ -107,12 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    """Run the command line; returns the exit status."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
     try:
         return arguments.handler(arguments)
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, MemoryError) as exc:
         print(f"lemur {arguments.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

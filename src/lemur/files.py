@@ -72,7 +72,7 @@ def _is_torch_archive(path: str) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # a damaged archive: let the reader for its extension say why
         return path.endswith(".pt")
 
 

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import zipfile
-import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -92,8 +90,8 @@ class _Archive:
                     "files (it could run arbitrary code)"
                 ) from None
             raise self.error(f"key {key!r} is not a valid .npy member ({exc})") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise self.error(f"key {key!r} could not be read ({exc})") from None
+        except Exception as exc:  # CRC errors, truncation, a damaged .npy header
+            raise self.error(f"key {key!r} could not be read ({type(exc).__name__}: {exc})") from None
 
     def scalar(self, key: str, kinds: str, what: str) -> object:
         value = self.array(key)
@@ -268,9 +266,9 @@ def load(
     path = os.fspath(path)
     try:
         opened = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # whatever a damaged file makes zipfile or NumPy raise
         raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
     if not isinstance(opened, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: expected an .npz archive, found a single .npy array")

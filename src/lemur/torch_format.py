@@ -146,9 +146,9 @@ class _Archive:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception as exc:  # whatever a damaged or hostile archive makes zipfile raise
             raise TorchFileError(
                 f"{path}: not a torch.save zip archive ({exc}); files from PyTorch before 1.6 "
                 "(the legacy format) are not supported: re-save them with a current PyTorch"
@@ -170,7 +170,7 @@ class _Archive:
             raise TorchFileError(f"{self.path}: member {name!r} is {info.file_size} bytes, over {limit}")
         try:
             return self.zip.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # CRC errors, truncation, bad headers
             raise TorchFileError(f"{self.path}: member {name!r} could not be read ({exc})") from None
 
     def storage_array(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
