@@ -56,16 +56,8 @@ def _emit(value, out: list[bytes]) -> None:
         out.append(_global(value.module, value.name))
         _emit(tuple(value.args), out)
         out.append(b"R")
-    elif isinstance(value, OrderedDict):
-        out.append(_global("collections", "OrderedDict") + b")R")
-        if value:
-            out.append(b"(")
-            for key, item in value.items():
-                _emit(key, out)
-                _emit(item, out)
-            out.append(b"u")
-    elif isinstance(value, dict):
-        out.append(b"}")
+    elif isinstance(value, dict):  # an empty dict (or OrderedDict), then SETITEMS
+        out.append(_global("collections", "OrderedDict") + b")R" if isinstance(value, OrderedDict) else b"}")
         if value:
             out.append(b"(")
             for key, item in value.items():
