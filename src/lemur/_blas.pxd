@@ -10,6 +10,8 @@ cdef extern from "cblas.h" nogil:
     enum CBLAS_TRANSPOSE:
         CblasNoTrans
         CblasTrans
+    enum CBLAS_UPLO:
+        CblasUpper
 
     void scipy_cblas_sgemm(
         CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
@@ -24,7 +26,29 @@ cdef extern from "cblas.h" nogil:
         float beta, float *y, int incy,
     )
 
+    void scipy_cblas_dgemm(
+        CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
+        int m, int n, int k,
+        double alpha, const double *a, int lda, const double *b, int ldb,
+        double beta, double *c, int ldc,
+    )
+    void scipy_cblas_dsyrk(
+        CBLAS_ORDER order, CBLAS_UPLO uplo, CBLAS_TRANSPOSE trans,
+        int n, int k,
+        double alpha, const double *a, int lda,
+        double beta, double *c, int ldc,
+    )
+
     void scipy_openblas_set_num_threads(int num_threads)
     int scipy_openblas_get_num_threads()
     char *scipy_openblas_get_corename()
     char *scipy_openblas_get_config()
+
+
+cdef extern from "lapacke.h" nogil:
+    int LAPACK_ROW_MAJOR
+    # Eigenvalues (ascending) and, with jobz = 'V', eigenvectors (in the
+    # columns of a) of a symmetric matrix, divide and conquer. Returns 0, or
+    # the LAPACK error code.
+    int scipy_LAPACKE_dsyevd(int matrix_layout, char jobz, char uplo, int n,
+                             double *a, int lda, double *w)

@@ -18,10 +18,15 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from lemur._blas cimport (
+    LAPACK_ROW_MAJOR,
     CblasNoTrans,
     CblasRowMajor,
     CblasTrans,
+    CblasUpper,
+    scipy_cblas_dgemm,
+    scipy_cblas_dsyrk,
     scipy_cblas_sgemm,
+    scipy_LAPACKE_dsyevd,
     scipy_openblas_get_config,
     scipy_openblas_get_corename,
     scipy_openblas_get_num_threads,
@@ -779,6 +784,145 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
                         size = push_pair(&out_scores[query, 0], &out_indices[query, 0], size, k,
                                          scores[query, position], doc)
                 finish_list(&out_scores[query, 0], &out_indices[query, 0], size, k)
+
+
+# --------------------------------------------------------------------------
+# Fitting W: targets for the OLS sample, and the pseudo-inverse's algebra.
+# --------------------------------------------------------------------------
+
+def transposed_chunks(const float[:, ::1] rows):
+    """Rows (m, dim) as the transposed chunks of QUERY_LANES rows that
+    chunk_maxima takes: ceil(m / QUERY_LANES) blocks of (dim, QUERY_LANES)."""
+    cdef Py_ssize_t num_rows = rows.shape[0], dim = rows.shape[1]
+    cdef Py_ssize_t num_chunks = (num_rows + QUERY_LANES - 1) // QUERY_LANES
+    cdef float[::1] chunks = np.empty(max(1, num_chunks * dim * QUERY_LANES), dtype=np.float32)
+    if num_rows:
+        with nogil:
+            transpose_query(&rows[0, 0], num_rows, dim, &chunks[0])
+    return np.asarray(chunks)
+
+
+# out[j, s] = max over document j's tokens t of <sample row s, t>: the targets
+# of the least-squares fit of W (before standardising).
+#   sample_chunks: transposed_chunks(sample), sample (num_sample_rows, dim)
+#   doc_tokens (total, dim), doc_offsets (num_docs + 1), every document >= 1 token
+#   out (num_docs, num_sample_rows)
+# The MaxSim kernel with the sample rows as a very long query: parallel over
+# documents (dynamic); each document stays in L1/L2 while the sample's chunks
+# stream past it, CHUNK_BATCH at a time.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def document_targets(const float[::1] sample_chunks, Py_ssize_t num_sample_rows,
+                     const float[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                     float[:, ::1] out, int num_threads):
+    cdef Py_ssize_t num_docs = out.shape[0], dim = doc_tokens.shape[1]
+    cdef Py_ssize_t doc
+    if num_docs == 0 or num_sample_rows == 0:
+        return
+    with nogil:
+        for doc in prange(num_docs, num_threads=num_threads, schedule='dynamic'):
+            one_document_targets(&sample_chunks[0], num_sample_rows,
+                                 &doc_tokens[doc_offsets[doc], 0],
+                                 doc_offsets[doc + 1] - doc_offsets[doc], dim, &out[doc, 0])
+
+
+# out[s] = max over the document's tokens of <sample row s, token>, for every
+# sample row (see document_targets); the running maxima live on this call's stack.
+cdef void one_document_targets(const float *sample_chunks, Py_ssize_t num_sample_rows,
+                               const float *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
+                               float *out) noexcept nogil:
+    cdef float best[CHUNK_BATCH * QUERY_LANES]
+    cdef Py_ssize_t num_chunks = (num_sample_rows + QUERY_LANES - 1) // QUERY_LANES
+    cdef Py_ssize_t first = 0, end, lane
+    while first < num_chunks:
+        end = min(first + CHUNK_BATCH, num_chunks)
+        chunk_maxima(sample_chunks, first, end, doc, num_doc_tokens, dim, NULL, 0, best)
+        for lane in range(min((end - first) * QUERY_LANES, num_sample_rows - first * QUERY_LANES)):
+            out[first * QUERY_LANES + lane] = best[lane]
+        first = end
+
+
+cdef enum:
+    # Rows widened to float64 at a time by the float64 kernels below.
+    WIDE_BLOCK_ROWS = 1024
+
+
+# Widens rows [start, start + count) of a float32 matrix into a float64 buffer.
+cdef void widen_rows(const float[:, ::1] rows, Py_ssize_t start, Py_ssize_t count,
+                     double *out) noexcept nogil:
+    cdef Py_ssize_t i, j, width = rows.shape[1]
+    for i in range(count):
+        for j in range(width):
+            out[i * width + j] = rows[start + i, j]
+
+
+# out (n, n) float64: the upper triangle of rows^T rows, rows (m, n) float32,
+# accumulated in float64 over blocks of rows (dsyrk, num_threads BLAS threads).
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def gram_upper_float64(const float[:, ::1] rows, double[:, ::1] out, int num_threads):
+    cdef Py_ssize_t m = rows.shape[0], n = rows.shape[1], start, count
+    cdef double[:, ::1] wide = np.empty((WIDE_BLOCK_ROWS, n), dtype=np.float64)
+    out[:, :] = 0
+    with BlasThreads(num_threads):
+        with nogil:
+            start = 0
+            while start < m:
+                count = min(<Py_ssize_t>WIDE_BLOCK_ROWS, m - start)
+                widen_rows(rows, start, count, &wide[0, 0])
+                scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, <int>n, <int>count,
+                                  1.0, &wide[0, 0], <int>n, 1.0, &out[0, 0], <int>n)
+                start += count
+
+
+def symmetric_eigen(double[:, ::1] matrix, double[::1] eigenvalues, int num_threads):
+    """Eigenvalues (ascending) and eigenvectors (columns, overwriting `matrix`)
+    of a symmetric matrix given by its upper triangle (LAPACK dsyevd)."""
+    cdef int n = <int>matrix.shape[0], info
+    with BlasThreads(num_threads):
+        with nogil:
+            info = scipy_LAPACKE_dsyevd(LAPACK_ROW_MAJOR, b'V', b'U', n, &matrix[0, 0], n,
+                                        &eigenvalues[0])
+    if info != 0:
+        raise ValueError(f"the eigendecomposition did not converge (LAPACK dsyevd info={info})")
+
+
+# out (m, n) float32 = rows (m, k) float32 . factor (k, n) float64, computed
+# in float64 block by block (dgemm with num_threads BLAS threads), then rounded.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def multiply_float64(const float[:, ::1] rows, const double[:, ::1] factor, float[:, ::1] out,
+                     int num_threads):
+    cdef Py_ssize_t m = rows.shape[0], k = rows.shape[1], n = factor.shape[1]
+    cdef Py_ssize_t start, count, i, j
+    cdef double[:, ::1] wide = np.empty((WIDE_BLOCK_ROWS, k), dtype=np.float64)
+    cdef double[:, ::1] product = np.empty((WIDE_BLOCK_ROWS, n), dtype=np.float64)
+    with BlasThreads(num_threads):
+        with nogil:
+            start = 0
+            while start < m:
+                count = min(<Py_ssize_t>WIDE_BLOCK_ROWS, m - start)
+                widen_rows(rows, start, count, &wide[0, 0])
+                scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, <int>count, <int>n,
+                                  <int>k, 1.0, &wide[0, 0], <int>k, &factor[0, 0], <int>n,
+                                  0.0, &product[0, 0], <int>n)
+                for i in range(count):
+                    for j in range(n):
+                        out[start + i, j] = <float>product[i, j]
+                start += count
+
+
+# out (m, n) = a (m, k) . b (k, n) in one BLAS call with num_threads threads.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def gemm_nn(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int num_threads):
+    cdef int m = <int>a.shape[0], n = <int>b.shape[1], k = <int>a.shape[1]
+    if m == 0 or n == 0:
+        return
+    with BlasThreads(num_threads):
+        with nogil:
+            scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k,
+                              1.0, &a[0, 0], k, &b[0, 0], n, 0.0, &out[0, 0], n)
 
 
 # --------------------------------------------------------------------------

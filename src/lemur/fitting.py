@@ -1,0 +1,199 @@
+"""Fitting W without PyTorch: the OLS sample, the targets, the projection; and
+ELM models from scratch.
+
+LEMUR fits one row of W per document by least squares (``REFERENCE.md``,
+"Fitting W"): with a sample S of token vectors and Z = psi(S),
+
+    y_j[s] = (max over document j's tokens d of <S_s, d> - output_mean) / output_std
+    w_j = pinv(Z) y_j,
+
+pinv from the SVD of Z with singular values <= eps32 * max(Z.shape) * s_max
+treated as zero. Here pinv(Z) is computed once per sample and model and kept
+(:meth:`OLSSample.projection`): the eigendecomposition of Z^T Z in float64
+gives Z's right singular vectors and singular values (squared) to float64
+precision, the same cutoff selects them, and pinv(Z)^T = Z V diag(1/s^2) V^T
+is formed in float64 and rounded to float32 (a float32 SVD of Z is both slower
+and less accurate). Documents then stream through in blocks: the targets
+kernel, then one GEMM per block with the cached pinv(Z)^T.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from lemur._dispatch import kernels
+from lemur._threads import resolve_num_threads
+from lemur._validation import check_positive_int, check_vectors
+from lemur.model import Layer, Model, check_activation
+
+#: The original's default size of the OLS sample.
+DEFAULT_SAMPLE_SIZE = 16384
+
+#: Memory for the targets of one block of documents (num_docs x sample size).
+TARGETS_BLOCK_BYTES = 32 * 2**20
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+class OLSSample:
+    """The sample S of learn token vectors that W is fitted against.
+
+    Parameters
+    ----------
+    rows : ndarray of float32, shape (sample_size, d)
+        The sample itself (checked: C order, finite). Keep it with the index:
+        documents added later must be fitted against the same S.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = check_vectors(rows, name="sample")
+        if self.rows.shape[0] == 0:
+            raise ValueError("sample has no rows")
+        self._chunks: np.ndarray | None = None
+        self._projection: tuple[Model, np.ndarray] | None = None
+
+    @classmethod
+    def draw(cls, learn_tokens: np.ndarray, *, size: int | None = DEFAULT_SAMPLE_SIZE,
+             seed: int | np.random.Generator | None = None) -> OLSSample:
+        """`size` rows of `learn_tokens`, drawn without replacement (all of them,
+        in a random order, when there are fewer; in their order with size=None)."""
+        learn_tokens = check_vectors(learn_tokens, name="learn_tokens")
+        if learn_tokens.shape[0] == 0:
+            raise ValueError("learn_tokens has no rows")
+        if size is None:
+            return cls(learn_tokens)
+        size = check_positive_int(size, name="size")
+        order = np.random.default_rng(seed).permutation(learn_tokens.shape[0])[:size]
+        return cls(np.ascontiguousarray(learn_tokens[order]))
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.shape[0])
+
+    def chunks(self) -> np.ndarray:
+        """The sample transposed into the MaxSim kernel's chunks (kept)."""
+        if self._chunks is None:
+            self._chunks = kernels.transposed_chunks(self.rows)
+        return self._chunks
+
+    def projection(self, model: Model, num_threads: int) -> np.ndarray:
+        """pinv(psi(S))^T, ``(sample_size, feature_dim)`` float32, computed on
+        first use for `model` and kept."""
+        if self._projection is None or self._projection[0] is not model:
+            self._projection = (model, pseudo_inverse_transposed(model.token_features(
+                self.rows, num_threads=num_threads), num_threads))
+        return self._projection[1]
+
+
+def pseudo_inverse_transposed(Z: np.ndarray, num_threads: int) -> np.ndarray:
+    """pinv(Z)^T for Z (m, h) float32, with the original's SVD cutoff."""
+    m, h = Z.shape
+    gram = np.empty((h, h), dtype=np.float64)
+    kernels.gram_upper_float64(Z, gram, num_threads)
+    eigenvalues = np.empty(h, dtype=np.float64)
+    kernels.symmetric_eigen(gram, eigenvalues, num_threads)  # gram now holds V
+    singular_values = np.sqrt(np.maximum(eigenvalues, 0.0))
+    keep = singular_values > FLOAT32_EPS * max(m, h) * singular_values.max()
+    basis = np.ascontiguousarray(gram[:, keep])
+    scaled = basis / eigenvalues[keep]
+    factor = np.empty((h, h), dtype=np.float64)  # V diag(1/s^2) V^T
+    np.matmul(scaled, basis.T, out=factor)
+    out = np.empty((m, h), dtype=np.float32)
+    kernels.multiply_float64(Z, factor, out, num_threads)
+    return out
+
+
+class Progress:
+    """A one-line progress report on stderr: "<label>: 120/1000 (12%), 35/s".
+
+    Shown only when `enabled`; None means when stderr is a terminal.
+    """
+
+    def __init__(self, total: int, label: str, enabled: bool | None = None) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.start = self.last = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            percent = 100 * self.done / max(self.total, 1)
+            print(f"\r{self.label}: {self.done:,}/{self.total:,} ({percent:.0f}%), {rate:,.0f}/s",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+
+def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
+                     num_threads: int) -> np.ndarray:
+    """max over each document's tokens of <S_s, token>: (num_docs, sample_size)."""
+    out = np.empty((offsets.size - 1, sample.size), dtype=np.float32)
+    kernels.document_targets(sample.chunks(), sample.size, tokens, offsets, out, num_threads)
+    return out
+
+
+def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray, *,
+             num_threads: int, progress: bool | None = None) -> np.ndarray:
+    """W rows of the documents (validated tokens and offsets): (num_docs, h).
+
+    Documents stream in blocks of at most TARGETS_BLOCK_BYTES of targets.
+    """
+    projection = sample.projection(model, num_threads)
+    num_docs = offsets.size - 1
+    W = np.empty((num_docs, model.feature_dim), dtype=np.float32)
+    block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
+    report = Progress(num_docs, "fitting documents", progress)
+    try:
+        for start in range(0, num_docs, block):
+            stop = min(num_docs, start + block)
+            # the block's own offsets, from 0, over a view of its tokens
+            block_offsets = offsets[start : stop + 1] - offsets[start]
+            block_tokens = tokens[offsets[start] : offsets[stop]]
+            targets = document_targets(sample, block_tokens, block_offsets, num_threads)
+            targets -= np.float32(model.output_mean)
+            targets /= np.float32(model.output_std)
+            kernels.gemm_nn(targets, projection, W[start:stop], num_threads)
+            report.update(stop - start)
+    finally:
+        report.close()
+    return W
+
+
+def target_statistics(learn_rows: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
+                      num_threads: int) -> tuple[float, float]:
+    """Mean and population standard deviation of max_{d in D} <x, d> over every
+    learn row x and document D, as the original normalises its targets."""
+    sample = OLSSample(learn_rows)
+    count, mean, squares = 0, 0.0, 0.0
+    num_docs = offsets.size - 1
+    block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
+    for start in range(0, num_docs, block):
+        stop = min(num_docs, start + block)
+        targets = document_targets(
+            sample, tokens[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start],
+            num_threads,
+        ).astype(np.float64)
+        # Chan et al.'s pairwise update of (count, mean, sum of squared deviations)
+        block_count, block_mean = targets.size, float(targets.mean())
+        block_squares = float(((targets - block_mean) ** 2).sum())
+        delta = block_mean - mean
+        total = count + block_count
+        squares += block_squares + delta * delta * count * block_count / total
+        mean += delta * block_count / total
+        count = total
+    return mean, float(np.sqrt(squares / count))
+
+
+def elm_model(input_dim: int, hidden_dim: int, activation: str,
+              random: np.random.Generator) -> tuple[Layer, ...]:
+    """The layer of an ELM: R ~ N(0, 1), (input_dim, hidden_dim), stored transposed."""
+    R = random.standard_normal((input_dim, hidden_dim), dtype=np.float32)
+    return (Layer(np.ascontiguousarray(R.T)),)
