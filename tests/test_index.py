@@ -24,7 +24,7 @@ def small():
 def test_index_describes_itself(small):
     model, W, doc_tokens, doc_counts = small
     index = lemur.Index(model, W, doc_tokens, doc_counts)
-    assert index.W is W and index.doc_tokens is doc_tokens  # references, not copies
+    assert np.shares_memory(index.W, W) and np.shares_memory(index.doc_tokens, doc_tokens)  # no copies
     assert index.num_docs == 80 and index.has_documents
     assert np.array_equal(index.doc_counts, doc_counts)
     assert index.nbytes == model.nbytes + W.nbytes + doc_tokens.nbytes

@@ -8,7 +8,7 @@ vectors into one vector, so that one inner-product search over a matrix W
 from lemur._build_info import VERSION as __version__
 from lemur._config import show_config
 from lemur.files import load
-from lemur.index import Index
+from lemur.index import Index, fit_elm
 from lemur.model import ACTIVATIONS, Layer, Model
 from lemur.retrieval import maxsim_scores, rerank, scores, top_k
 
@@ -18,6 +18,7 @@ __all__ = [
     "Layer",
     "Model",
     "__version__",
+    "fit_elm",
     "load",
     "maxsim_scores",
     "rerank",

@@ -76,15 +76,16 @@ def check_integer_array(values: object, *, name: str, ndim: int = 1) -> np.ndarr
 
 
 def counts_to_offsets(
-    counts: object, *, name: str, total: int, total_name: str
+    counts: object, *, name: str, total: int, total_name: str, allow_empty: bool = False
 ) -> np.ndarray:
     """Check per-item token counts and return their offsets (length len + 1).
 
-    The counts must be non-negative integers, at least one of them, summing to
-    `total` (the number of rows of the array called `total_name`).
+    The counts must be non-negative integers summing to `total` (the number of
+    rows of the array called `total_name`), and at least one of them unless
+    `allow_empty`.
     """
     counts = check_integer_array(counts, name=name)
-    if counts.size == 0:
+    if counts.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty: the batch must hold at least one item")
     negative = np.flatnonzero(counts < 0)
     if negative.size:

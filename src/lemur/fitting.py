@@ -27,7 +27,7 @@ import numpy as np
 from lemur._dispatch import kernels
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_positive_int, check_vectors
-from lemur.model import Layer, Model, check_activation
+from lemur.model import Layer, Model
 
 #: The original's default size of the OLS sample.
 DEFAULT_SAMPLE_SIZE = 16384
@@ -192,8 +192,8 @@ def target_statistics(learn_rows: np.ndarray, tokens: np.ndarray, offsets: np.nd
     return mean, float(np.sqrt(squares / count))
 
 
-def elm_model(input_dim: int, hidden_dim: int, activation: str,
-              random: np.random.Generator) -> tuple[Layer, ...]:
+def elm_layers(input_dim: int, hidden_dim: int,
+               random: np.random.Generator) -> tuple[Layer, ...]:
     """The layer of an ELM: R ~ N(0, 1), (input_dim, hidden_dim), stored transposed."""
     R = random.standard_normal((input_dim, hidden_dim), dtype=np.float32)
     return (Layer(np.ascontiguousarray(R.T)),)

@@ -1,26 +1,90 @@
-"""lemur.Index: a model, its document matrix W and, optionally, the documents'
-token vectors; the whole LEMUR search pipeline on top of them."""
+"""lemur.Index: a model, its document matrix W, optionally the documents' token
+vectors and the OLS sample; the LEMUR search pipeline on top of them, and
+documents added and removed without a rebuild."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lemur import npz
+from lemur import fitting, npz
 from lemur._threads import resolve_num_threads
-from lemur._validation import check_vectors
-from lemur.model import RAGGED_POOL_DIVISOR, Model
+from lemur._validation import check_integer_array, check_positive_int, check_vectors
+from lemur.model import RAGGED_POOL_DIVISOR, Model, check_activation
 from lemur.retrieval import (
     Documents,
     check_candidates,
     check_k,
     check_queries,
-    check_W,
     maxsim_unchecked,
     rerank_unchecked,
     top_k_unchecked,
 )
+
+
+@dataclass(frozen=True)
+class _Store:
+    """The index's documents: rows of W, ids, and the token store (optional).
+
+    The buffers may have room past the filled part; appending writes there and
+    returns a new _Store, so that an index whose update is interrupted keeps
+    its old store intact (what is written past its counts is not part of it).
+    """
+
+    W: np.ndarray  # (capacity, h), the first num_docs rows filled
+    ids: np.ndarray  # (capacity,) int64
+    num_docs: int
+    tokens: np.ndarray | None = None  # (token capacity, d), the first num_tokens rows filled
+    offsets: np.ndarray | None = None  # (num_docs + 1,) int64
+    owned: bool = False  # whether the buffers are lemur's own (else: the caller's arrays)
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.offsets is None else int(self.offsets[-1])
+
+    def documents(self) -> Documents | None:
+        if self.tokens is None:
+            return None
+        return Documents(self.tokens[: self.num_tokens], self.offsets)
+
+    def appended(self, W: np.ndarray, ids: np.ndarray, tokens: np.ndarray | None,
+                 counts: np.ndarray | None) -> _Store:
+        num_docs = self.num_docs + W.shape[0]
+        store = replace(self, W=_room(self.W, self.num_docs, num_docs, self.owned),
+                        ids=_room(self.ids, self.num_docs, num_docs, self.owned),
+                        num_docs=num_docs, owned=True)
+        store.W[self.num_docs : num_docs] = W
+        store.ids[self.num_docs : num_docs] = ids
+        if self.tokens is not None:
+            num_tokens = self.num_tokens + tokens.shape[0]
+            store = replace(store, tokens=_room(self.tokens, self.num_tokens, num_tokens, self.owned),
+                            offsets=np.concatenate([self.offsets, self.offsets[-1] + np.cumsum(counts)]))
+            store.tokens[self.num_tokens : num_tokens] = tokens
+        return store
+
+    def without(self, rows: np.ndarray) -> _Store:
+        keep = np.ones(self.num_docs, dtype=bool)
+        keep[rows] = False
+        store = _Store(np.ascontiguousarray(self.W[: self.num_docs][keep]),
+                       self.ids[: self.num_docs][keep], int(keep.sum()), owned=True)
+        if self.tokens is None:
+            return store
+        counts = np.diff(self.offsets)
+        token_keep = np.repeat(keep, counts)
+        return replace(store, tokens=np.ascontiguousarray(self.tokens[: self.num_tokens][token_keep]),
+                       offsets=np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64))
+
+
+def _room(buffer: np.ndarray, filled: int, needed: int, owned: bool) -> np.ndarray:
+    """`buffer` if it is lemur's own and holds `needed` rows, else a larger copy of
+    its `filled` rows (growing by half, so that appends cost amortised O(new rows))."""
+    if owned and buffer.shape[0] >= needed:
+        return buffer
+    grown = np.empty((max(needed, filled + filled // 2),) + buffer.shape[1:], dtype=buffer.dtype)
+    grown[:filled] = buffer[:filled]
+    return grown
 
 
 class Index:
@@ -31,21 +95,27 @@ class Index:
     model : Model
         The feature map psi.
     W : ndarray of float32, shape (num_docs, feature_dim)
-        One row per document.
+        One row per document (num_docs may be 0: add documents later).
     doc_tokens : ndarray of float32, shape (num_doc_tokens, input_dim), optional
         The documents' token vectors, one document after the other; needed for
         the exact rerank.
     doc_counts : array-like of int, shape (num_docs,), optional
         Tokens per document (each at least 1); with `doc_tokens`.
+    doc_ids : array-like of int, shape (num_docs,), optional
+        The documents' ids (unique int64); default 0, 1, ..., num_docs - 1.
+        Search results are ids.
+    sample : ndarray of float32, shape (sample_size, input_dim), optional
+        The OLS sample S that W was fitted against; needed to add documents
+        (see :meth:`attach_sample`).
     num_threads : int, optional
         Threads for the one-time checks of the arrays.
 
     Notes
     -----
     Every array is checked once, here (dtype, shape, C order, finiteness,
-    counts), and the index keeps references to the checked arrays (the counts
-    become its own offsets). Do not modify W or `doc_tokens` afterwards: pass
-    copies if the originals will change.
+    counts). The index keeps references to W and `doc_tokens` and never writes
+    into them: adding or removing documents works on copies of its own. Do not
+    modify them afterwards: pass copies if the originals will change.
     """
 
     def __init__(
@@ -55,29 +125,49 @@ class Index:
         doc_tokens: np.ndarray | None = None,
         doc_counts: object = None,
         *,
+        doc_ids: object = None,
+        sample: np.ndarray | None = None,
         num_threads: int | None = None,
     ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lemur.Model, got {type(model).__name__}")
         threads = resolve_num_threads(num_threads)
         self._model = model
-        self._W = check_W(W, dim=model.feature_dim, num_threads=threads)
+        W = check_vectors(W, name="W", dim=model.feature_dim, dim_name="the feature dimension",
+                          num_threads=threads)
+        ids = np.arange(W.shape[0], dtype=np.int64) if doc_ids is None else self._check_new_ids(
+            doc_ids, W.shape[0], existing=np.empty(0, dtype=np.int64))
+        self._store = _Store(W, ids, W.shape[0])
         if (doc_tokens is None) != (doc_counts is None):
             raise ValueError("pass doc_tokens and doc_counts together, or neither")
-        self._documents: Documents | None = None
         if doc_tokens is not None:
-            documents = Documents(doc_tokens, doc_counts, num_threads=threads)
-            if documents.dim != model.input_dim:
+            documents = Documents.check(doc_tokens, doc_counts, dim=model.input_dim,
+                                        allow_empty=True, num_threads=threads)
+            if documents.num_docs != W.shape[0]:
                 raise ValueError(
-                    f"doc_tokens holds vectors of dimension {documents.dim}, but the model's "
-                    f"input dimension is {model.input_dim}"
+                    f"doc_counts describes {documents.num_docs} documents, but W has {W.shape[0]} rows"
                 )
-            if documents.num_docs != self._W.shape[0]:
-                raise ValueError(
-                    f"doc_counts describes {documents.num_docs} documents, but W has "
-                    f"{self._W.shape[0]} rows"
-                )
-            self._documents = documents
+            self._store = replace(self._store, tokens=documents.tokens, offsets=documents.offsets)
+        self._sample = None
+        if sample is not None:
+            self._sample = fitting.OLSSample(check_vectors(
+                sample, name="sample", dim=model.input_dim, num_threads=threads))
+        self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def _check_new_ids(ids: object, count: int, existing: np.ndarray, name: str = "doc_ids") -> np.ndarray:
+        ids = check_integer_array(ids, name=name)
+        if ids.shape != (count,):
+            raise ValueError(f"{name} has {ids.size} ids, but there are {count} documents")
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"{name} must be non-negative (-1 marks padding in results)")
+        unique = np.unique(ids)
+        if unique.size != ids.size:
+            raise ValueError(f"{name} holds the same id more than once")
+        clash = np.intersect1d(unique, existing)
+        if clash.size:
+            raise ValueError(f"{name}: the index already has a document with id {int(clash[0])}")
+        return ids.copy()
 
     # -- description -------------------------------------------------------
 
@@ -87,47 +177,82 @@ class Index:
 
     @property
     def W(self) -> np.ndarray:
-        """The document matrix, ``(num_docs, feature_dim)`` float32."""
-        return self._W
+        """The document matrix, ``(num_docs, feature_dim)`` float32, row i for ``doc_ids[i]``."""
+        return self._store.W[: self._store.num_docs]
 
     @property
     def num_docs(self) -> int:
-        return int(self._W.shape[0])
+        return self._store.num_docs
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        """The documents' ids, in the order of W's rows (a read-only view)."""
+        ids = self._store.ids[: self._store.num_docs].view()
+        ids.flags.writeable = False
+        return ids
 
     @property
     def has_documents(self) -> bool:
         """Whether the index holds the documents' tokens (needed to rerank)."""
-        return self._documents is not None
+        return self._store.tokens is not None
 
     @property
     def doc_tokens(self) -> np.ndarray | None:
-        return None if self._documents is None else self._documents.tokens
+        documents = self._store.documents()
+        return None if documents is None else documents.tokens
 
     @property
     def doc_counts(self) -> np.ndarray | None:
-        return None if self._documents is None else self._documents.counts
+        return None if self._store.offsets is None else np.diff(self._store.offsets)
+
+    @property
+    def sample(self) -> np.ndarray | None:
+        """The OLS sample S, ``(sample_size, input_dim)``, or None."""
+        return None if self._sample is None else self._sample.rows
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the model, W and the token store."""
-        tokens = 0 if self._documents is None else self._documents.tokens.nbytes
-        return self._model.nbytes + self._W.nbytes + tokens
+        """Bytes held by the model, W, the token store and the sample."""
+        tokens = self.doc_tokens
+        return (self._model.nbytes + self.W.nbytes + (0 if tokens is None else tokens.nbytes)
+                + (0 if self._sample is None else self._sample.rows.nbytes))
 
     def __repr__(self) -> str:
-        tokens = (
-            f", doc_tokens={self._documents.tokens.shape[0]}x{self._documents.dim}"
-            if self._documents is not None
-            else ""
-        )
-        return f"Index({self._model!r}, num_docs={self.num_docs}{tokens})"
+        tokens = self.doc_tokens
+        parts = [repr(self._model), f"num_docs={self.num_docs}"]
+        if tokens is not None:
+            parts.append(f"doc_tokens={tokens.shape[0]}x{tokens.shape[1]}")
+        if self._sample is not None:
+            parts.append(f"sample={self._sample.size}")
+        return f"Index({', '.join(parts)})"
 
-    def _require_documents(self, what: str) -> Documents:
-        if self._documents is None:
+    # -- ids -------------------------------------------------------------------
+
+    def _rows_of(self, ids: np.ndarray, name: str) -> np.ndarray:
+        """Rows of W for document ids (-1 stays -1); an unknown id is an error."""
+        if self._id_lookup is None:
+            all_ids = self._store.ids[: self.num_docs]
+            order = np.argsort(all_ids, kind="stable")
+            self._id_lookup = (order, all_ids[order])
+        order, sorted_ids = self._id_lookup
+        position = np.searchsorted(sorted_ids, ids)
+        found = position < sorted_ids.size
+        found[found] = sorted_ids[position[found]] == ids[found]
+        missing = np.argwhere(~found & (ids != -1))
+        if missing.size:
+            where = tuple(int(i) for i in missing[0])
             raise ValueError(
-                f"{what} needs the documents' token vectors: build the index with "
-                "doc_tokens and doc_counts"
+                f"{name}[{', '.join(map(str, where))}] = {ids[where]} is not a document id of this "
+                "index (-1 marks padding)"
             )
-        return self._documents
+        rows = np.full(ids.shape, -1, dtype=np.int64)
+        rows[found] = order[position[found]]
+        return rows
+
+    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Document ids of rows of W (-1 stays -1)."""
+        ids = self._store.ids[: self.num_docs]
+        return np.where(rows < 0, -1, ids[np.maximum(rows, 0)]) if ids.size else rows
 
     # -- the pipeline, stage by stage ---------------------------------------
 
@@ -138,13 +263,14 @@ class Index:
         return self._model.features(query_tokens, query_counts, num_threads=num_threads)
 
     def scores(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
-        """Approximate scores with every document, ``features @ W.T``: (num_queries, num_docs)."""
+        """Approximate scores with every document, ``features @ W.T``:
+        (num_queries, num_docs), columns in the order of :attr:`doc_ids`."""
         from lemur._dispatch import kernels
 
         threads = resolve_num_threads(num_threads)
         features = self._check_features(features, threads)
         out = np.empty((features.shape[0], self.num_docs), dtype=np.float32)
-        kernels.gemm_nt(features, self._W, out, threads)
+        kernels.gemm_nt(features, self.W, out, threads)
         return out
 
     def top_k(
@@ -152,13 +278,15 @@ class Index:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The `k` documents with the largest approximate score for each query.
 
-        See :func:`lemur.top_k`: int64 ids and float32 scores, shape
-        ``(num_queries, min(k, num_docs))``, best first, ties by smaller id;
+        See :func:`lemur.top_k`: int64 document ids and float32 scores, shape
+        ``(num_queries, min(k, num_docs))``, best first, ties by smaller row;
         memory stays bounded whatever the number of queries and documents.
         """
         threads = resolve_num_threads(num_threads)
         k = check_k(k)
-        return top_k_unchecked(self._check_features(features, threads), self._W, k, threads)
+        self._require_some_documents()
+        rows, scores = top_k_unchecked(self._check_features(features, threads), self.W, k, threads)
+        return self._ids_of(rows), scores
 
     def maxsim_scores(
         self,
@@ -168,15 +296,13 @@ class Index:
         *,
         num_threads: int | None = None,
     ) -> np.ndarray:
-        """Exact MaxSim of each query with each candidate (-1: padding, -inf).
-
-        See :func:`lemur.maxsim_scores`.
-        """
+        """Exact MaxSim of each query with each candidate document id (-1:
+        padding, -inf). See :func:`lemur.maxsim_scores`."""
         documents = self._require_documents("maxsim_scores")
         threads = resolve_num_threads(num_threads)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
-        candidates = check_candidates(candidates, num_queries=offsets.size - 1, num_docs=self.num_docs)
-        return maxsim_unchecked(tokens, offsets, documents, candidates, threads)
+        rows = self._candidate_rows(candidates, offsets.size - 1)
+        return maxsim_unchecked(tokens, offsets, documents, rows, threads)
 
     def rerank(
         self,
@@ -187,7 +313,7 @@ class Index:
         *,
         num_threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` best candidates of each query by exact MaxSim.
+        """The `k` best candidates (document ids) of each query by exact MaxSim.
 
         See :func:`lemur.rerank`: int64 ids and float32 scores, ``(num_queries,
         k)``, padded with -1/-inf; a query without tokens keeps its first `k`
@@ -197,8 +323,9 @@ class Index:
         threads = resolve_num_threads(num_threads)
         k = check_k(k)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
-        candidates = check_candidates(candidates, num_queries=offsets.size - 1, num_docs=self.num_docs)
-        return rerank_unchecked(tokens, offsets, documents, candidates, k, threads)
+        rows = self._candidate_rows(candidates, offsets.size - 1)
+        found, scores = rerank_unchecked(tokens, offsets, documents, rows, k, threads)
+        return self._ids_of(found), scores
 
     def search(
         self,
@@ -228,7 +355,7 @@ class Index:
 
         Returns
         -------
-        indices : ndarray of int64, shape (num_queries, k)
+        ids : ndarray of int64, shape (num_queries, k)
         scores : ndarray of float32, shape (num_queries, k)
             Best first, padded with -1/-inf when fewer than `k` documents exist.
         """
@@ -237,13 +364,142 @@ class Index:
         candidates = check_k(candidates, name="candidates")
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
+        self._require_some_documents()
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         features = self._model._pooled(tokens, offsets, RAGGED_POOL_DIVISOR, threads)
-        if self._documents is None:
-            found, scores = top_k_unchecked(features, self._W, k, threads)
-            return _pad(found, scores, k)
-        found, _ = top_k_unchecked(features, self._W, candidates, threads)
-        return rerank_unchecked(tokens, offsets, self._documents, found, k, threads)
+        documents = self._store.documents()
+        if documents is None:
+            rows, scores = top_k_unchecked(features, self.W, k, threads)
+            rows, scores = _pad(rows, scores, k)
+        else:
+            found, _ = top_k_unchecked(features, self.W, candidates, threads)
+            rows, scores = rerank_unchecked(tokens, offsets, documents, found, k, threads)
+        return self._ids_of(rows), scores
+
+    # -- adding and removing documents ---------------------------------------
+
+    def attach_sample(
+        self,
+        learn_tokens: np.ndarray,
+        *,
+        size: int | None = fitting.DEFAULT_SAMPLE_SIZE,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        """Give the index the OLS sample S that documents are fitted against.
+
+        Parameters
+        ----------
+        learn_tokens : ndarray of float32, shape (num_tokens, input_dim)
+            Token vectors to draw S from: the learn set W was fitted with when
+            possible (the original draws from the query-side tokens, or the
+            corpus when it has none).
+        size : int or None, default 16384
+            Rows to draw without replacement (all, in a random order, when there
+            are fewer); None uses `learn_tokens` as S, in its order.
+        seed : int or numpy.random.Generator, optional
+
+        Notes
+        -----
+        Rows of W fitted against different samples differ slightly; for an index
+        from the original LEMUR, whose sample was never kept, new documents are
+        fitted consistently with each other, not with the old rows.
+        """
+        learn_tokens = check_vectors(learn_tokens, name="learn_tokens", dim=self._model.input_dim)
+        self._sample = fitting.OLSSample.draw(learn_tokens, size=size, seed=seed)
+
+    def add_documents(
+        self,
+        tokens: np.ndarray,
+        counts: object,
+        *,
+        ids: object = None,
+        progress: bool | None = None,
+        num_threads: int | None = None,
+    ) -> np.ndarray:
+        """Fit W's rows for new documents and add them (and their tokens, if the
+        index keeps a token store).
+
+        The targets ``max_{d in D} <S_s, d>`` are computed for each sample row
+        and document, standardised with the model's output_mean/output_std, and
+        projected with pinv(psi(S)) (computed on first use and kept). Documents
+        stream through in blocks, so memory stays bounded; nothing is added
+        unless all of them are fitted (an interrupted call leaves the index as
+        it was).
+
+        Parameters
+        ----------
+        tokens : ndarray of float32, shape (num_tokens, input_dim)
+        counts : array-like of int, shape (num_new_docs,)
+            Tokens per document, each at least 1.
+        ids : array-like of int, optional
+            Ids for the new documents (unique, not in the index); default: the
+            next ids after the largest one in the index.
+        progress : bool, optional
+            A progress line on stderr; default: when stderr is a terminal.
+        num_threads : int, optional
+
+        Returns
+        -------
+        ndarray of int64
+            The new documents' ids.
+        """
+        if self._sample is None:
+            raise ValueError(
+                "this index has no OLS sample to fit new documents against (the original's "
+                "index directories and LEMUR-NumPy exports do not keep it): attach one with "
+                "index.attach_sample(learn_tokens, size=16384, seed=...), drawn from the learn "
+                "set (query-side token vectors, or the corpus' own)"
+            )
+        threads = resolve_num_threads(num_threads)
+        documents = Documents.check(tokens, counts, name="tokens", counts_name="counts",
+                                    dim=self._model.input_dim, allow_empty=True,
+                                    num_threads=threads)
+        existing = self._store.ids[: self.num_docs]
+        if ids is None:
+            start = int(existing.max()) + 1 if existing.size else 0
+            new_ids = np.arange(start, start + documents.num_docs, dtype=np.int64)
+        else:
+            new_ids = self._check_new_ids(ids, documents.num_docs, existing, name="ids")
+        W = fitting.fit_rows(self._model, self._sample, documents.tokens, documents.offsets,
+                             num_threads=threads, progress=progress)
+        self._store = self._store.appended(
+            W, new_ids, documents.tokens if self.has_documents else None, documents.counts)
+        self._id_lookup = None
+        return new_ids
+
+    def remove_documents(self, ids: object) -> None:
+        """Remove the documents with these ids (their rows of W and tokens).
+
+        Raises ValueError, and removes nothing, if an id is not in the index.
+        """
+        ids = check_integer_array(ids, name="ids")
+        if np.any(ids == -1):
+            raise ValueError("ids: -1 is not a document id")
+        rows = self._rows_of(ids, "ids")
+        self._store = self._store.without(rows)
+        self._id_lookup = None
+
+    # -- checks ----------------------------------------------------------------
+
+    def _require_documents(self, what: str) -> Documents:
+        documents = self._store.documents()
+        if documents is None:
+            raise ValueError(
+                f"{what} needs the documents' token vectors: build the index with "
+                "doc_tokens and doc_counts"
+            )
+        self._require_some_documents()
+        return documents
+
+    def _require_some_documents(self) -> None:
+        if self.num_docs == 0:
+            raise ValueError("the index has no documents")
+
+    def _candidate_rows(self, candidates: object, num_queries: int) -> np.ndarray:
+        ids = check_integer_array(candidates, name="candidates", ndim=2)
+        if ids.shape[0] != num_queries:
+            raise ValueError(f"candidates has {ids.shape[0]} rows, but there are {num_queries} queries")
+        return np.ascontiguousarray(self._rows_of(ids, "candidates"))
 
     def _check_features(self, features: np.ndarray, num_threads: int) -> np.ndarray:
         features = check_vectors(
@@ -271,15 +527,10 @@ class Index:
     # -- files -------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index (model, W, token store if any) to `path` in lemur's
-        ``.npz`` format, atomically (see :mod:`lemur.npz`)."""
-        npz.save(
-            path,
-            model=self._model,
-            W=self._W,
-            doc_tokens=None if self._documents is None else self._documents.tokens,
-            doc_counts=None if self._documents is None else self._documents.counts,
-        )
+        """Write the index (model, W, ids, token store and sample if any) to
+        `path` in lemur's ``.npz`` format, atomically (see :mod:`lemur.npz`)."""
+        npz.save(path, model=self._model, W=self.W, doc_ids=self.doc_ids,
+                 doc_tokens=self.doc_tokens, doc_counts=self.doc_counts, sample=self.sample)
 
     @classmethod
     def load(
@@ -300,13 +551,87 @@ class Index:
         contents = files.read(path, activation=activation)
         if contents.W is None:
             raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
-        return cls(
-            contents.model,
-            contents.W,
-            contents.doc_tokens,
-            contents.doc_counts,
-            num_threads=num_threads,
-        )
+        return cls(contents.model, contents.W, contents.doc_tokens, contents.doc_counts,
+                   doc_ids=contents.doc_ids, sample=contents.sample, num_threads=num_threads)
+
+
+def fit_elm(
+    doc_tokens: np.ndarray,
+    doc_counts: object,
+    *,
+    hidden_dim: int = 2048,
+    activation: str = "gelu",
+    sample_size: int = fitting.DEFAULT_SAMPLE_SIZE,
+    learn_tokens: np.ndarray | None = None,
+    seed: int | None = 0,
+    train_subset_size: int = 8192,
+    learn_subset_size: int = 100_000,
+    keep_tokens: bool = True,
+    progress: bool | None = None,
+    num_threads: int | None = None,
+) -> Index:
+    """Build an ELM (random-feature) index from scratch, with no training.
+
+    The original LEMUR's ``epochs=0`` mode: psi(x) = LayerNorm_no_affine(
+    sqrt(2/h) act(x R)) with R ~ N(0, 1) of shape (d, hidden_dim); the target
+    statistics over a subset, as the original computes them (max <x, d> over
+    up to `learn_subset_size` learn vectors x and the tokens of up to
+    `train_subset_size` documents); then W through the same path as
+    :meth:`Index.add_documents`, against an OLS sample of `sample_size` learn
+    vectors that the index keeps.
+
+    Parameters
+    ----------
+    doc_tokens : ndarray of float32, shape (num_doc_tokens, d)
+    doc_counts : array-like of int, shape (num_docs,)
+    hidden_dim : int, default 2048
+    activation : str, default "gelu"
+    sample_size : int, default 16384
+    learn_tokens : ndarray of float32, optional
+        The learn set (query-side tokens, when available); default: the
+        documents' tokens, as the original does.
+    seed : int, optional
+        Seeds NumPy's generator: the same seed builds the same index (PyTorch's
+        random numbers are not reproduced).
+    train_subset_size, learn_subset_size : int
+        The subsets for the target statistics (the original's defaults).
+    keep_tokens : bool, default True
+        Keep the documents' tokens in the index, for the exact rerank.
+    progress : bool, optional
+    num_threads : int, optional
+
+    Returns
+    -------
+    Index
+    """
+    threads = resolve_num_threads(num_threads)
+    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
+    learn = documents.tokens if learn_tokens is None else check_vectors(
+        learn_tokens, name="learn_tokens", dim=documents.dim, num_threads=threads)
+    hidden_dim = check_positive_int(hidden_dim, name="hidden_dim")
+    check_activation(activation)
+    random = np.random.default_rng(seed)
+    layers = fitting.elm_layers(documents.dim, hidden_dim, random)
+    subset_docs = np.sort(random.permutation(documents.num_docs)[: check_positive_int(
+        train_subset_size, name="train_subset_size")])
+    subset_learn = random.permutation(learn.shape[0])[: check_positive_int(
+        learn_subset_size, name="learn_subset_size")]
+    subset_offsets = documents.offsets[subset_docs]
+    subset_counts = documents.offsets[subset_docs + 1] - subset_offsets
+    subset_tokens = np.concatenate([documents.tokens[a:b] for a, b in zip(subset_offsets, subset_offsets + subset_counts)])
+    mean, std = fitting.target_statistics(
+        np.ascontiguousarray(learn[subset_learn]), subset_tokens,
+        np.concatenate([[0], np.cumsum(subset_counts)]), threads)
+    model = Model(layers, kind="elm", activation=activation, output_mean=mean, output_std=std)
+    index = Index(
+        model,
+        np.empty((0, hidden_dim), dtype=np.float32),
+        np.empty((0, documents.dim), dtype=np.float32) if keep_tokens else None,
+        np.empty(0, dtype=np.int64) if keep_tokens else None,
+    )
+    index._sample = fitting.OLSSample.draw(learn, size=sample_size, seed=random)
+    index.add_documents(documents.tokens, documents.counts, progress=progress, num_threads=threads)
+    return index
 
 
 def _pad(indices: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

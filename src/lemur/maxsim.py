@@ -38,7 +38,7 @@ class MaxSim:
     """
 
     def __init__(self, train: object, train_counts: object) -> None:
-        self._documents = Documents(
+        self._documents = Documents.check(
             np.ascontiguousarray(train, dtype=np.float32),
             train_counts,
             name="train",

@@ -23,6 +23,10 @@ key                dtype     shape            meaning
 ``doc_tokens``     float32   (tokens, d)      optional (with ``doc_counts``): the
                                               documents' token vectors, in order
 ``doc_counts``     int64     (num_docs,)      tokens per document (each >= 1)
+``doc_ids``        int64     (num_docs,)      optional: the documents' ids (unique,
+                                              >= 0), in W's row order; default 0..n-1
+``sample``         float32   (size, d)        optional: the OLS sample S that W is
+                                              fitted against (needed to add documents)
 ================== ========= ================ =======================================
 
 Members are stored uncompressed, so that ``np.load`` reads each array straight
@@ -65,6 +69,10 @@ class Contents(NamedTuple):
     doc_tokens: np.ndarray | None = None
     #: Tokens per document, int64, or None.
     doc_counts: np.ndarray | None = None
+    #: The documents' ids, int64, or None (then 0, 1, ...).
+    doc_ids: np.ndarray | None = None
+    #: The OLS sample S, ``(sample_size, d)`` float32, or None.
+    sample: np.ndarray | None = None
 
 
 class _Archive:
@@ -199,11 +207,15 @@ def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
         output_std=archive.real("output_std"),
     )
     _check_W_width(archive, W, model)
-    doc_tokens = doc_counts = None
+    doc_tokens = doc_counts = doc_ids = sample = None
     if "doc_tokens" in archive.keys or "doc_counts" in archive.keys:
         doc_tokens = np.ascontiguousarray(archive.floats("doc_tokens", 2), dtype=np.float32)
         doc_counts = archive.array("doc_counts")
-    return Contents(model, W, "lemur", doc_tokens, doc_counts)
+    if "doc_ids" in archive.keys:
+        doc_ids = archive.array("doc_ids")
+    if "sample" in archive.keys:
+        sample = np.ascontiguousarray(archive.floats("sample", 2), dtype=np.float32)
+    return Contents(model, W, "lemur", doc_tokens, doc_counts, doc_ids, sample)
 
 
 def _load_fork(archive: _Archive, activation: str | None, default_activation: str) -> Contents:
@@ -291,9 +303,11 @@ def save(
     W: np.ndarray | None = None,
     doc_tokens: np.ndarray | None = None,
     doc_counts: np.ndarray | None = None,
+    doc_ids: np.ndarray | None = None,
+    sample: np.ndarray | None = None,
 ) -> None:
-    """Write `model` (and optionally W and the token store) to `path` in lemur's
-    format, atomically.
+    """Write `model` (and optionally W, ids, the token store and the OLS sample)
+    to `path` in lemur's format, atomically.
 
     The archive is written to a temporary file in the same folder and renamed
     over `path`, so `path` always holds either the old or the new file.
@@ -316,6 +330,10 @@ def save(
     if doc_tokens is not None:
         arrays["doc_tokens"] = doc_tokens
         arrays["doc_counts"] = np.asarray(doc_counts, dtype=np.int64)
+    if doc_ids is not None:
+        arrays["doc_ids"] = np.asarray(doc_ids, dtype=np.int64)
+    if sample is not None:
+        arrays["sample"] = sample
     write_atomically(path, arrays)
 
 

@@ -24,31 +24,38 @@ TOP_K_BUDGET_BYTES = 32 * 2**20
 
 
 class Documents:
-    """Validated document token vectors: ``tokens`` and per-document ``offsets``.
+    """Document token vectors, ``tokens`` (total, d), and per-document
+    ``offsets`` (num_docs + 1); built by :meth:`check`, or directly from arrays
+    already checked."""
 
-    Every document must have at least one token.
-    """
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
+        self.tokens, self.offsets = tokens, offsets
 
-    def __init__(
-        self,
+    @classmethod
+    def check(
+        cls,
         tokens: np.ndarray,
         counts: object,
         *,
         name: str = "doc_tokens",
         counts_name: str = "doc_counts",
+        dim: int | None = None,
+        allow_empty: bool = False,
         num_threads: int | None = None,
-    ) -> None:
-        self.tokens = check_vectors(tokens, name=name, num_threads=num_threads)
-        self.offsets = counts_to_offsets(
-            counts, name=counts_name, total=self.tokens.shape[0], total_name=name
+    ) -> Documents:
+        """Check tokens (float32, C order, finite, `dim` columns) and counts
+        (each at least 1, summing to the rows)."""
+        tokens = check_vectors(tokens, name=name, dim=dim, num_threads=num_threads)
+        offsets = counts_to_offsets(
+            counts, name=counts_name, total=tokens.shape[0], total_name=name, allow_empty=allow_empty
         )
-        empty = np.flatnonzero(self.offsets[1:] == self.offsets[:-1])
+        empty = np.flatnonzero(offsets[1:] == offsets[:-1])
         if empty.size:
             raise ValueError(
                 f"{counts_name}[{int(empty[0])}] = 0: every document needs at least one token"
             )
-        self.offsets.flags.writeable = False
-        self.name = name
+        offsets.flags.writeable = False
+        return cls(tokens, offsets)
 
     @property
     def num_docs(self) -> int:
@@ -243,7 +250,7 @@ def maxsim_scores(
         ``-inf`` where the candidate is -1.
     """
     threads = resolve_num_threads(num_threads)
-    documents = Documents(doc_tokens, doc_counts, num_threads=threads)
+    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
     tokens, offsets = check_queries(
         query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
         num_threads=threads,
@@ -279,7 +286,7 @@ def rerank(
     """
     threads = resolve_num_threads(num_threads)
     k = check_k(k)
-    documents = Documents(doc_tokens, doc_counts, num_threads=threads)
+    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
     tokens, offsets = check_queries(
         query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
         num_threads=threads,
