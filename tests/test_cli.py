@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import DATA, golden
 
+import lemur
 from lemur.cli import main
 
 
@@ -127,7 +128,7 @@ def test_errors_exit_1_with_a_message(capsys, tmp_path, monkeypatch, arguments, 
     assert message in captured.err and "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("command", ["info", "convert", "search", "demo", "config"])
+@pytest.mark.parametrize("command", ["info", "convert", "search", "build", "add", "remove", "demo", "config"])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([sys.executable, "-m", "lemur", command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: lemur {command}")
@@ -137,3 +138,43 @@ def test_bad_option_values_are_usage_errors():
     result = subprocess.run([sys.executable, "-m", "lemur", "search", "x", "--queries", "q", "--counts", "c", "-k", "0"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
+
+
+def test_build_add_remove_search(capsys, tmp_path):
+    random = np.random.default_rng(0)
+    counts = random.integers(3, 20, 80)
+    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", counts)
+    np.save(tmp_path / "new.npy", random.standard_normal((12, 16)))  # float64: converted
+    np.save(tmp_path / "new_counts.npy", np.array([5, 7]))
+    index = str(tmp_path / "index.npz")
+    assert main(["build", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
+                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress"]) == 0
+    assert "num_docs=80" in capsys.readouterr().err
+    assert main(["add", index, "--docs", str(tmp_path / "new.npy"), "--doc-counts", str(tmp_path / "new_counts.npy")]) == 0
+    assert "added 2 documents (ids 80..81)" in capsys.readouterr().err
+    assert main(["remove", index, "--ids", "3, 80"]) == 0
+    built = lemur.load(index)
+    assert built.num_docs == 80 and 3 not in built.doc_ids and 81 in built.doc_ids
+    assert built.sample.shape == (200, 16) and built.model.kind == "elm"
+    np.save(tmp_path / "q.npy", np.load(tmp_path / "new.npy")[:7])
+    np.save(tmp_path / "qc.npy", np.array([7]))
+    assert main(["search", index, "--queries", str(tmp_path / "q.npy"), "--counts", str(tmp_path / "qc.npy"),
+                 "-k", "1", "--candidates", "10"]) == 0
+    ids, scores = built.search(np.load(tmp_path / "q.npy").astype(np.float32), [7], k=1, candidates=10)
+    assert capsys.readouterr().out.splitlines()[1] == f"0\t0\t{ids[0, 0]}\t{scores[0, 0]:.6g}"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["add", str(DATA / "mlp1_mish_d64_h256"), "--docs", "x.npy", "--doc-counts", "c.npy"], "pass --out INDEX.npz"),
+        (["remove", str(DATA / "mlp1_mish_d64_h256"), "--ids", "1", "--out", "o.npz", "--ids-file", "i.npy"], "one of them"),
+        (["remove", str(DATA / "mlp1_mish_d64_h256"), "--ids", "1,x", "--out", "o.npz"], "comma-separated integers"),
+        (["remove", str(DATA / "mlp1_mish_d64_h256"), "--ids", "1000", "--out", "o.npz"], "is not a document id of this index"),
+    ],
+)
+def test_update_errors(capsys, tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(arguments) == 1
+    assert message in capsys.readouterr().err

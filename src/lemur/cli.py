@@ -104,13 +104,12 @@ def _search(arguments: argparse.Namespace) -> int:
     contents = files.read(arguments.index, activation=arguments.activation)
     if contents.W is None:
         raise ValueError(f"{arguments.index}: holds a model but no W; it is not an index")
-    doc_tokens, doc_counts = contents.doc_tokens, contents.doc_counts
     if (arguments.docs is None) != (arguments.doc_counts is None):
         raise ValueError("pass --docs and --doc-counts together")
     if arguments.docs is not None:
-        doc_tokens = _load_vectors(arguments.docs, "document tokens")
-        doc_counts = _load_array(arguments.doc_counts, "document counts")
-    index = Index(contents.model, contents.W, doc_tokens, doc_counts, num_threads=arguments.threads)
+        contents = contents._replace(doc_tokens=_load_vectors(arguments.docs, "document tokens"),
+                                     doc_counts=_load_array(arguments.doc_counts, "document counts"))
+    index = Index.from_contents(contents, num_threads=arguments.threads)
     queries = _load_vectors(arguments.queries, "query tokens")
     counts = _load_array(arguments.counts, "query counts")
     start = time.perf_counter()
@@ -137,6 +136,79 @@ def _search(arguments: argparse.Namespace) -> int:
         with open(arguments.out, "wb") as stream:
             np.savez(stream, indices=indices, scores=scores)
         print(f"wrote {arguments.out}: indices {indices.shape} int64, scores float32", file=sys.stderr)
+    return 0
+
+
+def _write_index(index, path: str, what: str) -> None:
+    index.save(path)
+    print(f"wrote {path}: {index!r} ({what})", file=sys.stderr)
+
+
+def _build(arguments: argparse.Namespace) -> int:
+    from lemur import fit_elm
+
+    doc_tokens = _load_vectors(arguments.docs, "document tokens")
+    doc_counts = _load_array(arguments.doc_counts, "document counts")
+    learn = None if arguments.learn is None else _load_vectors(arguments.learn, "learn tokens")
+    start = time.perf_counter()
+    index = fit_elm(
+        doc_tokens, doc_counts, hidden_dim=arguments.hidden, activation=arguments.activation,
+        sample_size=arguments.sample_size, learn_tokens=learn, seed=arguments.seed,
+        train_subset_size=arguments.train_subset, learn_subset_size=arguments.learn_subset,
+        keep_tokens=not arguments.no_tokens, progress=None if arguments.progress else False,
+        num_threads=arguments.threads,
+    )
+    elapsed = time.perf_counter() - start
+    _write_index(index, arguments.out, f"built in {elapsed:.1f} s, {index.num_docs / elapsed:,.0f} documents/s")
+    return 0
+
+
+def _open_for_update(arguments: argparse.Namespace):
+    """The index to update, and where to write it (lemur .npz files in place)."""
+    from lemur import files
+    from lemur.index import Index
+
+    contents = files.read(arguments.index)
+    if contents.W is None:
+        raise ValueError(f"{arguments.index}: holds a model but no W; it is not an index")
+    out = arguments.out or arguments.index
+    if contents.file_format != "lemur" and arguments.out is None:
+        raise ValueError(f"{arguments.index} is a {contents.file_format} file: pass --out INDEX.npz "
+                         "to write the updated index in lemur's format")
+    return Index.from_contents(contents, num_threads=arguments.threads), out
+
+
+def _add(arguments: argparse.Namespace) -> int:
+    index, out = _open_for_update(arguments)
+    if arguments.learn is not None:
+        index.attach_sample(_load_vectors(arguments.learn, "learn tokens"),
+                            size=arguments.sample_size, seed=arguments.seed)
+    tokens = _load_vectors(arguments.docs, "document tokens")
+    counts = _load_array(arguments.doc_counts, "document counts")
+    ids = None if arguments.ids is None else _load_array(arguments.ids, "document ids")
+    start = time.perf_counter()
+    new_ids = index.add_documents(tokens, counts, ids=ids, num_threads=arguments.threads,
+                                  progress=None if arguments.progress else False)
+    elapsed = time.perf_counter() - start
+    what = (f"added {new_ids.size:,} documents (ids {new_ids.min()}..{new_ids.max()}) in {elapsed:.1f} s"
+            if new_ids.size else "added no documents")
+    _write_index(index, out, what)
+    return 0
+
+
+def _remove(arguments: argparse.Namespace) -> int:
+    index, out = _open_for_update(arguments)
+    if (arguments.ids is None) == (arguments.ids_file is None):
+        raise ValueError("pass the ids with --ids or --ids-file (one of them)")
+    if arguments.ids is not None:
+        try:
+            ids = np.array([int(part) for part in arguments.ids.split(",") if part.strip()], dtype=np.int64)
+        except ValueError:
+            raise ValueError(f"--ids must be comma-separated integers, got {arguments.ids!r}") from None
+    else:
+        ids = _load_array(arguments.ids_file, "document ids")
+    index.remove_documents(ids)
+    _write_index(index, out, f"removed {ids.size:,} documents")
     return 0
 
 
@@ -258,6 +330,62 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--threads", type=_positive_int, help="threads (default: OMP_NUM_THREADS or all cores)")
     search.add_argument("--activation", help=activation_help)
     search.set_defaults(handler=_search)
+
+    threads_help = "threads (default: OMP_NUM_THREADS or all cores)"
+    progress_help = "no progress line on stderr (shown by default when stderr is a terminal)"
+
+    build = subcommands.add_parser(
+        "build", help="build an ELM index from token files (no training)",
+        description="Build an index with an ELM (random-feature) model, the original LEMUR's "
+        "epochs=0 mode: no training, W fitted by least squares against an OLS sample that the "
+        "index keeps, so that documents can be added later.",
+    )
+    build.add_argument("--docs", required=True, help=".npy of the documents' token vectors (total, d)")
+    build.add_argument("--doc-counts", required=True, help=".npy of tokens per document")
+    build.add_argument("--out", required=True, help="the index .npz to write")
+    build.add_argument("--learn", help=".npy of learn token vectors (query-side; default: the documents')")
+    build.add_argument("--hidden", type=_positive_int, default=2048, help="feature dimension h (default 2048)")
+    build.add_argument("--activation", default="gelu", help="gelu (default), relu, silu, mish or gelu-tanh")
+    build.add_argument("--sample-size", type=_positive_int, default=16384, help="OLS sample size (default 16384)")
+    build.add_argument("--train-subset", type=_positive_int, default=8192,
+                       help="documents for the target statistics (default 8192)")
+    build.add_argument("--learn-subset", type=_positive_int, default=100000,
+                       help="learn vectors for the target statistics (default 100000)")
+    build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    build.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
+    build.add_argument("--threads", type=_positive_int, help=threads_help)
+    build.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    build.set_defaults(handler=_build)
+
+    add = subcommands.add_parser(
+        "add", help="fit and add documents to an index",
+        description="Fit W's rows for new documents against the index's OLS sample and add them "
+        "(and their tokens, if the index keeps a token store). A lemur .npz is updated in place, "
+        "atomically; other formats need --out.",
+    )
+    add.add_argument("index", help="the index to update")
+    add.add_argument("--docs", required=True, help=".npy of the new documents' token vectors")
+    add.add_argument("--doc-counts", required=True, help=".npy of tokens per new document")
+    add.add_argument("--ids", help=".npy of ids for the new documents (default: the next ids)")
+    add.add_argument("--learn", help=".npy of learn tokens to draw an OLS sample from (for indexes without one)")
+    add.add_argument("--sample-size", type=_positive_int, default=16384, help="with --learn (default 16384)")
+    add.add_argument("--seed", type=int, default=0, help="with --learn (default 0)")
+    add.add_argument("--out", help="write the updated index here instead")
+    add.add_argument("--threads", type=_positive_int, help=threads_help)
+    add.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    add.set_defaults(handler=_add)
+
+    remove = subcommands.add_parser(
+        "remove", help="remove documents from an index by id",
+        description="Remove documents (their rows of W and their tokens) by id. A lemur .npz is "
+        "updated in place, atomically; other formats need --out.",
+    )
+    remove.add_argument("index", help="the index to update")
+    remove.add_argument("--ids", help="comma-separated document ids")
+    remove.add_argument("--ids-file", help=".npy of document ids")
+    remove.add_argument("--out", help="write the updated index here instead")
+    remove.add_argument("--threads", type=_positive_int, help=threads_help)
+    remove.set_defaults(handler=_remove)
 
     demo = subcommands.add_parser(
         "demo", help="compute query features with a model and time them",

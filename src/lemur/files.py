@@ -60,7 +60,7 @@ def load(path: str | os.PathLike[str], *, activation: str | None = None):
     contents = read(path, activation=activation)
     if contents.W is None:
         return contents.model
-    return Index(contents.model, contents.W, contents.doc_tokens, contents.doc_counts)
+    return Index.from_contents(contents)
 
 
 def _is_torch_archive(path: str) -> bool:

@@ -551,6 +551,11 @@ class Index:
         contents = files.read(path, activation=activation)
         if contents.W is None:
             raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
+        return cls.from_contents(contents, num_threads=num_threads)
+
+    @classmethod
+    def from_contents(cls, contents: npz.Contents, *, num_threads: int | None = None) -> Index:
+        """The index a file holds, from what :func:`lemur.files.read` returns."""
         return cls(contents.model, contents.W, contents.doc_tokens, contents.doc_counts,
                    doc_ids=contents.doc_ids, sample=contents.sample, num_threads=num_threads)
 
