@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from lemur._dispatch import kernels
+from lemur._scratch import scratch
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_positive_int, check_vectors
 from lemur.model import Layer, Model
@@ -133,9 +134,11 @@ class Progress:
 
 
 def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
-                     num_threads: int) -> np.ndarray:
-    """max over each document's tokens of <S_s, token>: (num_docs, sample_size)."""
-    out = np.empty((offsets.size - 1, sample.size), dtype=np.float32)
+                     num_threads: int, out: np.ndarray | None = None) -> np.ndarray:
+    """max over each document's tokens of <S_s, token>: (num_docs, sample_size),
+    into `out` if given."""
+    if out is None:
+        out = np.empty((offsets.size - 1, sample.size), dtype=np.float32)
     kernels.document_targets(sample.chunks(), sample.size, tokens, offsets, out, num_threads)
     return out
 
@@ -157,7 +160,8 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
             # the block's own offsets, from 0, over a view of its tokens
             block_offsets = offsets[start : stop + 1] - offsets[start]
             block_tokens = tokens[offsets[start] : offsets[stop]]
-            targets = document_targets(sample, block_tokens, block_offsets, num_threads)
+            targets = document_targets(sample, block_tokens, block_offsets, num_threads,
+                                       scratch("targets", (stop - start, sample.size), np.float32))
             targets -= np.float32(model.output_mean)
             targets /= np.float32(model.output_std)
             kernels.gemm_nn(targets, projection, W[start:stop], num_threads)
