@@ -21,7 +21,8 @@ def config() -> dict[str, dict[str, object]]:
         "lemur": {
             "version": _build_info.VERSION,
             "compiler": _build_info.COMPILER,
-            "kernel variant": _dispatch.variant,
+            "kernel variant": _dispatch.variant
+            + (" (built with -march=native: for this CPU only)" if _build_info.NATIVE else ""),
             "kernel variants built": ", ".join(_build_info.KERNEL_VARIANTS),
             "kernel variants runnable": ", ".join(_dispatch.runnable_variants()),
         },
