@@ -430,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         return arguments.handler(arguments)
+    except BrokenPipeError:  # the reader went away (lemur info ... | head): not an error
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, OSError, MemoryError) as exc:
         print(f"lemur {arguments.command}: error: {exc}", file=sys.stderr)
         return 1
