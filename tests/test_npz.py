@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -103,6 +104,7 @@ def test_model_save_and_load(tmp_path):
     assert lemur.Model.load(tmp_path / "model.npz", activation="silu").activation == "silu"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
 def test_saved_files_have_normal_permissions(tmp_path):
     path = tmp_path / "model.npz"
     random_model("mlp", "gelu").save(path)
