@@ -1,0 +1,92 @@
+"""Timings and peak memory of each stage: features, top-k, rerank, search, indexing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import data
+
+
+def setup_cache():
+    return data.write(os.path.abspath("lemur-bench-data"))
+
+
+class Features:
+    params = (data.BATCHES, data.THREADS)
+    param_names = ["batch", "threads"]
+
+    def setup(self, folder, batch, threads):
+        model, _, queries = data.load(folder, data.NUM_DOCS[0])
+        self.model, (self.tokens, self.counts) = model, data.batch(queries, batch)
+        self.model.features(self.tokens, self.counts, num_threads=threads)
+
+    def time_features(self, folder, batch, threads):
+        self.model.features(self.tokens, self.counts, num_threads=threads)
+
+    def peakmem_features(self, folder, batch, threads):
+        self.model.features(self.tokens, self.counts, num_threads=threads)
+
+
+class _Index:
+    params = (data.NUM_DOCS, data.BATCHES, data.THREADS)
+    param_names = ["num_docs", "batch", "threads"]
+
+    def setup(self, folder, num_docs, batch, threads):
+        import lemur
+
+        model, (W, tokens, counts), queries = data.load(folder, num_docs)
+        self.index = lemur.Index(model, W, tokens, counts, num_threads=threads)
+        self.tokens, self.counts = data.batch(queries, batch)
+        self.features = self.index.features(self.tokens, self.counts, num_threads=threads)
+        self.candidates = self.index.top_k(self.features, 100, num_threads=threads)[0]
+
+
+class TopK(_Index):
+    def time_top_k(self, folder, num_docs, batch, threads):
+        self.index.top_k(self.features, 100, num_threads=threads)
+
+    def peakmem_top_k(self, folder, num_docs, batch, threads):
+        self.index.top_k(self.features, 100, num_threads=threads)
+
+
+class Rerank(_Index):
+    def time_rerank(self, folder, num_docs, batch, threads):
+        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
+
+    def peakmem_rerank(self, folder, num_docs, batch, threads):
+        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
+
+
+class Search(_Index):
+    def time_search(self, folder, num_docs, batch, threads):
+        self.index.search(self.tokens, self.counts, k=10, candidates=100, num_threads=threads)
+
+    def peakmem_search(self, folder, num_docs, batch, threads):
+        self.index.search(self.tokens, self.counts, k=10, candidates=100, num_threads=threads)
+
+
+class Indexing:
+    """Fitting W for 200 new documents (S = 16,384; its pseudo-inverse computed in setup)."""
+
+    params = (data.THREADS,)
+    param_names = ["threads"]
+    timeout = 300
+
+    def setup(self, folder, threads):
+        import lemur
+
+        model, (_, tokens, counts), _ = data.load(folder, data.NUM_DOCS[0])
+        self.index = lemur.Index(model, np.empty((0, model.feature_dim), np.float32))
+        self.index.attach_sample(np.ascontiguousarray(tokens[:100_000]), size=16384, seed=0)
+        self.new_tokens = np.ascontiguousarray(tokens[: int(counts[:200].sum())])
+        self.new_counts = counts[:200]
+        self.index.add_documents(self.new_tokens[: counts[0]], counts[:1], progress=False,
+                                 num_threads=threads)  # computes and keeps pinv(psi(S))
+
+    def time_add_documents(self, folder, threads):
+        self.index.add_documents(self.new_tokens, self.new_counts, progress=False, num_threads=threads)
+
+    def peakmem_add_documents(self, folder, threads):
+        self.index.add_documents(self.new_tokens, self.new_counts, progress=False, num_threads=threads)
