@@ -237,13 +237,14 @@ def measure(implementation: str, folder: Path, threads: int, repeat: int, single
     rss_before = rss_bytes("VmRSS")
     peak_reset = reset_peak_rss()
     for k in CANDIDATES:
-        results[f"first_stage_{k}"] = median_ms(lambda: pipeline.first_stage(queries, counts, k), repeat)
+        results[f"first_stage_{k}"] = median_ms(lambda k=k: pipeline.first_stage(queries, counts, k), repeat)
     results["first_stage_peak_extra_bytes"] = (rss_bytes("VmHWM") - rss_before) if peak_reset else None
     results["rss_bytes"] = rss_before
     for k in CANDIDATES:
         candidates = np.ascontiguousarray(pipeline.first_stage(queries, counts, k), dtype=np.int64)
-        results[f"rerank_{k}"] = median_ms(lambda: pipeline.rerank(queries, counts, candidates), repeat)
-        results[f"end_to_end_{k}"] = median_ms(lambda: pipeline.end_to_end(queries, counts, k), repeat)
+        results[f"rerank_{k}"] = median_ms(
+            lambda candidates=candidates: pipeline.rerank(queries, counts, candidates), repeat)
+        results[f"end_to_end_{k}"] = median_ms(lambda k=k: pipeline.end_to_end(queries, counts, k), repeat)
     singles = np.load(folder / "single_queries.npy").reshape(-1, QUERY_TOKENS, DIM)
     one = np.array([QUERY_TOKENS], dtype=np.int32)
     pipeline.end_to_end(singles[0], one, CANDIDATES[-1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, VARIANTS, golden, random_model
+from conftest import DATA, golden, random_model
 from test_retrieval import brute_maxsim, corpus
 
 import lemur

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, VARIANTS, golden, load_variant
+from conftest import DATA, VARIANTS, golden
 
 import lemur
 from lemur import _dispatch, files, retrieval

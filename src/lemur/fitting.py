@@ -26,7 +26,6 @@ import numpy as np
 
 from lemur._dispatch import kernels
 from lemur._scratch import scratch
-from lemur._threads import resolve_num_threads
 from lemur._validation import check_positive_int, check_vectors
 from lemur.model import Layer, Model
 

@@ -15,7 +15,6 @@ from lemur._validation import check_integer_array, check_positive_int, check_vec
 from lemur.model import RAGGED_POOL_DIVISOR, Model, check_activation
 from lemur.retrieval import (
     Documents,
-    check_candidates,
     check_k,
     check_queries,
     maxsim_unchecked,
