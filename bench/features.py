@@ -67,7 +67,7 @@ def measure(arguments: argparse.Namespace) -> dict[str, object]:
     )
     gemm_out = np.empty((tokens.shape[0], h), dtype=np.float32)
     results["sgemm"] = median_seconds(
-        lambda: kernels.gemm_nt(tokens, model.layers[0].weight, gemm_out, threads), arguments.repeat
+        lambda: kernels.gemm(tokens, model.layers[0].weight, gemm_out, True, threads), arguments.repeat
     )
     try:
         import torch

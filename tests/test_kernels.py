@@ -83,21 +83,23 @@ def test_first_nonfinite_row_of_empty_array(kernels):
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 5), (33, 40, 129), (100, 1000, 64)])
-def test_gemm_nt_matches_numpy(kernels, shape):
+@pytest.mark.parametrize("b_transposed", [True, False])
+def test_gemm_matches_numpy(kernels, shape, b_transposed):
     m, n, k = shape
     random = np.random.default_rng(0)
     a = random.standard_normal((m, k), dtype=np.float32)
-    b = random.standard_normal((n, k), dtype=np.float32)
+    b = random.standard_normal((n, k) if b_transposed else (k, n), dtype=np.float32)
     out = np.empty((m, n), dtype=np.float32)
-    kernels.gemm_nt(a, b, out, 2)
-    np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64), atol=1e-4, rtol=1e-5)
+    kernels.gemm(a, b, out, b_transposed, 2)
+    expected = a.astype(np.float64) @ (b.T if b_transposed else b).astype(np.float64)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_blas_threads_are_restored_after_kernels():
     kernels = _dispatch.kernels
     with kernels.BlasThreads(2):
         a = np.ones((8, 4), np.float32)
-        kernels.gemm_nt(a, a, np.empty((8, 8), np.float32), 1)
+        kernels.gemm(a, a, np.empty((8, 8), np.float32), True, 1)
         assert kernels.blas_info()["num_threads"] == 2
     with kernels.BlasThreads(1):
         assert kernels.blas_info()["num_threads"] == 1

@@ -319,17 +319,21 @@ def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offset
                               thread_workspace, out_data)
 
 
-# out (m, n) = a (m, k) @ b (n, k)^T in one BLAS call with num_threads threads.
+# out (m, n) = a (m, k) . b, where b is (n, k) used transposed (b_transposed)
+# or (k, n): one BLAS call with num_threads threads.
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def gemm_nt(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int num_threads):
-    cdef int m = <int>a.shape[0], n = <int>b.shape[0], k = <int>a.shape[1]
+def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, bint b_transposed,
+         int num_threads):
+    cdef int m = <int>out.shape[0], n = <int>out.shape[1], k = <int>a.shape[1]
     if m == 0 or n == 0:
         return
     with BlasThreads(num_threads):
         with nogil:
-            scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k,
-                              1.0, &a[0, 0], k, &b[0, 0], k, 0.0, &out[0, 0], n)
+            scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans,
+                              CblasTrans if b_transposed else CblasNoTrans, m, n, k,
+                              1.0, &a[0, 0], k, &b[0, 0], k if b_transposed else n,
+                              0.0, &out[0, 0], n)
 
 
 cdef extern from "_simd.h" nogil:
@@ -910,19 +914,6 @@ def multiply_float64(const float[:, ::1] rows, const double[:, ::1] factor, floa
                     for j in range(n):
                         out[start + i, j] = <float>product[i, j]
                 start += count
-
-
-# out (m, n) = a (m, k) . b (k, n) in one BLAS call with num_threads threads.
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def gemm_nn(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int num_threads):
-    cdef int m = <int>a.shape[0], n = <int>b.shape[1], k = <int>a.shape[1]
-    if m == 0 or n == 0:
-        return
-    with BlasThreads(num_threads):
-        with nogil:
-            scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k,
-                              1.0, &a[0, 0], k, &b[0, 0], n, 0.0, &out[0, 0], n)
 
 
 # --------------------------------------------------------------------------

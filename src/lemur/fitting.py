@@ -163,7 +163,7 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
                                        scratch("targets", (stop - start, sample.size), np.float32))
             targets -= np.float32(model.output_mean)
             targets /= np.float32(model.output_std)
-            kernels.gemm_nn(targets, projection, W[start:stop], num_threads)
+            kernels.gemm(targets, projection, W[start:stop], False, num_threads)
             report.update(stop - start)
     finally:
         report.close()

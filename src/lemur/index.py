@@ -269,7 +269,7 @@ class Index:
         threads = resolve_num_threads(num_threads)
         features = self._check_features(features, threads)
         out = np.empty((features.shape[0], self.num_docs), dtype=np.float32)
-        kernels.gemm_nt(features, self.W, out, threads)
+        kernels.gemm(features, self.W, out, True, threads)
         return out
 
     def top_k(

@@ -151,7 +151,7 @@ class LemurNumPy:
         W = self._checked_W()
         features = self._checked_features(query_features, W)
         scores = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-        kernels.gemm_nt(features, W, scores, resolve_num_threads(self.num_threads))
+        kernels.gemm(features, W, scores, True, resolve_num_threads(self.num_threads))
         return scores
 
     def top_k(self, query_features: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:

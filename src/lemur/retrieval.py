@@ -108,7 +108,7 @@ def top_k_unchecked(
     num_queries, num_docs = features.shape[0], W.shape[0]
     if k >= num_docs:
         scores = np.empty((num_queries, num_docs), dtype=np.float32)
-        kernels.gemm_nt(features, W, scores, num_threads)
+        kernels.gemm(features, W, scores, True, num_threads)
         order = np.argsort(-scores, axis=1, kind="stable")  # ties: smaller index first
         return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
     indices = np.empty((num_queries, k), dtype=np.int64)
@@ -180,7 +180,7 @@ def scores(features: np.ndarray, W: np.ndarray, *, num_threads: int | None = Non
         features, name="features", dim=W.shape[1], dim_name="W's width (h)", num_threads=threads
     )
     out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-    kernels.gemm_nt(features, W, out, threads)
+    kernels.gemm(features, W, out, True, threads)
     return out
 
 
@@ -250,15 +250,10 @@ def maxsim_scores(
         ``-inf`` where the candidate is -1.
     """
     threads = resolve_num_threads(num_threads)
-    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
-    tokens, offsets = check_queries(
-        query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
-        num_threads=threads,
+    return maxsim_unchecked(
+        *_check_maxsim_arguments(query_tokens, query_counts, doc_tokens, doc_counts, candidates, threads),
+        threads,
     )
-    candidates = check_candidates(
-        candidates, num_queries=offsets.size - 1, num_docs=documents.num_docs
-    )
-    return maxsim_unchecked(tokens, offsets, documents, candidates, threads)
 
 
 def rerank(
@@ -286,12 +281,28 @@ def rerank(
     """
     threads = resolve_num_threads(num_threads)
     k = check_k(k)
-    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
+    return rerank_unchecked(
+        *_check_maxsim_arguments(query_tokens, query_counts, doc_tokens, doc_counts, candidates, threads),
+        k,
+        threads,
+    )
+
+
+def _check_maxsim_arguments(
+    query_tokens: object,
+    query_counts: object,
+    doc_tokens: object,
+    doc_counts: object,
+    candidates: object,
+    num_threads: int,
+) -> tuple[np.ndarray, np.ndarray, Documents, np.ndarray]:
+    """(query tokens, query offsets, documents, candidates), all checked."""
+    documents = Documents.check(doc_tokens, doc_counts, num_threads=num_threads)
     tokens, offsets = check_queries(
         query_tokens, query_counts, dim=documents.dim, dim_name="doc_tokens' dimension",
-        num_threads=threads,
+        num_threads=num_threads,
     )
     candidates = check_candidates(
         candidates, num_queries=offsets.size - 1, num_docs=documents.num_docs
     )
-    return rerank_unchecked(tokens, offsets, documents, candidates, k, threads)
+    return tokens, offsets, documents, candidates
