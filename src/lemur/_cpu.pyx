@@ -26,6 +26,16 @@ cdef extern from *:
     }
     #elif defined(_MSC_VER) && defined(_M_X64)
     #include <windows.h>
+    /* older Windows SDKs lack the names, not the feature ids */
+    #ifndef PF_SSE4_2_INSTRUCTIONS_AVAILABLE
+    #define PF_SSE4_2_INSTRUCTIONS_AVAILABLE 38
+    #endif
+    #ifndef PF_AVX2_INSTRUCTIONS_AVAILABLE
+    #define PF_AVX2_INSTRUCTIONS_AVAILABLE 40
+    #endif
+    #ifndef PF_AVX512F_INSTRUCTIONS_AVAILABLE
+    #define PF_AVX512F_INSTRUCTIONS_AVAILABLE 41
+    #endif
     static int lemur_x86_64_level(void)
     {
         if (!IsProcessorFeaturePresent(PF_SSE4_2_INSTRUCTIONS_AVAILABLE))
