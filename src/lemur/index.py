@@ -19,6 +19,7 @@ from lemur.retrieval import (
     check_queries,
     maxsim_unchecked,
     rerank_unchecked,
+    scores_unchecked,
     top_k_unchecked,
 )
 
@@ -264,13 +265,8 @@ class Index:
     def scores(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
         """Approximate scores with every document, ``features @ W.T``:
         (num_queries, num_docs), columns in the order of :attr:`doc_ids`."""
-        from lemur._dispatch import kernels
-
         threads = resolve_num_threads(num_threads)
-        features = self._check_features(features, threads)
-        out = np.empty((features.shape[0], self.num_docs), dtype=np.float32)
-        kernels.gemm(features, self.W, out, True, threads)
-        return out
+        return scores_unchecked(self._check_features(features, threads), self.W, threads)
 
     def top_k(
         self, features: np.ndarray, k: int, *, num_threads: int | None = None

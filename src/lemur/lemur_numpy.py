@@ -18,7 +18,6 @@ import os
 import numpy as np
 
 from lemur import npz, retrieval
-from lemur._dispatch import kernels
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_vectors
 from lemur.model import Layer, Model, check_activation
@@ -150,9 +149,7 @@ class LemurNumPy:
         """
         W = self._checked_W()
         features = self._checked_features(query_features, W)
-        scores = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-        kernels.gemm(features, W, scores, True, resolve_num_threads(self.num_threads))
-        return scores
+        return retrieval.scores_unchecked(features, W, resolve_num_threads(self.num_threads))
 
     def top_k(self, query_features: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """The k documents with the largest approximate score per query.

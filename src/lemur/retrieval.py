@@ -101,14 +101,20 @@ def check_candidates(
     return np.ascontiguousarray(candidates)
 
 
+def scores_unchecked(features: np.ndarray, W: np.ndarray, num_threads: int) -> np.ndarray:
+    """:func:`scores` on validated arguments."""
+    out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
+    kernels.gemm(features, W, out, True, num_threads)
+    return out
+
+
 def top_k_unchecked(
     features: np.ndarray, W: np.ndarray, k: int, num_threads: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k` on validated arguments."""
     num_queries, num_docs = features.shape[0], W.shape[0]
     if k >= num_docs:
-        scores = np.empty((num_queries, num_docs), dtype=np.float32)
-        kernels.gemm(features, W, scores, True, num_threads)
+        scores = scores_unchecked(features, W, num_threads)
         order = np.argsort(-scores, axis=1, kind="stable")  # ties: smaller index first
         return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
     indices = np.empty((num_queries, k), dtype=np.int64)
@@ -179,9 +185,7 @@ def scores(features: np.ndarray, W: np.ndarray, *, num_threads: int | None = Non
     features = check_vectors(
         features, name="features", dim=W.shape[1], dim_name="W's width (h)", num_threads=threads
     )
-    out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-    kernels.gemm(features, W, out, True, threads)
-    return out
+    return scores_unchecked(features, W, threads)
 
 
 def top_k(
