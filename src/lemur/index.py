@@ -15,6 +15,8 @@ from lemur._validation import check_integer_array, check_positive_int, check_vec
 from lemur.model import RAGGED_POOL_DIVISOR, Model, check_activation
 from lemur.retrieval import (
     Documents,
+    check_candidate_ids,
+    check_features,
     check_k,
     check_queries,
     maxsim_unchecked,
@@ -71,10 +73,8 @@ class _Store:
                        self.ids[: self.num_docs][keep], int(keep.sum()), owned=True)
         if self.tokens is None:
             return store
-        counts = np.diff(self.offsets)
-        token_keep = np.repeat(keep, counts)
-        return replace(store, tokens=np.ascontiguousarray(self.tokens[: self.num_tokens][token_keep]),
-                       offsets=np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64))
+        kept = self.documents().subset(keep)
+        return replace(store, tokens=kept.tokens, offsets=kept.offsets)
 
 
 def _room(buffer: np.ndarray, filled: int, needed: int, owned: bool) -> np.ndarray:
@@ -491,22 +491,16 @@ class Index:
             raise ValueError("the index has no documents")
 
     def _candidate_rows(self, candidates: object, num_queries: int) -> np.ndarray:
-        ids = check_integer_array(candidates, name="candidates", ndim=2)
-        if ids.shape[0] != num_queries:
-            raise ValueError(f"candidates has {ids.shape[0]} rows, but there are {num_queries} queries")
+        ids = check_candidate_ids(candidates, num_queries=num_queries)
         return np.ascontiguousarray(self._rows_of(ids, "candidates"))
 
     def _check_features(self, features: np.ndarray, num_threads: int) -> np.ndarray:
-        features = check_vectors(
+        return check_features(
             features,
-            name="features",
             dim=self._model.feature_dim,
             dim_name="the model's feature dimension",
             num_threads=num_threads,
         )
-        if features.shape[0] == 0:
-            raise ValueError("features has no rows: the batch must hold at least one query")
-        return features
 
     def _check_queries(
         self, query_tokens: np.ndarray, query_counts: object, num_threads: int
@@ -612,16 +606,14 @@ def fit_elm(
     check_activation(activation)
     random = np.random.default_rng(seed)
     layers = fitting.elm_layers(documents.dim, hidden_dim, random)
-    subset_docs = np.sort(random.permutation(documents.num_docs)[: check_positive_int(
-        train_subset_size, name="train_subset_size")])
+    chosen = np.zeros(documents.num_docs, dtype=bool)
+    chosen[random.permutation(documents.num_docs)[: check_positive_int(
+        train_subset_size, name="train_subset_size")]] = True
     subset_learn = random.permutation(learn.shape[0])[: check_positive_int(
         learn_subset_size, name="learn_subset_size")]
-    subset_offsets = documents.offsets[subset_docs]
-    subset_counts = documents.offsets[subset_docs + 1] - subset_offsets
-    subset_tokens = np.concatenate([documents.tokens[a:b] for a, b in zip(subset_offsets, subset_offsets + subset_counts)])
+    subset = documents.subset(chosen)
     mean, std = fitting.target_statistics(
-        np.ascontiguousarray(learn[subset_learn]), subset_tokens,
-        np.concatenate([[0], np.cumsum(subset_counts)]), threads)
+        np.ascontiguousarray(learn[subset_learn]), subset.tokens, subset.offsets, threads)
     model = Model(layers, kind="elm", activation=activation, output_mean=mean, output_std=std)
     index = Index(
         model,

@@ -69,6 +69,13 @@ class Documents:
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def subset(self, keep: np.ndarray) -> Documents:
+        """The documents where `keep` (bool, (num_docs,)) is True, in their order,
+        with copies of their tokens."""
+        counts = self.counts
+        tokens = np.ascontiguousarray(self.tokens[np.repeat(keep, counts)])
+        return Documents(tokens, np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64))
+
 
 def check_W(W: object, *, name: str = "W", dim: int | None = None, num_threads: int | None = None) -> np.ndarray:
     """Check a document matrix: float32, (num_docs >= 1, h), C-contiguous, finite."""
@@ -82,15 +89,33 @@ def check_k(k: object, *, name: str = "k") -> int:
     return check_positive_int(k, name=name)
 
 
-def check_candidates(
-    candidates: object, *, num_queries: int, num_docs: int, name: str = "candidates"
+def check_features(
+    features: object, *, dim: int, dim_name: str, num_threads: int
 ) -> np.ndarray:
-    """Check candidate document ids: ints, (num_queries, c), each in [0, num_docs) or -1."""
+    """Check a batch of query features: float32, (num_queries >= 1, dim), C order, finite."""
+    features = check_vectors(
+        features, name="features", dim=dim, dim_name=dim_name, num_threads=num_threads
+    )
+    if features.shape[0] == 0:
+        raise ValueError("features has no rows: the batch must hold at least one query")
+    return features
+
+
+def check_candidate_ids(candidates: object, *, num_queries: int, name: str = "candidates") -> np.ndarray:
+    """Check the shape of candidate ids: ints, (num_queries, c); return them as int64."""
     candidates = check_integer_array(candidates, name=name, ndim=2)
     if candidates.shape[0] != num_queries:
         raise ValueError(
             f"{name} has {candidates.shape[0]} rows, but there are {num_queries} queries"
         )
+    return candidates
+
+
+def check_candidates(
+    candidates: object, *, num_queries: int, num_docs: int, name: str = "candidates"
+) -> np.ndarray:
+    """Check candidate document ids: ints, (num_queries, c), each in [0, num_docs) or -1."""
+    candidates = check_candidate_ids(candidates, num_queries=num_queries, name=name)
     bad = np.argwhere((candidates < -1) | (candidates >= num_docs))
     if bad.size:
         row, column = (int(i) for i in bad[0])
@@ -214,11 +239,7 @@ def top_k(
     threads = resolve_num_threads(num_threads)
     k = check_k(k)
     W = check_W(W, num_threads=threads)
-    features = check_vectors(
-        features, name="features", dim=W.shape[1], dim_name="W's width (h)", num_threads=threads
-    )
-    if features.shape[0] == 0:
-        raise ValueError("features has no rows: the batch must hold at least one query")
+    features = check_features(features, dim=W.shape[1], dim_name="W's width (h)", num_threads=threads)
     return top_k_unchecked(features, W, k, threads)
 
 
