@@ -101,9 +101,7 @@ def _convert(arguments: argparse.Namespace) -> int:
 def _search(arguments: argparse.Namespace) -> int:
     from lemur import Index, files
 
-    contents = files.read(arguments.index, activation=arguments.activation)
-    if contents.W is None:
-        raise ValueError(f"{arguments.index}: holds a model but no W; it is not an index")
+    contents = files.read_index(arguments.index, activation=arguments.activation)
     if (arguments.docs is None) != (arguments.doc_counts is None):
         raise ValueError("pass --docs and --doc-counts together")
     if arguments.docs is not None:
@@ -168,9 +166,7 @@ def _open_for_update(arguments: argparse.Namespace):
     from lemur import files
     from lemur.index import Index
 
-    contents = files.read(arguments.index)
-    if contents.W is None:
-        raise ValueError(f"{arguments.index}: holds a model but no W; it is not an index")
+    contents = files.read_index(arguments.index)
     out = arguments.out or arguments.index
     if contents.file_format != "lemur" and arguments.out is None:
         raise ValueError(f"{arguments.index} is a {contents.file_format} file: pass --out INDEX.npz "
@@ -307,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
     activation_help = "the model's activation, for LEMUR-NumPy exports (they do not record it; default gelu)"
+    threads_help = "threads (default: OMP_NUM_THREADS or all cores)"
+    progress_help = "no progress line on stderr (shown by default when stderr is a terminal)"
 
     info = subcommands.add_parser(
         "info", help="describe a model or index file",
@@ -343,12 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="candidates per query for the rerank (default 100)")
     search.add_argument("--out", default="-",
                         help="an .npz to write (indices, scores), or - for text on stdout (default)")
-    search.add_argument("--threads", type=_positive_int, help="threads (default: OMP_NUM_THREADS or all cores)")
+    search.add_argument("--threads", type=_positive_int, help=threads_help)
     search.add_argument("--activation", help=activation_help)
     search.set_defaults(handler=_search)
-
-    threads_help = "threads (default: OMP_NUM_THREADS or all cores)"
-    progress_help = "no progress line on stderr (shown by default when stderr is a terminal)"
 
     build = subcommands.add_parser(
         "build", help="build an ELM index from token files (no training)",

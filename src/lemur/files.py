@@ -44,6 +44,14 @@ def read(
     return npz.load(path, activation=activation, default_activation=default_activation)
 
 
+def read_index(path: str | os.PathLike[str], *, activation: str | None = None) -> npz.Contents:
+    """:func:`read` for a file that must hold an index: ValueError if it has no W."""
+    contents = read(path, activation=activation)
+    if contents.W is None:
+        raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
+    return contents
+
+
 def load(path: str | os.PathLike[str], *, activation: str | None = None):
     """Open an index or a model from any supported file or directory.
 

@@ -537,10 +537,7 @@ class Index:
         """
         from lemur import files
 
-        contents = files.read(path, activation=activation)
-        if contents.W is None:
-            raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
-        return cls.from_contents(contents, num_threads=num_threads)
+        return cls.from_contents(files.read_index(path, activation=activation), num_threads=num_threads)
 
     @classmethod
     def from_contents(cls, contents: npz.Contents, *, num_threads: int | None = None) -> Index:
