@@ -506,8 +506,8 @@ def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_
 #   out_indices (int64), out_scores (float32): (num_queries, k)
 # Parallel over chunks of queries when there are many; otherwise over blocks of
 # W's rows, with thread-local k-best lists merged at the end. Each thread scores
-# one block at a time into its own buffer, so the full score matrix is never
-# held. BLAS runs single-threaded inside the parallel loops.
+# one block at a time into its own buffer (score_block: no BLAS), so the full
+# score matrix is never held.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py_ssize_t k,
@@ -526,46 +526,45 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
         num_queries, num_docs, k, num_threads, budget_bytes)
     num_blocks = (num_docs + doc_block - 1) // doc_block
     buffers = scratch("score blocks", (num_threads, query_chunk * doc_block), np.float32)
-    with BlasThreads(1):
-        if on_queries:
-            sizes = scratch("list sizes", (num_queries, 1), np.intp)
-            sizes[:, :] = 0
-            num_chunks = (num_queries + query_chunk - 1) // query_chunk
-            with nogil:
-                for chunk in prange(num_chunks, num_threads=num_threads, schedule='dynamic'):
-                    start = chunk * query_chunk
-                    count = min(query_chunk, num_queries - start)
-                    scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                                   0, num_blocks, k, &buffers[threadid(), 0],
-                                   &out_scores[start, 0], &out_indices[start, 0],
-                                   &sizes[start, 0], k)
-                    for query in range(start, start + count):
-                        finish_list(&out_scores[query, 0], &out_indices[query, 0],
-                                    sizes[query, 0], k)
-            return
-        list_scores = scratch("list scores", (num_threads, query_chunk, k), np.float32)
-        list_indices = scratch("list indices", (num_threads, query_chunk, k), np.int64)
-        sizes = scratch("list sizes", (num_threads, query_chunk), np.intp)
-        for start in range(0, num_queries, query_chunk):
-            count = min(query_chunk, num_queries - start)
-            sizes[:, :] = 0
-            with nogil:
-                for block in prange(num_blocks, num_threads=num_threads, schedule='dynamic'):
-                    thread = threadid()
-                    scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                                   block, block + 1, k, &buffers[thread, 0],
-                                   &list_scores[thread, 0, 0], &list_indices[thread, 0, 0],
-                                   &sizes[thread, 0], k)
-                for query in prange(count, num_threads=num_threads, schedule='static'):
-                    size = 0
-                    for thread in range(num_threads):
-                        for position in range(sizes[thread, query]):
-                            size = push_pair(&out_scores[start + query, 0],
-                                             &out_indices[start + query, 0], size, k,
-                                             list_scores[thread, query, position],
-                                             list_indices[thread, query, position])
-                    finish_list(&out_scores[start + query, 0], &out_indices[start + query, 0],
-                                size, k)
+    if on_queries:
+        sizes = scratch("list sizes", (num_queries, 1), np.intp)
+        sizes[:, :] = 0
+        num_chunks = (num_queries + query_chunk - 1) // query_chunk
+        with nogil:
+            for chunk in prange(num_chunks, num_threads=num_threads, schedule='dynamic'):
+                start = chunk * query_chunk
+                count = min(query_chunk, num_queries - start)
+                scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
+                               0, num_blocks, k, &buffers[threadid(), 0],
+                               &out_scores[start, 0], &out_indices[start, 0],
+                               &sizes[start, 0], k)
+                for query in range(start, start + count):
+                    finish_list(&out_scores[query, 0], &out_indices[query, 0],
+                                sizes[query, 0], k)
+        return
+    list_scores = scratch("list scores", (num_threads, query_chunk, k), np.float32)
+    list_indices = scratch("list indices", (num_threads, query_chunk, k), np.int64)
+    sizes = scratch("list sizes", (num_threads, query_chunk), np.intp)
+    for start in range(0, num_queries, query_chunk):
+        count = min(query_chunk, num_queries - start)
+        sizes[:, :] = 0
+        with nogil:
+            for block in prange(num_blocks, num_threads=num_threads, schedule='dynamic'):
+                thread = threadid()
+                scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
+                               block, block + 1, k, &buffers[thread, 0],
+                               &list_scores[thread, 0, 0], &list_indices[thread, 0, 0],
+                               &sizes[thread, 0], k)
+            for query in prange(count, num_threads=num_threads, schedule='static'):
+                size = 0
+                for thread in range(num_threads):
+                    for position in range(sizes[thread, query]):
+                        size = push_pair(&out_scores[start + query, 0],
+                                         &out_indices[start + query, 0], size, k,
+                                         list_scores[thread, query, position],
+                                         list_indices[thread, query, position])
+                finish_list(&out_scores[start + query, 0], &out_indices[start + query, 0],
+                            size, k)
 
 
 # --------------------------------------------------------------------------
