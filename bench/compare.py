@@ -86,14 +86,27 @@ def make_data(folder: Path, num_docs: int, num_single: int, seed: int = 0) -> Pa
 # -- measuring (in the worker process) ------------------------------------------------------
 
 
-def median_ms(function, repeat: int) -> float:
+def median_seconds(function, repeat: int) -> float:
+    """The median wall time of `repeat` calls of `function`, after one warm-up call."""
     function()
     timings = []
     for _ in range(repeat):
         start = time.perf_counter()
         function()
         timings.append(time.perf_counter() - start)
-    return float(np.median(timings) * 1e3)
+    return float(np.median(timings))
+
+
+def peer_import_problem(name: str) -> str | None:
+    """Why ``import lemur`` in a peer's worker does not find the peer's checkout
+    (named by LEMUR_COMPARE_PEER), or None when it does."""
+    import lemur
+
+    location = os.path.realpath(lemur.__file__)
+    expected = os.environ.get("LEMUR_COMPARE_PEER", "")
+    if not expected or not location.startswith(os.path.realpath(expected)):
+        return f"'import lemur' finds {location}, not the {name}'s checkout"
+    return None
 
 
 def rss_bytes(field: str) -> int:
@@ -212,12 +225,9 @@ class ForkPipeline(Pipeline):
 
 def measure(implementation: str, folder: Path, threads: int, repeat: int, single_repeat: int) -> dict:
     if implementation != "lemur":
-        import lemur
-
-        location = os.path.realpath(lemur.__file__)
-        expected = os.environ.get("LEMUR_COMPARE_PEER", "")
-        if not expected or not location.startswith(os.path.realpath(expected)):
-            return {"skipped": f"'import lemur' finds {location}, not the {implementation}'s checkout"}
+        problem = peer_import_problem(implementation)
+        if problem:
+            return {"skipped": problem}
     data = {
         "folder": folder,
         "W": np.load(folder / "W.npy"),
@@ -237,14 +247,16 @@ def measure(implementation: str, folder: Path, threads: int, repeat: int, single
     rss_before = rss_bytes("VmRSS")
     peak_reset = reset_peak_rss()
     for k in CANDIDATES:
-        results[f"first_stage_{k}"] = median_ms(lambda k=k: pipeline.first_stage(queries, counts, k), repeat)
+        results[f"first_stage_{k}"] = 1e3 * median_seconds(
+            lambda k=k: pipeline.first_stage(queries, counts, k), repeat)
     results["first_stage_peak_extra_bytes"] = (rss_bytes("VmHWM") - rss_before) if peak_reset else None
     results["rss_bytes"] = rss_before
     for k in CANDIDATES:
         candidates = np.ascontiguousarray(pipeline.first_stage(queries, counts, k), dtype=np.int64)
-        results[f"rerank_{k}"] = median_ms(
+        results[f"rerank_{k}"] = 1e3 * median_seconds(
             lambda candidates=candidates: pipeline.rerank(queries, counts, candidates), repeat)
-        results[f"end_to_end_{k}"] = median_ms(lambda k=k: pipeline.end_to_end(queries, counts, k), repeat)
+        results[f"end_to_end_{k}"] = 1e3 * median_seconds(
+            lambda k=k: pipeline.end_to_end(queries, counts, k), repeat)
     singles = np.load(folder / "single_queries.npy").reshape(-1, QUERY_TOKENS, DIM)
     one = np.array([QUERY_TOKENS], dtype=np.int32)
     pipeline.end_to_end(singles[0], one, CANDIDATES[-1])
@@ -261,26 +273,42 @@ def measure(implementation: str, folder: Path, threads: int, repeat: int, single
 # -- the report (in the parent) --------------------------------------------------------------
 
 
-def run_worker(implementation, folder, arguments, coretype) -> dict:
+def coretype_environment(coretype: str) -> dict[str, str]:
+    """This process's environment with OPENBLAS_CORETYPE as asked ('unset': none)."""
     environment = dict(os.environ)
     environment.pop("OPENBLAS_CORETYPE", None)
     if coretype != "unset":
         environment["OPENBLAS_CORETYPE"] = coretype
+    return environment
+
+
+def run_worker_process(script: str, implementation: str, peer: str | None, peer_python: str | None,
+                       coretype: str, worker_arguments: list[str]) -> dict:
+    """Run `script --worker implementation ...` in a process of its own and return
+    the JSON it prints last; a peer runs with its checkout first on PYTHONPATH.
+    {"skipped": why} when the peer was not given or the worker failed."""
+    environment = coretype_environment(coretype)
     python = sys.executable
     if implementation != "lemur":
-        peer = arguments.original if implementation == "original" else arguments.fork
         if not peer:
             return {"skipped": f"no --{implementation} checkout given"}
-        python = arguments.peer_python or sys.executable
+        python = peer_python or sys.executable
         environment["PYTHONPATH"] = os.pathsep.join([peer, environment.get("PYTHONPATH", "")])
         environment["LEMUR_COMPARE_PEER"] = peer
-    command = [python, __file__, "--worker", implementation, "--data", str(folder),
-               "--threads", str(arguments.threads), "--repeat", str(arguments.repeat),
-               "--single", str(arguments.single)]
-    child = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.run([python, script, "--worker", implementation, *worker_arguments],
+                           env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if child.returncode != 0:
-        return {"skipped": f"failed: {child.stderr.strip().splitlines()[-1] if child.stderr.strip() else child.returncode}"}
+        lines = child.stderr.strip().splitlines()
+        return {"skipped": f"failed: {lines[-1] if lines else child.returncode}"}
     return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def run_worker(implementation, folder, arguments, coretype) -> dict:
+    peer = {"original": arguments.original, "fork": arguments.fork}.get(implementation)
+    return run_worker_process(
+        __file__, implementation, peer, arguments.peer_python, coretype,
+        ["--data", str(folder), "--threads", str(arguments.threads), "--repeat", str(arguments.repeat),
+         "--single", str(arguments.single)])
 
 
 ROWS = [

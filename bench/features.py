@@ -22,19 +22,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-
-def median_seconds(function, repeat: int) -> float:
-    function()  # warm-up
-    timings = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - start)
-    return float(np.median(timings))
+from compare import coretype_environment, median_seconds
 
 
 def measure(arguments: argparse.Namespace) -> dict[str, object]:
@@ -143,13 +134,9 @@ def main() -> None:
         print(json.dumps(measure(arguments)))
         return
     for coretype in arguments.coretype or ["unset", "Haswell"]:
-        environment = dict(os.environ)
-        environment.pop("OPENBLAS_CORETYPE", None)
-        if coretype != "unset":
-            environment["OPENBLAS_CORETYPE"] = coretype
         child = subprocess.run(
             [sys.executable, __file__, "--json", *sys.argv[1:]],
-            env=environment,
+            env=coretype_environment(coretype),
             stdout=subprocess.PIPE,
             text=True,
             check=True,

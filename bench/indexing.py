@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from compare import make_data
+from compare import make_data, peer_import_problem, run_worker_process
 
 SAMPLE_SIZE = 16384
 
@@ -53,11 +51,9 @@ def measure_lemur(folder: Path, num_docs: int, threads: int) -> dict:
 
 
 def measure_original(folder: Path, num_docs: int, threads: int) -> dict:
-    import lemur
-
-    expected = os.environ.get("LEMUR_COMPARE_PEER", "")
-    if not expected or not os.path.realpath(lemur.__file__).startswith(os.path.realpath(expected)):
-        return {"skipped": f"'import lemur' finds {lemur.__file__}, not the original's checkout"}
+    problem = peer_import_problem("original")
+    if problem:
+        return {"skipped": problem}
     import torch
     from lemur import Lemur
     from lemur.model import MLP
@@ -90,26 +86,9 @@ def load_documents(folder: Path, num_docs: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def run(implementation: str, folder: Path, arguments, coretype: str) -> dict:
-    environment = dict(os.environ)
-    environment.pop("OPENBLAS_CORETYPE", None)
-    if coretype != "unset":
-        environment["OPENBLAS_CORETYPE"] = coretype
-    python = sys.executable
-    if implementation == "original":
-        if not arguments.original:
-            return {"skipped": "no --original checkout given"}
-        python = arguments.peer_python or sys.executable
-        environment["PYTHONPATH"] = os.pathsep.join([arguments.original, environment.get("PYTHONPATH", "")])
-        environment["LEMUR_COMPARE_PEER"] = arguments.original
-    child = subprocess.run(
-        [python, __file__, "--worker", implementation, "--data", str(folder),
-         "--docs", str(arguments.docs), "--threads", str(arguments.threads)],
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    if child.returncode != 0:
-        lines = child.stderr.strip().splitlines()
-        return {"skipped": f"failed: {lines[-1] if lines else child.returncode}"}
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_worker_process(
+        __file__, implementation, arguments.original, arguments.peer_python, coretype,
+        ["--data", str(folder), "--docs", str(arguments.docs), "--threads", str(arguments.threads)])
 
 
 def main() -> None:
