@@ -33,6 +33,21 @@ from lemur._blas cimport (
     scipy_openblas_set_num_threads,
 )
 from lemur._selection cimport push_pair, sort_best_first
+from lemur._simd cimport (
+    DOC_ROWS,
+    TILE_DOCS,
+    TILE_QUERIES,
+    VECTOR_FLOATS,
+    lemur_vector,
+    prefetch,
+    vector_fma,
+    vector_fma_lanes,
+    vector_load,
+    vector_max,
+    vector_store,
+    vector_sum,
+    vector_zero,
+)
 from lemur._vector_math cimport (
     GELU,
     GELU_TANH,
@@ -334,27 +349,6 @@ def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, bint b
                               CblasTrans if b_transposed else CblasNoTrans, m, n, k,
                               1.0, &a[0, 0], k, &b[0, 0], k if b_transposed else n,
                               0.0, &out[0, 0], n)
-
-
-cdef extern from "_simd.h" nogil:
-    ctypedef struct lemur_vector:
-        pass
-    enum:
-        # floats per vector register (16 with AVX-512, 8 with AVX, else 4)
-        VECTOR_FLOATS "LEMUR_VECTOR_FLOATS"
-        # document tokens per register block of the MaxSim kernel
-        DOC_ROWS "LEMUR_DOC_ROWS"
-        # the register tile of the first-stage scoring kernel
-        TILE_QUERIES "LEMUR_TILE_QUERIES"
-        TILE_DOCS "LEMUR_TILE_DOCS"
-    lemur_vector vector_zero "lemur_vector_zero"()
-    lemur_vector vector_load "lemur_vector_load"(const float *source)
-    void vector_store "lemur_vector_store"(float *target, lemur_vector value)
-    lemur_vector vector_fma "lemur_vector_fma"(lemur_vector accumulator, lemur_vector a, float b)
-    lemur_vector vector_fma_lanes "lemur_vector_fma_lanes"(lemur_vector accumulator, lemur_vector a, lemur_vector b)
-    float vector_sum "lemur_vector_sum"(lemur_vector value)
-    lemur_vector vector_max "lemur_vector_max"(lemur_vector a, lemur_vector b)
-    void prefetch "lemur_prefetch"(const void *address)
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-/* A minimal portable SIMD vector of floats for the register-blocked MaxSim
- * kernel in _kernels.pyx.
+/* A minimal portable SIMD vector of floats for the register-blocked kernels in
+ * _kernels.pyx and the row reductions in _vector_math.pxd (declared for Cython
+ * in _simd.pxd).
  *
  * GCC and Clang: their vector extensions, as wide as the instruction set the
  * file is compiled for (16 floats with AVX-512, 8 with AVX, 4 otherwise; the
@@ -36,12 +37,23 @@
 #define LEMUR_TILE_DOCS 4
 #endif
 
+/* vectors that hold the 16 lane-wise partial sums of the row reductions */
+#define LEMUR_PARTIAL_VECTORS (16 / LEMUR_VECTOR_FLOATS)
+
 #if defined(__GNUC__) || defined(__clang__)
 
 typedef float lemur_vector __attribute__((vector_size(4 * LEMUR_VECTOR_FLOATS)));
 typedef int lemur_vector_mask __attribute__((vector_size(4 * LEMUR_VECTOR_FLOATS)));
 
 static inline lemur_vector lemur_vector_zero(void) { return (lemur_vector){0}; }
+
+static inline lemur_vector lemur_vector_broadcast(float value) { return lemur_vector_zero() + value; }
+
+static inline lemur_vector lemur_vector_add(lemur_vector a, lemur_vector b) { return a + b; }
+
+static inline lemur_vector lemur_vector_subtract(lemur_vector a, lemur_vector b) { return a - b; }
+
+static inline lemur_vector lemur_vector_scale(lemur_vector a, float b) { return a * b; }
 
 static inline lemur_vector lemur_vector_load(const float *source)
 {
@@ -96,6 +108,39 @@ static inline lemur_vector lemur_vector_zero(void)
     lemur_vector value;
     memset(&value, 0, sizeof value);
     return value;
+}
+
+static inline lemur_vector lemur_vector_broadcast(float value)
+{
+    lemur_vector result;
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        result.lane[i] = value;
+    return result;
+}
+
+static inline lemur_vector lemur_vector_add(lemur_vector a, lemur_vector b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        a.lane[i] += b.lane[i];
+    return a;
+}
+
+static inline lemur_vector lemur_vector_subtract(lemur_vector a, lemur_vector b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        a.lane[i] -= b.lane[i];
+    return a;
+}
+
+static inline lemur_vector lemur_vector_scale(lemur_vector a, float b)
+{
+    int i;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        a.lane[i] *= b;
+    return a;
 }
 
 static inline lemur_vector lemur_vector_load(const float *source)
