@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -82,34 +86,125 @@ def test_first_nonfinite_row_of_empty_array(kernels):
     assert kernels.first_nonfinite_row(np.zeros((0, 4), np.float32), 1) == -1
 
 
-@pytest.mark.parametrize("shape", [(1, 7, 5), (33, 40, 129), (100, 1000, 64)])
-@pytest.mark.parametrize("b_transposed", [True, False])
-def test_gemm_matches_numpy(kernels, shape, b_transposed):
-    m, n, k = shape
+def product_error_bound(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|fl(a b) - a b| <= gamma_(K+1) (|a| |b|) for a chain of K multiply-adds in
+    float32 (K + 1 roundings per term where the multiply-add is not fused),
+    gamma_n = n u / (1 - n u), u = 2**-24."""
+    n = (a.shape[1] + 1) * 2.0**-24
+    return n / (1 - n) * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+
+
+# m, K, n: one row, several row blocks (> 256), several chunks of k (> 256),
+# panels that do not divide n, and K = 0
+PRODUCT_SHAPES = [(1, 7, 5), (33, 129, 40), (300, 600, 70), (7, 0, 9), (64, 128, 256)]
+
+
+@pytest.mark.parametrize("shape", PRODUCT_SHAPES)
+@pytest.mark.parametrize("transposed", [True, False])
+def test_products_are_within_the_float32_error_bound(kernels, shape, transposed):
+    m, K, n = shape
     random = np.random.default_rng(0)
-    a = random.standard_normal((m, k), dtype=np.float32)
-    b = random.standard_normal((n, k) if b_transposed else (k, n), dtype=np.float32)
-    out = np.empty((m, n), dtype=np.float32)
-    kernels.gemm(a, b, out, b_transposed, 2)
-    expected = a.astype(np.float64) @ (b.T if b_transposed else b).astype(np.float64)
-    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-5)
+    a = random.standard_normal((m, K), dtype=np.float32)
+    source = random.standard_normal((n, K) if transposed else (K, n), dtype=np.float32)
+    b = source.T if transposed else source
+    out = np.full((m, n), np.nan, dtype=np.float32)
+    kernels.gemm_packed(a, kernels.pack_matrix(source, transposed), out, 2)
+    error = np.abs(out - a.astype(np.float64) @ b.astype(np.float64))
+    assert np.all(error <= product_error_bound(a, b))
 
 
-def test_blas_threads_are_restored_after_kernels():
+def test_product_rows_do_not_depend_on_the_other_rows_or_threads(kernels):
+    # the fixed order of _tiles.h: each row alone, any block, any thread count
+    random = np.random.default_rng(1)
+    a = random.standard_normal((301, 700), dtype=np.float32)
+    packed = kernels.pack_matrix(random.standard_normal((700, 90), dtype=np.float32), False)
+    expected = np.empty((301, 90), np.float32)
+    kernels.gemm_packed(a, packed, expected, 1)
+    for threads in (2, 3, 8):
+        out = np.empty_like(expected)
+        kernels.gemm_packed(a, packed, out, threads)
+        assert np.array_equal(out, expected)
+    for rows in (slice(0, 1), slice(5, 6), slice(17, 100), slice(300, 301)):
+        part = np.empty((rows.stop - rows.start, 90), np.float32)
+        kernels.gemm_packed(np.ascontiguousarray(a[rows]), packed, part, 2)
+        assert np.array_equal(part, expected[rows])
+
+
+def test_products_refuse_a_matrix_packed_otherwise(kernels):
+    a = np.ones((4, 8), np.float32)
+    packed = kernels.pack_matrix(np.ones((8, 3), np.float32), False)
+    with pytest.raises(ValueError, match="packed has shape"):  # another K
+        kernels.gemm_packed(a, np.ascontiguousarray(packed[:, :4]), np.empty((4, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="packed has shape"):  # another variant's panels
+        kernels.gemm_packed(a, np.ones((3, 8, packed.shape[2] // 2 or 1), np.float32),
+                            np.empty((4, 3), np.float32), 1)
+
+
+@pytest.mark.parametrize("h", [1, 16, 100, 2048])
+def test_scores_are_within_the_float32_error_bound(kernels, h):
+    random = np.random.default_rng(2)
+    features = random.standard_normal((13, h), dtype=np.float32)
+    W = random.standard_normal((50, h), dtype=np.float32)
+    out = np.empty((13, 50), np.float32)
+    kernels.score_matrix(features, W, out, 2)
+    error = np.abs(out - features.astype(np.float64) @ W.T.astype(np.float64))
+    assert np.all(error <= product_error_bound(features, W.T))
+
+
+def test_a_score_depends_only_on_its_query_and_row(kernels):
+    # any batch, any position in a tile or block, any thread count: the same float32
+    random = np.random.default_rng(3)
+    features = random.standard_normal((70, 131), dtype=np.float32)
+    W = random.standard_normal((101, 131), dtype=np.float32)
+    expected = np.empty((70, 101), np.float32)
+    kernels.score_matrix(features, W, expected, 1)
+    for queries, docs in [(slice(0, 1), slice(0, 101)), (slice(3, 5), slice(7, 8)),
+                          (slice(9, 70), slice(50, 101)), (slice(69, 70), slice(100, 101))]:
+        part = np.empty((queries.stop - queries.start, docs.stop - docs.start), np.float32)
+        kernels.score_matrix(np.ascontiguousarray(features[queries]), np.ascontiguousarray(W[docs]),
+                             part, 3)
+        assert np.array_equal(part, expected[queries, docs])
+
+
+def test_openblas_stays_on_the_calling_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     kernels = _dispatch.kernels
-    with kernels.BlasThreads(2):
-        a = np.ones((8, 4), np.float32)
-        kernels.gemm(a, a, np.empty((8, 8), np.float32), True, 1)
-        assert kernels.blas_info()["num_threads"] == 2
-    with kernels.BlasThreads(1):
+    assert kernels.blas_info()["num_threads"] == 1
+    rows = np.random.default_rng(4).standard_normal((300, 40)).astype(np.float32)
+    expected = np.empty((40, 40))
+    kernels.gram_upper_float64(rows, expected, 2)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        gram = np.empty((40, 40))
+        kernels.gram_upper_float64(rows, gram, 2)  # puts it back to one thread first
         assert kernels.blas_info()["num_threads"] == 1
+    assert np.array_equal(np.triu(gram), np.triu(expected))
 
 
-def test_dispatch_picks_the_best_runnable_variant():
-    assert _dispatch.variant == VARIANTS[0]
+def test_dispatch_picks_the_best_runnable_variant_unless_told():
+    assert _dispatch.variant == (os.environ.get("LEMUR_KERNELS") or VARIANTS[0])
+    assert _dispatch.forced == bool(os.environ.get("LEMUR_KERNELS"))
     assert "baseline" in VARIANTS
 
 
 def test_unknown_or_unsupported_variants_are_refused():
     with pytest.raises(ImportError, match="unknown kernel variant 'avx9000'"):
         _dispatch.load_variant("avx9000")
+
+
+@pytest.mark.parametrize("variant", ["avx9000", "x86_64_v9"])
+def test_lemur_kernels_asking_for_an_unknown_variant_is_a_clear_error(variant):
+    environment = {**os.environ, "LEMUR_KERNELS": variant}
+    result = subprocess.run([sys.executable, "-c", "import lemur"], env=environment,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"unknown kernel variant {variant!r}" in result.stderr
+    assert "LEMUR_KERNELS" in result.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lemur_kernels_forces_a_variant_and_show_config_says_so(variant):
+    environment = {**os.environ, "LEMUR_KERNELS": variant}
+    result = subprocess.run(
+        [sys.executable, "-c", "import lemur; print(lemur.show_config('dicts')['lemur']['kernel variant'])"],
+        env=environment, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"{variant} (forced by LEMUR_KERNELS)"

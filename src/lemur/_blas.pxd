@@ -3,6 +3,22 @@
 # clashes with another BLAS loaded in the same process (NumPy's, PyTorch's).
 # blasint is a 32-bit int in this build: callers keep M, N, K and the leading
 # dimensions below 2**31.
+#
+# How threads work in lemur (one rule for every kernel):
+# * All parallelism is OpenMP's: a call with num_threads=t runs its prange
+#   loops on a team of t threads, over units of work that do not depend on t,
+#   each output computed by one unit; so results are bitwise the same for any
+#   t, and concurrent calls from several Python threads (each with a team of
+#   its own) never change each other's results.
+# * This OpenBLAS is lemur's private copy and stays single-threaded for good:
+#   the kernel module sets it to one thread when it is imported, and the
+#   kernels that call it check that before they start (ensure_single_threaded_
+#   blas, in case something like threadpoolctl changed it). BLAS is called only
+#   from inside units of work, so it never starts threads of its own inside
+#   OpenMP's, and no call changes a global setting for its own sake.
+# * float32 products are lemur's own (_tiles.h), with a fixed order of
+#   operations; OpenBLAS does the float64 algebra of fitting W (dgemm per
+#   unit of work, LAPACK's dsyevd on the calling thread).
 
 cdef extern from "cblas.h" nogil:
     enum CBLAS_ORDER:
@@ -12,20 +28,6 @@ cdef extern from "cblas.h" nogil:
         CblasTrans
     enum CBLAS_UPLO:
         CblasUpper
-
-    void scipy_cblas_sgemm(
-        CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
-        int m, int n, int k,
-        float alpha, const float *a, int lda, const float *b, int ldb,
-        float beta, float *c, int ldc,
-    )
-    void scipy_cblas_sgemv(
-        CBLAS_ORDER order, CBLAS_TRANSPOSE trans,
-        int m, int n,
-        float alpha, const float *a, int lda, const float *x, int incx,
-        float beta, float *y, int incy,
-    )
-
     void scipy_cblas_dgemm(
         CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
         int m, int n, int k,

@@ -22,6 +22,7 @@ def config() -> dict[str, dict[str, object]]:
             "version": _build_info.VERSION,
             "compiler": _build_info.COMPILER,
             "kernel variant": _dispatch.variant
+            + (" (forced by LEMUR_KERNELS)" if _dispatch.forced else "")
             + (" (built with -march=native: for this CPU only)" if _build_info.NATIVE else ""),
             "kernel variants built": ", ".join(_build_info.KERNEL_VARIANTS),
             "kernel variants runnable": ", ".join(_dispatch.runnable_variants()),

@@ -54,14 +54,14 @@ def load_variant(name: str) -> ModuleType:
     return importlib.import_module(f"lemur.{VARIANTS[name][0]}")
 
 
-def _choose() -> str:
-    forced = os.environ.get("LEMUR_KERNELS")
-    if forced:
-        return forced
-    return runnable_variants()[0]
-
-
+#: Whether LEMUR_KERNELS chose the variant.
+forced: bool = bool(os.environ.get("LEMUR_KERNELS"))
 #: Name of the variant in use.
-variant: str = _choose()
-#: The kernel module in use.
-kernels: ModuleType = load_variant(variant)
+variant: str = os.environ.get("LEMUR_KERNELS") or runnable_variants()[0]
+try:
+    #: The kernel module in use.
+    kernels: ModuleType = load_variant(variant)
+except ImportError as error:
+    if not forced:
+        raise
+    raise ImportError(f"LEMUR_KERNELS={variant!r}: {error}") from None

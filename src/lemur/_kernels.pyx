@@ -25,7 +25,6 @@ from lemur._blas cimport (
     CblasUpper,
     scipy_cblas_dgemm,
     scipy_cblas_dsyrk,
-    scipy_cblas_sgemm,
     scipy_LAPACKE_dsyevd,
     scipy_openblas_get_config,
     scipy_openblas_get_corename,
@@ -41,12 +40,17 @@ from lemur._simd cimport (
     lemur_vector,
     prefetch,
     vector_fma,
-    vector_fma_lanes,
     vector_load,
     vector_max,
     vector_store,
-    vector_sum,
     vector_zero,
+)
+from lemur._tiles cimport (
+    GEMM_BLOCK_ROWS,
+    GEMM_PANEL,
+    gemm_pack,
+    gemm_unit,
+    score_tile,
 )
 from lemur._vector_math cimport (
     GELU,
@@ -58,7 +62,6 @@ from lemur._vector_math cimport (
     add_row,
     all_finite,
     apply_activation,
-    dot_product,
     exp_approx,
     layer_norm_row,
     scale_shift_and_sum,
@@ -66,7 +69,7 @@ from lemur._vector_math cimport (
 
 import numpy as np
 
-from lemur._scratch import scratch
+from lemur._scratch import aligned_empty, scratch
 
 cdef extern from *:
     """
@@ -81,6 +84,15 @@ cdef extern from *:
     """
     int openmp_enabled "lemur_openmp_enabled"() noexcept nogil
     int openmp_max_threads "lemur_openmp_max_threads"() noexcept nogil
+
+
+# lemur's OpenBLAS runs on the calling thread, always (see _blas.pxd).
+scipy_openblas_set_num_threads(1)
+
+
+cdef void ensure_single_threaded_blas() noexcept nogil:
+    if scipy_openblas_get_num_threads() != 1:
+        scipy_openblas_set_num_threads(1)
 
 
 #: Activation name -> code, as the kernels take them.
@@ -103,7 +115,7 @@ cdef enum:
 # --------------------------------------------------------------------------
 
 ctypedef struct DenseLayer:
-    const float *weight      # (output_dim, input_dim), row-major (nn.Linear layout)
+    const float *packed_weight  # weight^T packed for gemm_unit (pack_layer_weight)
     const float *bias        # (output_dim,), or NULL
     const float *ln_weight   # (output_dim,), or NULL: LayerNorm without affine
     const float *ln_bias     # (output_dim,), or NULL
@@ -136,14 +148,26 @@ cdef void finish_row(float *row, const DenseLayer *layer, const FeatureMap *mode
         apply_activation(row, n, model.activation)
 
 
+# out (num_rows, output_dim) = rows (num_rows, input_dim) . weight^T, one
+# single-threaded product panel by panel (num_rows <= BLOCK_ROWS).
+cdef void layer_product(const float *rows, Py_ssize_t num_rows, const DenseLayer *layer,
+                        float *out, float *gemm_scratch) noexcept nogil:
+    cdef Py_ssize_t panel
+    for panel in range((layer.output_dim + GEMM_PANEL - 1) // GEMM_PANEL):
+        gemm_unit(rows, layer.input_dim, layer.input_dim, layer.packed_weight, layer.output_dim,
+                  panel, 0, num_rows, out, layer.output_dim, gemm_scratch)
+
+
 # psi of rows [row_start, row_start + num_rows) of tokens (at most BLOCK_ROWS).
-# One single-threaded GEMM per layer into a thread-local buffer, then the fused
-# per-row pass. Returns the buffer holding the last layer's rows, unless
-# unpooled_out is given: the last layer then lands in unpooled_out directly.
+# One product per layer into a thread-local buffer, then the fused per-row
+# pass. Returns the buffer holding the last layer's rows, unless unpooled_out
+# is given: the last layer then lands in unpooled_out directly. Each row's
+# features depend on that token alone (see _tiles.h), not on the block.
 cdef float *psi_block(const FeatureMap *model, const float *tokens, Py_ssize_t row_start,
                       Py_ssize_t num_rows, float *workspace, float *unpooled_out) noexcept nogil:
     cdef const float *layer_input = tokens + row_start * model.layers[0].input_dim
     cdef float *layer_output
+    cdef float *gemm_scratch = workspace + 2 * BLOCK_ROWS * model.max_width
     cdef const DenseLayer *layer
     cdef int layer_index
     cdef Py_ssize_t row
@@ -153,11 +177,7 @@ cdef float *psi_block(const FeatureMap *model, const float *tokens, Py_ssize_t r
             layer_output = unpooled_out + row_start * layer.output_dim
         else:
             layer_output = workspace + (layer_index % 2) * BLOCK_ROWS * model.max_width
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                          <int>num_rows, layer.output_dim, layer.input_dim,
-                          1.0, layer_input, layer.input_dim,
-                          layer.weight, layer.input_dim,
-                          0.0, layer_output, layer.output_dim)
+        layer_product(layer_input, num_rows, layer, layer_output, gemm_scratch)
         for row in range(num_rows):
             finish_row(layer_output + row * layer.output_dim, layer, model)
         layer_input = layer_output
@@ -212,15 +232,32 @@ cdef Py_ssize_t split_query_groups(const int64_t *query_offsets, Py_ssize_t num_
     return num_groups
 
 
+def pack_matrix(const float[:, ::1] source, bint transposed):
+    """B packed for the products of _tiles.h: (panels, K, GEMM_PANEL) float32.
+
+    B is `source` (K, n), or its transpose when `transposed` (source (n, K),
+    e.g. an nn.Linear weight (output_dim, input_dim) for x . weight^T)."""
+    cdef Py_ssize_t K = source.shape[1] if transposed else source.shape[0]
+    cdef Py_ssize_t n = source.shape[0] if transposed else source.shape[1]
+    cdef Py_ssize_t panels = (n + GEMM_PANEL - 1) // GEMM_PANEL
+    cdef float[:, :, ::1] packed = aligned_empty((panels, K, GEMM_PANEL), np.float32)
+    if panels and K:
+        with nogil:
+            gemm_pack(&source[0, 0], K, n, 1 if transposed else n, K if transposed else 1,
+                      &packed[0, 0, 0])
+    return np.asarray(packed)
+
+
 cdef class _LayerViews:
     """Keeps the memoryviews of a model's arrays and the DenseLayer table
-    pointing into them alive while a kernel runs."""
+    pointing into them alive while a kernel runs. `layers` holds (packed
+    weight, bias, ln_weight, ln_bias, input_dim, output_dim) per layer."""
     cdef list views
     cdef DenseLayer *table
     cdef FeatureMap model
 
     def __cinit__(self, list layers, int kind, int activation, float elm_scale):
-        cdef const float[:, ::1] weight
+        cdef const float[:, :, ::1] packed
         cdef const float[::1] vector
         cdef Py_ssize_t index
         self.views = []
@@ -228,13 +265,15 @@ cdef class _LayerViews:
         if self.table == NULL:
             raise MemoryError()
         self.model.max_width = 0
-        for index, (weight_array, bias, ln_weight, ln_bias) in enumerate(layers):
-            weight = weight_array
-            self.views.append(weight)
-            self.table[index].weight = &weight[0, 0]
-            self.table[index].output_dim = weight.shape[0]
-            self.table[index].input_dim = weight.shape[1]
-            self.model.max_width = max(self.model.max_width, weight.shape[0])
+        for index, (packed_array, bias, ln_weight, ln_bias, input_dim, output_dim) in enumerate(layers):
+            if packed_array.shape != ((output_dim + GEMM_PANEL - 1) // GEMM_PANEL, input_dim, GEMM_PANEL):
+                raise ValueError(f"layer {index}'s weight was packed for another kernel variant")
+            packed = packed_array
+            self.views.append(packed)
+            self.table[index].packed_weight = &packed[0, 0, 0]
+            self.table[index].output_dim = output_dim
+            self.table[index].input_dim = input_dim
+            self.model.max_width = max(self.model.max_width, output_dim)
             self.table[index].bias = NULL
             self.table[index].ln_weight = NULL
             self.table[index].ln_bias = NULL
@@ -259,31 +298,11 @@ cdef class _LayerViews:
         free(self.table)
 
 
-cdef class BlasThreads:
-    """Context manager: OpenBLAS runs with `num_threads` threads inside it and
-    with its previous setting after. Kernels that call BLAS from inside a
-    prange region enter it with 1, so OpenBLAS never adds its own threads to
-    OpenMP's."""
-    cdef int num_threads
-    cdef int previous
-
-    def __cinit__(self, int num_threads):
-        self.num_threads = num_threads
-
-    def __enter__(self):
-        self.previous = scipy_openblas_get_num_threads()
-        scipy_openblas_set_num_threads(self.num_threads)
-        return self
-
-    def __exit__(self, *exc_info):
-        scipy_openblas_set_num_threads(self.previous)
-        return False
-
-
 def feature_workspace(object layers, int num_threads):
-    """Scratch memory for compute_features: two row blocks per thread."""
-    cdef Py_ssize_t max_width = max(layer[0].shape[0] for layer in layers)
-    cdef Py_ssize_t per_thread = 2 * BLOCK_ROWS * max_width
+    """Scratch memory for compute_features: two row blocks and a product's
+    scratch panel per thread."""
+    cdef Py_ssize_t max_width = max(layer[5] for layer in layers)
+    cdef Py_ssize_t per_thread = 2 * BLOCK_ROWS * max_width + BLOCK_ROWS * GEMM_PANEL
     per_thread = (per_thread + LANES - 1) // LANES * LANES   # own cache lines per thread
     return scratch("feature blocks", (num_threads, per_thread), np.float32)
 
@@ -297,7 +316,7 @@ def feature_workspace(object layers, int num_threads):
 #   workspace:      feature_workspace(layers, num_threads)
 # Parallel over groups of whole queries (pooled) or blocks of BLOCK_ROWS tokens
 # (unpooled), dynamic schedule; each thread keeps its blocks in its own slice
-# of workspace and runs its GEMMs with single-threaded BLAS.
+# of workspace.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offsets,
@@ -313,42 +332,54 @@ def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offset
     cdef float *thread_workspace
     cdef const float *tokens_data = &tokens[0, 0] if num_tokens > 0 else NULL
     cdef float *out_data = &out[0, 0]
-    with BlasThreads(1):
-        if pool_divisor > 0:
-            group_starts = np.empty(num_queries + 1, dtype=np.int64)
-            with nogil:
-                num_groups = split_query_groups(&query_offsets[0], num_queries, &group_starts[0])
-                for group in prange(num_groups, num_threads=num_threads, schedule='dynamic'):
-                    thread_workspace = &workspace[threadid(), 0]
-                    pooled_query_group(model, tokens_data, &query_offsets[0],
-                                       group_starts[group], group_starts[group + 1],
-                                       pool_divisor, out_data, thread_workspace)
-        else:
-            num_groups = (num_tokens + BLOCK_ROWS - 1) // BLOCK_ROWS
-            with nogil:
-                for group in prange(num_groups, num_threads=num_threads, schedule='dynamic'):
-                    thread_workspace = &workspace[threadid(), 0]
-                    row_start = group * BLOCK_ROWS
-                    psi_block(model, tokens_data, row_start,
-                              min(BLOCK_ROWS, num_tokens - row_start),
-                              thread_workspace, out_data)
+    if pool_divisor > 0:
+        group_starts = np.empty(num_queries + 1, dtype=np.int64)
+        with nogil:
+            num_groups = split_query_groups(&query_offsets[0], num_queries, &group_starts[0])
+            for group in prange(num_groups, num_threads=num_threads, schedule='dynamic'):
+                thread_workspace = &workspace[threadid(), 0]
+                pooled_query_group(model, tokens_data, &query_offsets[0],
+                                   group_starts[group], group_starts[group + 1],
+                                   pool_divisor, out_data, thread_workspace)
+    else:
+        num_groups = (num_tokens + BLOCK_ROWS - 1) // BLOCK_ROWS
+        with nogil:
+            for group in prange(num_groups, num_threads=num_threads, schedule='dynamic'):
+                thread_workspace = &workspace[threadid(), 0]
+                row_start = group * BLOCK_ROWS
+                psi_block(model, tokens_data, row_start,
+                          min(BLOCK_ROWS, num_tokens - row_start),
+                          thread_workspace, out_data)
 
 
-# out (m, n) = a (m, k) . b, where b is (n, k) used transposed (b_transposed)
-# or (k, n): one BLAS call with num_threads threads.
+# out (m, n) = a (m, K) . B, with B packed by pack_matrix (panels, K, PANEL).
+# Units of work: GEMM_BLOCK_ROWS rows of a by one panel, dynamic schedule;
+# every element is computed by one unit in the fixed order of _tiles.h, so the
+# result depends neither on num_threads nor on m.
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, bint b_transposed,
-         int num_threads):
-    cdef int m = <int>out.shape[0], n = <int>out.shape[1], k = <int>a.shape[1]
+def gemm_packed(const float[:, ::1] a, const float[:, :, ::1] packed, float[:, ::1] out,
+                int num_threads):
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1], K = a.shape[1]
+    cdef Py_ssize_t panels = packed.shape[0]
+    cdef Py_ssize_t row_blocks = (m + GEMM_BLOCK_ROWS - 1) // GEMM_BLOCK_ROWS
+    cdef Py_ssize_t unit, row0
+    cdef float[:, ::1] scratch_panels
+    if packed.shape[1] != K or packed.shape[2] != GEMM_PANEL or panels != (n + GEMM_PANEL - 1) // GEMM_PANEL:
+        raise ValueError(f"packed has shape ({packed.shape[0]}, {packed.shape[1]}, {packed.shape[2]}), expected "
+                         f"({(n + GEMM_PANEL - 1) // GEMM_PANEL}, {K}, {GEMM_PANEL}) "
+                         "(from this kernel variant's pack_matrix)")
+    if a.shape[0] != m:
+        raise ValueError(f"a has {a.shape[0]} rows, out {m}")
     if m == 0 or n == 0:
         return
-    with BlasThreads(num_threads):
-        with nogil:
-            scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans,
-                              CblasTrans if b_transposed else CblasNoTrans, m, n, k,
-                              1.0, &a[0, 0], k, &b[0, 0], k if b_transposed else n,
-                              0.0, &out[0, 0], n)
+    scratch_panels = scratch("gemm panels", (num_threads, GEMM_BLOCK_ROWS * GEMM_PANEL), np.float32)
+    with nogil:
+        for unit in prange(row_blocks * panels, num_threads=num_threads, schedule='dynamic'):
+            row0 = (unit // panels) * GEMM_BLOCK_ROWS
+            gemm_unit(&a[0, 0], K, K, &packed[0, 0, 0], n, unit % panels, row0,
+                      min(<Py_ssize_t>GEMM_BLOCK_ROWS, m - row0), &out[0, 0], n,
+                      &scratch_panels[threadid(), 0])
 
 
 # --------------------------------------------------------------------------
@@ -368,65 +399,51 @@ cdef enum:
     QUERY_CHUNK = 64
 
 
-# out[q * out_stride + j] = <features[q], W_rows[j]> for q < num_queries and
-# j < num_docs (at most TILE_QUERIES x TILE_DOCS), rows h floats apart. A
-# register tile: one accumulator vector of partial sums per (query, document),
-# one vector load per query and per document for each VECTOR_FLOATS of h, and
-# TILE_QUERIES x TILE_DOCS multiply-adds. A partial tile repeats its last row
-# (and does not store it) so that the loops keep their fixed trip counts.
-cdef void score_tile(const float *features, Py_ssize_t num_queries, const float *W_rows,
-                     Py_ssize_t num_docs, Py_ssize_t h, float *out,
-                     Py_ssize_t out_stride) noexcept nogil:
-    cdef lemur_vector accumulators[TILE_QUERIES * TILE_DOCS]
-    cdef lemur_vector feature_part[TILE_QUERIES]
-    cdef lemur_vector row_part
+# scores[q * scores_stride + d] = score(features[q], W_block[d]) (_tiles.h) for
+# the (num_queries, h) features and the (num_docs, h) rows of a block of W:
+# register tiles of TILE_QUERIES x TILE_DOCS, queries outermost (the block
+# stays in L2 while every query tile passes over it).
+cdef void score_block(const float *features, Py_ssize_t num_queries, const float *W_block,
+                      Py_ssize_t num_docs, Py_ssize_t h, float *scores,
+                      Py_ssize_t scores_stride) noexcept nogil:
     cdef const float *query_rows[TILE_QUERIES]
     cdef const float *doc_rows[TILE_DOCS]
-    cdef Py_ssize_t query, doc, step, j, offset
-    cdef float total
-    for query in range(TILE_QUERIES):
-        query_rows[query] = features + min(query, num_queries - 1) * h
-    for doc in range(TILE_DOCS):
-        doc_rows[doc] = W_rows + min(doc, num_docs - 1) * h
-    for query in range(TILE_QUERIES * TILE_DOCS):
-        accumulators[query] = vector_zero()
-    for step in range(h // VECTOR_FLOATS):
-        offset = step * VECTOR_FLOATS
-        for query in range(TILE_QUERIES):
-            feature_part[query] = vector_load(query_rows[query] + offset)
-        for doc in range(TILE_DOCS):
-            row_part = vector_load(doc_rows[doc] + offset)
-            for query in range(TILE_QUERIES):
-                accumulators[query * TILE_DOCS + doc] = vector_fma_lanes(
-                    accumulators[query * TILE_DOCS + doc], feature_part[query], row_part)
-    for query in range(num_queries):
-        for doc in range(num_docs):
-            total = vector_sum(accumulators[query * TILE_DOCS + doc])
-            for j in range((h // VECTOR_FLOATS) * VECTOR_FLOATS, h):
-                total += query_rows[query][j] * doc_rows[doc][j]
-            out[query * out_stride + doc] = total
+    cdef Py_ssize_t first_query = 0, first_doc, i, tile_queries, tile_docs
+    while first_query < num_queries:
+        tile_queries = min(<Py_ssize_t>TILE_QUERIES, num_queries - first_query)
+        for i in range(tile_queries):
+            query_rows[i] = features + (first_query + i) * h
+        first_doc = 0
+        while first_doc < num_docs:
+            tile_docs = min(<Py_ssize_t>TILE_DOCS, num_docs - first_doc)
+            for i in range(tile_docs):
+                doc_rows[i] = W_block + (first_doc + i) * h
+            score_tile(query_rows, <int>tile_queries, doc_rows, <int>tile_docs, h,
+                       scores + first_query * scores_stride + first_doc, scores_stride)
+            first_doc += tile_docs
+        first_query += tile_queries
 
 
-# scores (num_queries, num_docs) = features (num_queries, h) . W_block (num_docs, h)^T
-cdef void score_block(const float *features, Py_ssize_t num_queries, const float *W_block,
-                      Py_ssize_t num_docs, Py_ssize_t h, float *scores) noexcept nogil:
-    cdef Py_ssize_t doc, query
-    cdef const float *row
-    if num_queries <= SMALL_BATCH:
-        for doc in range(num_docs):
-            row = W_block + doc * h
-            for query in range(num_queries):
-                scores[query * num_docs + doc] = dot_product(features + query * h, row, h)
+# The full score matrix out (num_queries, num_docs) = score(features[q], W[d]).
+# Units of work: QUERY_CHUNK queries by TILED_DOC_BLOCK rows of W, dynamic
+# schedule; each score is computed once, by the rule of _tiles.h.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def score_matrix(const float[:, ::1] features, const float[:, ::1] W, float[:, ::1] out,
+                 int num_threads):
+    cdef Py_ssize_t num_queries = features.shape[0], num_docs = W.shape[0], h = W.shape[1]
+    cdef Py_ssize_t chunks = (num_queries + QUERY_CHUNK - 1) // QUERY_CHUNK
+    cdef Py_ssize_t blocks = (num_docs + TILED_DOC_BLOCK - 1) // TILED_DOC_BLOCK
+    cdef Py_ssize_t unit, first_query, first_doc
+    if num_queries == 0 or num_docs == 0:
         return
-    query = 0
-    while query < num_queries:
-        doc = 0
-        while doc < num_docs:
-            score_tile(features + query * h, min(TILE_QUERIES, num_queries - query),
-                       W_block + doc * h, min(TILE_DOCS, num_docs - doc), h,
-                       scores + query * num_docs + doc, num_docs)
-            doc += TILE_DOCS
-        query += TILE_QUERIES
+    with nogil:
+        for unit in prange(chunks * blocks, num_threads=num_threads, schedule='dynamic'):
+            first_query = (unit // blocks) * QUERY_CHUNK
+            first_doc = (unit % blocks) * TILED_DOC_BLOCK
+            score_block(&features[first_query, 0], min(<Py_ssize_t>QUERY_CHUNK, num_queries - first_query),
+                        &W[first_doc, 0], min(<Py_ssize_t>TILED_DOC_BLOCK, num_docs - first_doc), h,
+                        &out[first_query, first_doc], num_docs)
 
 
 # Pushes the scores of documents first_doc, first_doc + 1, ... into a k-best
@@ -466,7 +483,8 @@ cdef void scan_documents(const float *features, Py_ssize_t num_queries, const fl
     cdef Py_ssize_t block, query, block_docs
     for block in range(first_block, end_block):
         block_docs = min(doc_block, num_docs - block * doc_block)
-        score_block(features, num_queries, W + block * doc_block * h, block_docs, h, scores)
+        score_block(features, num_queries, W + block * doc_block * h, block_docs, h, scores,
+                    block_docs)
         for query in range(num_queries):
             sizes[query] = push_scores(scores + query * block_docs, block_docs, block * doc_block,
                                        best_scores + query * list_stride,
@@ -840,11 +858,15 @@ cdef void one_document_targets(const float *sample_chunks, Py_ssize_t num_sample
 
 
 cdef enum:
-    # Rows widened to float64 at a time by the float64 kernels below.
-    WIDE_BLOCK_ROWS = 1024
+    # Rows widened to float64 at a time by the float64 kernels below, and the
+    # columns of the Gram matrix per unit of work.
+    WIDE_BLOCK_ROWS = 256
+    GRAM_BLOCK_ROWS = 1024
+    GRAM_PANEL = 512
 
 
-# Widens rows [start, start + count) of a float32 matrix into a float64 buffer.
+# Widens rows [start, start + count) of a float32 matrix (m, width) into a
+# float64 buffer (count, width).
 cdef void widen_rows(const float[:, ::1] rows, Py_ssize_t start, Py_ssize_t count,
                      double *out) noexcept nogil:
     cdef Py_ssize_t i, j, width = rows.shape[1]
@@ -853,60 +875,83 @@ cdef void widen_rows(const float[:, ::1] rows, Py_ssize_t start, Py_ssize_t coun
             out[i * width + j] = rows[start + i, j]
 
 
+# out[:c1, c0:c1] += block[:, :c1]^T block[:, c0:c1] for a widened block of
+# rows (count, n): one single-threaded dgemm above the diagonal, one dsyrk for
+# the diagonal block's upper triangle.
+cdef void gram_panel(const double *block, Py_ssize_t count, Py_ssize_t n, Py_ssize_t c0,
+                     Py_ssize_t c1, double *out) noexcept nogil:
+    if c0 > 0:
+        scipy_cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, <int>c0, <int>(c1 - c0),
+                          <int>count, 1.0, block, <int>n, block + c0, <int>n,
+                          1.0, out + c0, <int>n)
+    scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, <int>(c1 - c0), <int>count,
+                      1.0, block + c0, <int>n, 1.0, out + c0 * n + c0, <int>n)
+
+
 # out (n, n) float64: the upper triangle of rows^T rows, rows (m, n) float32,
-# accumulated in float64 over blocks of rows (dsyrk, num_threads BLAS threads).
+# accumulated in float64 block by block of GRAM_BLOCK_ROWS rows: each block
+# is widened once, then the units of work, panels of GRAM_PANEL columns
+# [c0, c1) largest first (dynamic schedule), add its share (gram_panel).
+# Every entry is summed in the same order whatever the number of threads.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def gram_upper_float64(const float[:, ::1] rows, double[:, ::1] out, int num_threads):
-    cdef Py_ssize_t m = rows.shape[0], n = rows.shape[1], start, count
-    cdef double[:, ::1] wide = np.empty((WIDE_BLOCK_ROWS, n), dtype=np.float64)
+    cdef Py_ssize_t m = rows.shape[0], n = rows.shape[1], unit, c0, start = 0, count
+    cdef Py_ssize_t panels = (n + GRAM_PANEL - 1) // GRAM_PANEL
+    cdef double[:, ::1] wide = np.empty((GRAM_BLOCK_ROWS, n), dtype=np.float64)
     out[:, :] = 0
-    with BlasThreads(num_threads):
-        with nogil:
-            start = 0
-            while start < m:
-                count = min(<Py_ssize_t>WIDE_BLOCK_ROWS, m - start)
-                widen_rows(rows, start, count, &wide[0, 0])
-                scipy_cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, <int>n, <int>count,
-                                  1.0, &wide[0, 0], <int>n, 1.0, &out[0, 0], <int>n)
-                start += count
+    ensure_single_threaded_blas()
+    with nogil:
+        while start < m:
+            count = min(<Py_ssize_t>GRAM_BLOCK_ROWS, m - start)
+            widen_rows(rows, start, count, &wide[0, 0])
+            for unit in prange(panels, num_threads=num_threads, schedule='dynamic'):
+                c0 = (panels - 1 - unit) * GRAM_PANEL
+                gram_panel(&wide[0, 0], count, n, c0, min(n, c0 + GRAM_PANEL), &out[0, 0])
+            start += count
 
 
-def symmetric_eigen(double[:, ::1] matrix, double[::1] eigenvalues, int num_threads):
+def symmetric_eigen(double[:, ::1] matrix, double[::1] eigenvalues):
     """Eigenvalues (ascending) and eigenvectors (columns, overwriting `matrix`)
-    of a symmetric matrix given by its upper triangle (LAPACK dsyevd)."""
+    of a symmetric matrix given by its upper triangle (LAPACK dsyevd, on the
+    calling thread)."""
     cdef int n = <int>matrix.shape[0], info
-    with BlasThreads(num_threads):
-        with nogil:
-            info = scipy_LAPACKE_dsyevd(LAPACK_ROW_MAJOR, b'V', b'U', n, &matrix[0, 0], n,
-                                        &eigenvalues[0])
+    ensure_single_threaded_blas()
+    with nogil:
+        info = scipy_LAPACKE_dsyevd(LAPACK_ROW_MAJOR, b'V', b'U', n, &matrix[0, 0], n,
+                                    &eigenvalues[0])
     if info != 0:
         raise ValueError(f"the eigendecomposition did not converge (LAPACK dsyevd info={info})")
 
 
 # out (m, n) float32 = rows (m, k) float32 . factor (k, n) float64, computed
-# in float64 block by block (dgemm with num_threads BLAS threads), then rounded.
+# in float64 and rounded. Units of work: blocks of WIDE_BLOCK_ROWS rows
+# (dynamic schedule), each widened and multiplied by one single-threaded dgemm.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def multiply_float64(const float[:, ::1] rows, const double[:, ::1] factor, float[:, ::1] out,
                      int num_threads):
     cdef Py_ssize_t m = rows.shape[0], k = rows.shape[1], n = factor.shape[1]
-    cdef Py_ssize_t start, count, i, j
-    cdef double[:, ::1] wide = np.empty((WIDE_BLOCK_ROWS, k), dtype=np.float64)
-    cdef double[:, ::1] product = np.empty((WIDE_BLOCK_ROWS, n), dtype=np.float64)
-    with BlasThreads(num_threads):
-        with nogil:
-            start = 0
-            while start < m:
-                count = min(<Py_ssize_t>WIDE_BLOCK_ROWS, m - start)
-                widen_rows(rows, start, count, &wide[0, 0])
-                scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, <int>count, <int>n,
-                                  <int>k, 1.0, &wide[0, 0], <int>k, &factor[0, 0], <int>n,
-                                  0.0, &product[0, 0], <int>n)
-                for i in range(count):
-                    for j in range(n):
-                        out[start + i, j] = <float>product[i, j]
-                start += count
+    cdef Py_ssize_t blocks = (m + WIDE_BLOCK_ROWS - 1) // WIDE_BLOCK_ROWS
+    cdef Py_ssize_t block, start, count, i, j
+    cdef double[:, ::1] wide = np.empty((num_threads, WIDE_BLOCK_ROWS * k), dtype=np.float64)
+    cdef double[:, ::1] product = np.empty((num_threads, WIDE_BLOCK_ROWS * n), dtype=np.float64)
+    cdef double *wide_block
+    cdef double *product_block
+    ensure_single_threaded_blas()
+    with nogil:
+        for block in prange(blocks, num_threads=num_threads, schedule='dynamic'):
+            start = block * WIDE_BLOCK_ROWS
+            count = min(<Py_ssize_t>WIDE_BLOCK_ROWS, m - start)
+            wide_block = &wide[threadid(), 0]
+            product_block = &product[threadid(), 0]
+            widen_rows(rows, start, count, wide_block)
+            scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, <int>count, <int>n,
+                              <int>k, 1.0, wide_block, <int>k, &factor[0, 0], <int>n,
+                              0.0, product_block, <int>n)
+            for i in range(count):
+                for j in range(n):
+                    out[start + i, j] = <float>product_block[i * n + j]
 
 
 # --------------------------------------------------------------------------

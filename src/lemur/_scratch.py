@@ -15,11 +15,26 @@ import numpy as np
 
 MAX_CACHED_BYTES = 64 * 2**20
 
+#: Alignment of lemur's own arrays: a cache line, so that no vector load of a
+#: row crosses two (unaligned rows of W cost the first stage about 15%).
+ALIGNMENT = 64
+
 _local = threading.local()
 
 
+def aligned_empty(shape: int | tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an
+    :data:`ALIGNMENT`-byte boundary."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """An uninitialised C-contiguous array of `shape`, reused across calls.
+    """An uninitialised, aligned, C-contiguous array of `shape`, reused across calls.
 
     `name` identifies the buffer: two buffers needed at the same time must have
     different names. The array is only valid until the next call with the same
@@ -28,11 +43,11 @@ def scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     size = math.prod(shape)
     nbytes = size * np.dtype(dtype).itemsize
     if nbytes > MAX_CACHED_BYTES:
-        return np.empty(shape, dtype=dtype)
+        return aligned_empty(shape, dtype)
     buffers = _local.__dict__.setdefault("buffers", {})
     key = (name, np.dtype(dtype))
     buffer = buffers.get(key)
     if buffer is None or buffer.size < size:
-        buffer = np.empty(max(size, 1), dtype=dtype)
+        buffer = aligned_empty(max(size, 1), dtype)
         buffers[key] = buffer
     return buffer[:size].reshape(shape)

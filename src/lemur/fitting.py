@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from lemur._dispatch import kernels
-from lemur._scratch import scratch
+from lemur._scratch import aligned_empty, scratch
 from lemur._validation import check_positive_int, check_vectors
 from lemur.model import Layer, Model
 
@@ -81,10 +81,11 @@ class OLSSample:
 
     def projection(self, model: Model, num_threads: int) -> np.ndarray:
         """pinv(psi(S))^T, ``(sample_size, feature_dim)`` float32, computed on
-        first use for `model` and kept."""
+        first use for `model` and kept, packed for ``kernels.gemm_packed``."""
         if self._projection is None or self._projection[0] is not model:
-            self._projection = (model, pseudo_inverse_transposed(model.token_features(
-                self.rows, num_threads=num_threads), num_threads))
+            projection = pseudo_inverse_transposed(
+                model.token_features(self.rows, num_threads=num_threads), num_threads)
+            self._projection = (model, kernels.pack_matrix(projection, False))
         return self._projection[1]
 
 
@@ -94,7 +95,7 @@ def pseudo_inverse_transposed(Z: np.ndarray, num_threads: int) -> np.ndarray:
     gram = np.empty((h, h), dtype=np.float64)
     kernels.gram_upper_float64(Z, gram, num_threads)
     eigenvalues = np.empty(h, dtype=np.float64)
-    kernels.symmetric_eigen(gram, eigenvalues, num_threads)  # gram now holds V
+    kernels.symmetric_eigen(gram, eigenvalues)  # gram now holds V
     singular_values = np.sqrt(np.maximum(eigenvalues, 0.0))
     keep = singular_values > FLOAT32_EPS * max(m, h) * singular_values.max()
     basis = np.ascontiguousarray(gram[:, keep])
@@ -150,7 +151,7 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
     """
     projection = sample.projection(model, num_threads)
     num_docs = offsets.size - 1
-    W = np.empty((num_docs, model.feature_dim), dtype=np.float32)
+    W = aligned_empty((num_docs, model.feature_dim), np.float32)
     block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
     report = Progress(num_docs, "fitting documents", progress)
     try:
@@ -163,7 +164,7 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
                                        scratch("targets", (stop - start, sample.size), np.float32))
             targets -= np.float32(model.output_mean)
             targets /= np.float32(model.output_std)
-            kernels.gemm(targets, projection, W[start:stop], False, num_threads)
+            kernels.gemm_packed(targets, projection, W[start:stop], num_threads)
             report.update(stop - start)
     finally:
         report.close()

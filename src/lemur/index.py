@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lemur import fitting, npz
+from lemur._scratch import aligned_empty
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_integer_array, check_positive_int, check_vectors
 from lemur.model import RAGGED_POOL_DIVISOR, Model, check_activation
@@ -82,7 +83,7 @@ def _room(buffer: np.ndarray, filled: int, needed: int, owned: bool) -> np.ndarr
     its `filled` rows (growing by half, so that appends cost amortised O(new rows))."""
     if owned and buffer.shape[0] >= needed:
         return buffer
-    grown = np.empty((max(needed, filled + filled // 2),) + buffer.shape[1:], dtype=buffer.dtype)
+    grown = aligned_empty((max(needed, filled + filled // 2),) + buffer.shape[1:], buffer.dtype)
     grown[:filled] = buffer[:filled]
     return grown
 

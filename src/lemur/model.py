@@ -115,7 +115,12 @@ class Model:
         self._output_std = self._check_statistic(output_std, "output_std")
         if not self._output_std > 0:
             raise ValueError(f"output_std must be > 0, got {self._output_std}")
-        self._kernel_layers = [tuple(layer) for layer in self._layers]
+        # per layer: weight^T packed for the kernels' products, then the vectors
+        self._kernel_layers = [
+            (kernels.pack_matrix(layer.weight, True), layer.bias, layer.ln_weight, layer.ln_bias,
+             int(layer.weight.shape[1]), int(layer.weight.shape[0]))
+            for layer in self._layers
+        ]
 
     @staticmethod
     def _check_layers(layers: Sequence[Layer], kind: str) -> tuple[Layer, ...]:

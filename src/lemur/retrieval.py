@@ -129,7 +129,7 @@ def check_candidates(
 def scores_unchecked(features: np.ndarray, W: np.ndarray, num_threads: int) -> np.ndarray:
     """:func:`scores` on validated arguments."""
     out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-    kernels.gemm(features, W, out, True, num_threads)
+    kernels.score_matrix(features, W, out, num_threads)
     return out
 
 
