@@ -23,6 +23,5 @@ cdef extern from "_simd.h" nogil:
     lemur_vector vector_scale "lemur_vector_scale"(lemur_vector a, float b)
     lemur_vector vector_fma "lemur_vector_fma"(lemur_vector accumulator, lemur_vector a, float b)
     lemur_vector vector_fma_lanes "lemur_vector_fma_lanes"(lemur_vector accumulator, lemur_vector a, lemur_vector b)
-    float vector_sum "lemur_vector_sum"(lemur_vector value)
     lemur_vector vector_max "lemur_vector_max"(lemur_vector a, lemur_vector b)
     void prefetch "lemur_prefetch"(const void *address)

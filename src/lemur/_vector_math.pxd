@@ -276,22 +276,3 @@ cdef inline bint all_finite(const float *values, Py_ssize_t n) noexcept nogil:
     for j in range(num_blocks * LANES, n):
         total += values[j] - values[j]
     return total == 0
-
-
-# sum_j a[j] b[j], with 2 LANES partial sums (two independent FMA chains per
-# SIMD lane, so the loop is not bound by the FMA latency).
-cdef inline float dot_product(const float *a, const float *b, Py_ssize_t n) noexcept nogil:
-    cdef lemur_vector partial[2 * PARTIAL_VECTORS]
-    cdef Py_ssize_t vector, part, j, offset, num_blocks = n // (2 * LANES)
-    cdef float total
-    for part in range(2 * PARTIAL_VECTORS):
-        partial[part] = vector_zero()
-    for vector in range(num_blocks * 2 * PARTIAL_VECTORS):
-        offset = vector * VECTOR_FLOATS
-        part = vector % (2 * PARTIAL_VECTORS)
-        partial[part] = vector_fma_lanes(partial[part], vector_load(a + offset),
-                                         vector_load(b + offset))
-    total = sum_partials(partial) + sum_partials(partial + PARTIAL_VECTORS)
-    for j in range(num_blocks * 2 * LANES, n):
-        total += a[j] * b[j]
-    return total
