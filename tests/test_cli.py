@@ -94,6 +94,10 @@ def test_search_prints_results_and_writes_npz(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "query\trank\tdocument\tscore"
     assert lines[1].startswith(f"0\t0\t{expected['rerank_top10'][0, 0]}\t")
+    huge = str(10**12)  # clamped to the 300 documents, not allocated
+    assert main(common[:-2] + ["--candidates", huge, "-k", huge, "--out", str(tmp_path / "all.npz")]) == 0
+    with np.load(tmp_path / "all.npz") as results:
+        assert results["indices"].shape == (41, 300)
 
 
 def test_search_without_document_tokens_is_first_stage_only(capsys, tmp_path):

@@ -65,15 +65,19 @@ def test_search_without_documents_returns_the_first_stage(small):
         index.maxsim_scores(query_tokens, [20], [[1, 2]])
 
 
-def test_search_with_more_results_than_documents_pads(small):
+@pytest.mark.parametrize("k", [9, 10**12])
+def test_search_for_more_results_than_documents_returns_every_document(small, k):
     model, W, doc_tokens, doc_counts = small
     index = lemur.Index(model, W[:6], doc_tokens[: int(np.sum(doc_counts[:6]))], doc_counts[:6])
-    indices, scores = index.search(random_tokens(8, 12), [8], k=9, candidates=9)
-    assert sorted(indices[0, :6].tolist()) == list(range(6))
-    assert indices[0, 6:].tolist() == [-1] * 3 and np.all(np.isneginf(scores[0, 6:]))
+    indices, scores = index.search(random_tokens(8, 12), [8], k=k, candidates=k)
+    assert indices.shape == scores.shape == (1, 6)
+    assert sorted(indices[0].tolist()) == list(range(6)) and np.all(np.diff(scores[0]) <= 0)
     bare = lemur.Index(model, W[:6])
-    indices, scores = bare.search(random_tokens(8, 12), [8], k=9)
-    assert indices[0, 6:].tolist() == [-1] * 3
+    indices, _ = bare.search(random_tokens(8, 12), [8], k=k, candidates=k)
+    assert sorted(indices[0].tolist()) == list(range(6))
+    features = index.features(random_tokens(8, 12), [8])
+    assert index.top_k(features, k)[0].shape == (1, 6)
+    assert index.rerank(random_tokens(8, 12), [8], [[0, 3]], k=k)[0].shape == (1, 6)
 
 
 def test_index_keeps_its_arrays_alive(small):

@@ -171,3 +171,10 @@ def test_exact_maxsim_behaves_as_the_forks():
 def test_top_k_refuses_k_below_one():
     with pytest.raises(ValueError, match="k must be >= 1"):
         loaded().top_k(np.ones((1, 2048), np.float32), k=0)
+
+
+def test_top_k_far_beyond_the_documents_is_clamped():
+    lemur = create_synthetic_model(embed_dim=8, hidden_dim=32, num_docs=20)
+    features = lemur.compute_features(np.ones((3, 8), np.float32), [3])
+    indices, scores = lemur.top_k(features, k=10**12)
+    assert indices.shape == scores.shape == (1, 20)

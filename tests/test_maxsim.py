@@ -73,3 +73,10 @@ def test_bad_inputs_are_refused(call, message):
     query_tokens, _ = queries([4], 8)
     with pytest.raises(ValueError, match=message):
         call(MaxSim(doc_tokens, doc_counts), query_tokens)
+
+
+def test_k_far_beyond_the_documents_is_clamped():
+    doc_tokens, doc_counts = corpus(5, 4)
+    query_tokens, query_counts = queries([3], 4)
+    found = MaxSim(doc_tokens, doc_counts).rerank_subset(query_tokens, query_counts, 10**12, [[4, 0]])
+    assert found.shape == (1, 5) and found[0, 2:].tolist() == [-1] * 3

@@ -309,3 +309,16 @@ def test_bad_inputs_are_refused(call, error, message):
 def test_counts_beyond_int64_are_refused():
     with pytest.raises(ValueError, match="doc_counts holds values too large for int64"):
         lemur.maxsim_scores(QUERY, [3], DOCS, np.array([2**64 - 1, 1, 1], np.uint64), [[0]])
+
+
+def test_k_far_beyond_the_documents_allocates_nothing_for_them():
+    # k = 10**12 would be terabytes of output if it were not clamped
+    doc_tokens, doc_counts = corpus(7, 4)
+    query_tokens, query_counts = queries([3, 2], 4)
+    W = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    features = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
+    indices, scores = lemur.top_k(features, W, 10**12)
+    assert indices.shape == scores.shape == (2, 7)
+    candidates = [[0, 1, 2], [6, 5, -1]]
+    indices, scores = lemur.rerank(query_tokens, query_counts, doc_tokens, doc_counts, candidates, 10**12)
+    assert indices.shape == (2, 7) and indices[1, 2:].tolist() == [-1] * 5

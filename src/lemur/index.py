@@ -279,7 +279,7 @@ class Index:
         memory stays bounded whatever the number of queries and documents.
         """
         threads = resolve_num_threads(num_threads)
-        k = check_k(k)
+        k = check_k(k, at_most=self.num_docs)
         self._require_some_documents()
         rows, scores = top_k_unchecked(self._check_features(features, threads), self.W, k, threads)
         return self._ids_of(rows), scores
@@ -312,14 +312,15 @@ class Index:
         """The `k` best candidates (document ids) of each query by exact MaxSim.
 
         See :func:`lemur.rerank`: int64 ids and float32 scores, ``(num_queries,
-        k)``, padded with -1/-inf; a query without tokens keeps its first `k`
-        candidates.
+        k)``, padded with -1/-inf (k clamped to the larger of the number of
+        documents and of candidates per query); a query without tokens keeps
+        its first `k` candidates.
         """
         documents = self._require_documents("rerank")
         threads = resolve_num_threads(num_threads)
-        k = check_k(k)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         rows = self._candidate_rows(candidates, offsets.size - 1)
+        k = check_k(k, at_most=max(self.num_docs, rows.shape[1]))
         found, scores = rerank_unchecked(tokens, offsets, documents, rows, k, threads)
         return self._ids_of(found), scores
 
@@ -346,27 +347,28 @@ class Index:
         candidates : int, default 100
             Candidates per query for the exact rerank; at least `k`. Without
             document tokens in the index there is no rerank, and the first
-            stage's top `k` (approximate scores) is returned.
+            stage's top `k` (approximate scores) is returned. Both count as
+            the number of documents when they exceed it.
         num_threads : int, optional
 
         Returns
         -------
-        ids : ndarray of int64, shape (num_queries, k)
-        scores : ndarray of float32, shape (num_queries, k)
-            Best first, padded with -1/-inf when fewer than `k` documents exist.
+        ids : ndarray of int64, shape (num_queries, min(k, num_docs))
+        scores : ndarray of float32, same shape
+            Best first.
         """
         threads = resolve_num_threads(num_threads)
-        k = check_k(k)
-        candidates = check_k(candidates, name="candidates")
+        self._require_some_documents()
+        k = check_positive_int(k, name="k")
+        candidates = check_positive_int(candidates, name="candidates")
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
-        self._require_some_documents()
+        k, candidates = min(k, self.num_docs), min(candidates, self.num_docs)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         features = self._model._pooled(tokens, offsets, RAGGED_POOL_DIVISOR, threads)
         documents = self._store.documents()
         if documents is None:
             rows, scores = top_k_unchecked(features, self.W, k, threads)
-            rows, scores = _pad(rows, scores, k)
         else:
             found, _ = top_k_unchecked(features, self.W, candidates, threads)
             rows, scores = rerank_unchecked(tokens, offsets, documents, found, k, threads)
@@ -622,14 +624,3 @@ def fit_elm(
     index._sample = fitting.OLSSample.draw(learn, size=sample_size, seed=random)
     index.add_documents(documents.tokens, documents.counts, progress=progress, num_threads=threads)
     return index
-
-
-def _pad(indices: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a first-stage result with fewer than k columns to k (-1, -inf)."""
-    missing = k - indices.shape[1]
-    if missing <= 0:
-        return indices, scores
-    return (
-        np.pad(indices, ((0, 0), (0, missing)), constant_values=-1),
-        np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf),
-    )

@@ -170,7 +170,7 @@ class LemurNumPy:
         W = self._checked_W()
         features = self._checked_features(query_features, W)
         return retrieval.top_k_unchecked(
-            features, W, check_k(k), resolve_num_threads(self.num_threads)
+            features, W, check_k(k, at_most=W.shape[0]), resolve_num_threads(self.num_threads)
         )
 
     def exact_maxsim(

@@ -66,7 +66,8 @@ class MaxSim:
 
         Returns
         -------
-        ndarray of int32, shape (num_queries, k)
+        ndarray of int32, shape (num_queries, k), k clamped to the larger of
+        the number of documents and of candidates per query
         """
         threads = _threads(num_threads)
         documents = self._documents
@@ -78,7 +79,9 @@ class MaxSim:
         candidates = check_candidates(
             indices, num_queries=offsets.size - 1, num_docs=documents.num_docs, name="indices"
         )
-        found, _ = rerank_unchecked(tokens, offsets, documents, candidates, check_k(k), threads)
+        found, _ = rerank_unchecked(tokens, offsets, documents, candidates,
+                                    check_k(k, at_most=max(documents.num_docs, candidates.shape[1])),
+                                    threads)
         return found.astype(np.int32)
 
     def rerank_subset_fixed(

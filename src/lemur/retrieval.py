@@ -85,8 +85,11 @@ def check_W(W: object, *, name: str = "W", dim: int | None = None, num_threads: 
     return W
 
 
-def check_k(k: object, *, name: str = "k") -> int:
-    return check_positive_int(k, name=name)
+def check_k(k: object, *, at_most: int, name: str = "k") -> int:
+    """A positive int, clamped to `at_most` (the number of documents, or of
+    candidates): asking for more results than can exist gives all of them,
+    and allocates nothing for the rest."""
+    return min(check_positive_int(k, name=name), max(at_most, 1))
 
 
 def check_features(
@@ -227,7 +230,8 @@ def top_k(
     features : ndarray of float32, shape (num_queries, h)
     W : ndarray of float32, shape (num_docs, h)
     k : int
-        At least 1. With ``k >= num_docs`` every document is returned, sorted.
+        At least 1. With ``k >= num_docs`` every document is returned, sorted
+        (nothing is allocated for the rest).
     num_threads : int, optional
 
     Returns
@@ -237,8 +241,8 @@ def top_k(
         Sorted by score, largest first; equal scores by smaller index.
     """
     threads = resolve_num_threads(num_threads)
-    k = check_k(k)
     W = check_W(W, num_threads=threads)
+    k = check_k(k, at_most=W.shape[0])
     features = check_features(features, dim=W.shape[1], dim_name="W's width (h)", num_threads=threads)
     return top_k_unchecked(features, W, k, threads)
 
@@ -293,24 +297,24 @@ def rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` best candidates of each query by exact MaxSim.
 
-    Parameters are those of :func:`maxsim_scores`, and `k` (at least 1).
+    Parameters are those of :func:`maxsim_scores`, and `k` (at least 1;
+    more than both the documents and the candidates per query counts as the
+    larger of the two).
 
     Returns
     -------
     indices : ndarray of int64, shape (num_queries, k)
-    scores : ndarray of float32, shape (num_queries, k)
+    scores : ndarray of float32, same shape
         Best first; equal scores by smaller document id. Rows with fewer than
         `k` valid (not -1) candidates are padded with -1 and -inf. A query
         with no tokens keeps its first `k` candidates in their given order
         (scores 0), as the original LEMUR does.
     """
     threads = resolve_num_threads(num_threads)
-    k = check_k(k)
-    return rerank_unchecked(
-        *_check_maxsim_arguments(query_tokens, query_counts, doc_tokens, doc_counts, candidates, threads),
-        k,
-        threads,
-    )
+    tokens, offsets, documents, candidates = _check_maxsim_arguments(
+        query_tokens, query_counts, doc_tokens, doc_counts, candidates, threads)
+    return rerank_unchecked(tokens, offsets, documents, candidates,
+                            check_k(k, at_most=max(documents.num_docs, candidates.shape[1])), threads)
 
 
 def _check_maxsim_arguments(
