@@ -12,7 +12,7 @@ import pytest
 from conftest import DATA, FEATURE_TOLERANCE, VARIANTS, golden
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch_files import Call, Tensor, archive
+from torch_files import Call, Tensor, archive, pickled
 
 import lemur
 from lemur import files, npz, torch_format
@@ -172,6 +172,21 @@ def test_storage_dtypes(tmp_path):
     assert loaded["l"].dtype == np.int64 and loaded["l"].tolist() == [7, -(2**40)]
 
 
+def test_a_compressed_storage_is_refused_before_it_is_inflated(tmp_path):
+    # torch.save stores storages uncompressed; a deflated one could inflate a
+    # few-kB file into gigabytes, so it is refused by its entry alone
+    numel = 2**28  # 1 GiB of zeros, about 1 MB deflated
+    path = tmp_path / "file.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zip_file:
+        zip_file.writestr("archive/data.pkl", pickled({"W": Tensor("0", numel, 0, (numel,), (1,))}))
+        with zip_file.open("archive/data/0", "w", force_zip64=True) as member:
+            zeros = bytes(2**24)
+            for _ in range(numel * 4 // len(zeros)):
+                member.write(zeros)
+    with pytest.raises(ValueError, match="storage 0 is compressed; torch.save stores storages uncompressed"):
+        torch_format.load(path)
+
+
 @pytest.mark.parametrize(
     ("value", "storages", "message"),
     [
@@ -179,7 +194,7 @@ def test_storage_dtypes(tmp_path):
         ({"W": Tensor("0", 4, 2, (3,), (1,))}, {"0": floats(1, 2, 3, 4)}, "past the end of its storage"),
         ({"W": Tensor("0", 4, 0, (2,), (9,))}, {"0": floats(1, 2, 3, 4)}, "past the end"),
         ({"W": Tensor("0", 5, 0, (5,), (1,))}, {"0": floats(1, 2, 3, 4)}, "storage 0 should hold 5 elements .20 bytes., but its member has 16 bytes"),
-        ({"W": Tensor("0", 4, 0, (4,), (1,))}, {}, "missing storage member 'archive/data/0'"),
+        ({"W": Tensor("0", 4, 0, (4,), (1,))}, {}, "missing member 'archive/data/0'"),
         ({"W": Tensor("../../etc/passwd", 4, 0, (4,), (1,))}, {}, "a storage key must be digits"),
         ({"W": Tensor("0", 4, 0, (2, 2), (2,))}, {"0": floats(1, 2, 3, 4)}, r"has size \(2, 2\) but stride \(2,\)"),
         ({"W": Tensor("0", 4, -1, (2,), (1,))}, {"0": floats(1, 2, 3, 4)}, "storage offset -1"),
@@ -202,7 +217,7 @@ def test_big_endian_files_are_refused(tmp_path):
 def test_legacy_and_non_zip_files_are_refused(tmp_path):
     legacy = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03."
     for data in (legacy, b"", b"garbage"):
-        with pytest.raises(ValueError, match="not a torch.save zip archive .*legacy format"):
+        with pytest.raises(ValueError, match="not a readable zip archive .*legacy format"):
             torch_format.load(write(tmp_path, data))
     with pytest.raises(ValueError, match="legacy format"):
         lemur.load(write(tmp_path, legacy, "old.pt"))

@@ -101,10 +101,11 @@ def pickled(value) -> bytes:
 
 
 def archive(value, storages: dict[str, bytes], *, root: str = "archive",
-            byteorder: bytes = b"little") -> bytes:
-    """A torch.save-style zip: root/data.pkl, root/data/<key>, root/byteorder, root/version."""
+            byteorder: bytes = b"little", compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A torch.save-style zip: root/data.pkl, root/data/<key>, root/byteorder, root/version
+    (stored uncompressed, as torch.save does, unless told otherwise)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zip_file:
+    with zipfile.ZipFile(buffer, "w", compression=compression) as zip_file:
         zip_file.writestr(f"{root}/data.pkl", pickled(value))
         zip_file.writestr(f"{root}/byteorder", byteorder)
         for key, data in storages.items():

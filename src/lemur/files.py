@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 
 from lemur import npz, torch_format
+from lemur._archive import is_zip
 from lemur.model import Layer, Model, check_activation
 
 #: File format names, as :func:`read` reports them.
@@ -73,7 +74,7 @@ def load(path: str | os.PathLike[str], *, activation: str | None = None):
 
 def _is_torch_archive(path: str) -> bool:
     """A zip archive with a data.pkl member (lemur's .npz files have none)."""
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         with open(path, "rb") as stream:
             head = stream.read(2)
         return path.endswith(".pt") or head == b"\x80\x02"  # a legacy torch pickle

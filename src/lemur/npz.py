@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lemur._archive import Archive, NpyMember, is_zip
 from lemur._validation import check_finite
 from lemur.model import Layer, Model, check_activation
 
@@ -75,39 +76,48 @@ class Contents(NamedTuple):
     sample: np.ndarray | None = None
 
 
-class _Archive:
-    """Typed access to the members of an open ``NpzFile``; errors name the key."""
+class _Members:
+    """Checked access to the ``.npy`` members of an ``.npz`` archive: each
+    member's header is checked (dtype kind, ndim, shape) before its data is
+    read; errors name the file and the key."""
 
-    def __init__(self, archive: np.lib.npyio.NpzFile, path: str) -> None:
+    def __init__(self, archive: Archive) -> None:
         self._archive = archive
-        self.path = path
-        self.keys = set(archive.files)
+        self.path = archive.path
+        self.keys = {name[: -len(".npy")] for name in archive.names if name.endswith(".npy")}
+        self._headers: dict[str, NpyMember] = {}
 
     def error(self, message: str) -> ValueError:
         return ValueError(f"{self.path}: {message}")
 
-    def array(self, key: str) -> np.ndarray:
+    def header(self, key: str, kinds: str, what: str, ndim: int | None = None,
+               shape: tuple[int | None, ...] | None = None) -> NpyMember:
+        """The member's header, checked against what the format requires:
+        `kinds` of dtype (`what` says them: "must hold integers"), `ndim`, and
+        `shape` (None entries: any size)."""
         if key not in self.keys:
             raise self.error(f"missing key {key!r}")
-        try:
-            return self._archive[key]
-        except ValueError as exc:
-            if "allow_pickle" in str(exc):
-                raise self.error(
-                    f"key {key!r} holds a Python object array; lemur never unpickles model "
-                    "files (it could run arbitrary code)"
-                ) from None
-            raise self.error(f"key {key!r} is not a valid .npy member ({exc})") from None
-        except Exception as exc:  # CRC errors, truncation, a damaged .npy header
-            raise self.error(f"key {key!r} could not be read ({type(exc).__name__}: {exc})") from None
+        if key not in self._headers:
+            self._headers[key] = self._archive.npy_header(key + ".npy", label=f"key {key!r}")
+        member = self._headers[key]
+        if member.dtype.kind not in kinds:
+            raise self.error(f"key {key!r} {what}, got dtype {member.dtype}")
+        if ndim is not None and member.ndim != ndim:
+            raise self.error(f"key {key!r} must be {ndim}-D, got shape {member.shape}")
+        if shape is not None and any(want is not None and got != want for got, want in zip(member.shape, shape)):
+            expected = "(" + ", ".join("any" if n is None else str(n) for n in shape) + ")"
+            raise self.error(f"key {key!r} must have shape {expected}, got {member.shape}")
+        return member
+
+    def array(self, key: str, kinds: str, what: str, ndim: int | None = None,
+              shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+        return self._archive.npy_array(self.header(key, kinds, what, ndim, shape))
 
     def scalar(self, key: str, kinds: str, what: str) -> object:
-        value = self.array(key)
-        if value.shape not in ((), (1,)) or value.dtype.kind not in kinds:
-            raise self.error(
-                f"key {key!r} must be a single {what}, got dtype {value.dtype} shape {value.shape}"
-            )
-        return value.reshape(()).item()
+        member = self.header(key, kinds, f"must be a single {what}")
+        if member.shape not in ((), (1,)):
+            raise self.error(f"key {key!r} must be a single {what}, got shape {member.shape}")
+        return self._archive.npy_array(member).reshape(()).item()
 
     def integer(self, key: str) -> int:
         return int(self.scalar(key, "iu", "integer"))  # type: ignore[call-overload]
@@ -118,133 +128,159 @@ class _Archive:
     def string(self, key: str) -> str:
         return str(self.scalar(key, "U", "string"))
 
-    def floats(self, key: str, ndim: int) -> np.ndarray:
-        value = self.array(key)
-        if value.dtype.kind != "f":
-            raise self.error(f"key {key!r} must hold floating-point values, got dtype {value.dtype}")
-        if value.ndim != ndim:
-            raise self.error(f"key {key!r} must be {ndim}-D, got shape {value.shape}")
-        return value
+    def floats(self, key: str, ndim: int, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+        return self.array(key, "f", "must hold floating-point values", ndim, shape)
+
+    def float_header(self, key: str, ndim: int, shape: tuple[int | None, ...] | None = None) -> NpyMember:
+        return self.header(key, "f", "must hold floating-point values", ndim, shape)
 
 
-def _read_layers(archive: _Archive, num_layers: int, kind: str) -> list[Layer]:
-    fields = ("weight",) if kind == "elm" else ("weight", "bias", "ln_weight", "ln_bias")
-    layers = []
+_LAYER_FIELDS = {"mlp": ("weight", "bias", "ln_weight", "ln_bias"), "elm": ("weight",)}
+
+
+def _layer_dims(members: _Members, num_layers: int, kind: str) -> tuple[int, int]:
+    """Check every layer's headers (before any data is read); returns (d, h)."""
+    dims = []
     for index in range(num_layers):
-        arrays = {
-            field: archive.floats(f"layer_{index}_{field}", 2 if field == "weight" else 1)
-            for field in fields
-        }
-        layers.append(Layer(**arrays))
+        for field in _LAYER_FIELDS[kind]:
+            member = members.float_header(f"layer_{index}_{field}", 2 if field == "weight" else 1)
+            if field == "weight":
+                dims.append(member.shape)
     extra = f"layer_{num_layers}_weight"
-    if extra in archive.keys:
-        raise archive.error(f"num_layers is {num_layers}, but the file also has {extra!r}")
-    return layers
+    if extra in members.keys:
+        raise members.error(f"num_layers is {num_layers}, but the file also has {extra!r}")
+    return dims[0][1], dims[-1][0]
 
 
-def _build_model(archive: _Archive, layers: list[Layer], **options: object) -> Model:
+def _read_layers(members: _Members, num_layers: int, kind: str) -> list[Layer]:
+    return [
+        Layer(**{field: members.floats(f"layer_{index}_{field}", 2 if field == "weight" else 1)
+                 for field in _LAYER_FIELDS[kind]})
+        for index in range(num_layers)
+    ]
+
+
+def _build_model(members: _Members, layers: list[Layer], **options: object) -> Model:
     try:
         return Model(layers, **options)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{archive.path}: {exc}") from None
+        raise type(exc)(f"{members.path}: {exc}") from None
 
 
-def _read_W(archive: _Archive) -> np.ndarray | None:
-    """W as float32, checked for finiteness, or None (read before the layers, so
-    that a defective W is reported even when the layers are missing)."""
-    if "W" not in archive.keys:
+def _W_rows(members: _Members, feature_dim: int) -> int | None:
+    """Check W's header against the model; its number of rows, or None."""
+    if "W" not in members.keys:
         return None
-    W = np.ascontiguousarray(archive.floats("W", 2), dtype=np.float32)
+    shape = members.float_header("W", 2).shape
+    if shape[1] != feature_dim:
+        raise members.error(
+            f"W has shape {shape}, but the model's last layer outputs {feature_dim} features")
+    return shape[0]
+
+
+def _read_W(members: _Members, feature_dim: int) -> np.ndarray | None:
+    """W as float32 (its header checked against the model first), finite."""
+    if _W_rows(members, feature_dim) is None:
+        return None
+    W = np.ascontiguousarray(members.floats("W", 2), dtype=np.float32)
     try:
         check_finite(W, name="W")
     except ValueError as exc:
-        raise archive.error(str(exc)) from None
+        raise members.error(str(exc)) from None
     return W
 
 
-def _check_W_width(archive: _Archive, W: np.ndarray | None, model: Model) -> None:
-    if W is not None and W.shape[1] != model.feature_dim:
-        raise archive.error(
-            f"W has shape {W.shape}, but the model's last layer outputs {model.feature_dim} features"
-        )
+def _num_layers(members: _Members) -> int:
+    num_layers = members.integer("num_layers")
+    if num_layers < 1:
+        raise members.error(f"num_layers must be >= 1, got {num_layers}")
+    return num_layers
 
 
-def _load_lemur(archive: _Archive, activation: str | None) -> Contents:
-    name = archive.string("lemur_format")
+def _load_lemur(members: _Members, activation: str | None) -> Contents:
+    name = members.string("lemur_format")
     if name != FORMAT_NAME:
-        raise archive.error(f"lemur_format is {name!r}, expected {FORMAT_NAME!r}")
-    version = archive.integer("format_version")
+        raise members.error(f"lemur_format is {name!r}, expected {FORMAT_NAME!r}")
+    version = members.integer("format_version")
     if version > FORMAT_VERSION:
-        raise archive.error(
+        raise members.error(
             f"written in format version {version} by a newer lemur; "
             f"this lemur reads versions up to {FORMAT_VERSION}"
         )
     if version < 1:
-        raise archive.error(f"format_version must be >= 1, got {version}")
-    kind = archive.string("model_kind")
+        raise members.error(f"format_version must be >= 1, got {version}")
+    kind = members.string("model_kind")
     if kind not in ("mlp", "elm"):
-        raise archive.error(f"model_kind must be 'mlp' or 'elm', got {kind!r}")
-    recorded = archive.string("activation")
+        raise members.error(f"model_kind must be 'mlp' or 'elm', got {kind!r}")
+    recorded = members.string("activation")
     try:
         check_activation(recorded)
     except ValueError as exc:
-        raise archive.error(f"key 'activation': {exc}") from None
+        raise members.error(f"key 'activation': {exc}") from None
     if activation is not None and check_activation(activation) != recorded:
         raise ValueError(
-            f"{archive.path} records activation {recorded!r}; activation={activation!r} "
+            f"{members.path} records activation {recorded!r}; activation={activation!r} "
             "contradicts it (leave activation=None for files that record it)"
         )
-    num_layers = archive.integer("num_layers")
-    if num_layers < 1:
-        raise archive.error(f"num_layers must be >= 1, got {num_layers}")
-    W = _read_W(archive)
+    num_layers = _num_layers(members)
+    # every header first: nothing large is read before the file is known to fit together
+    input_dim, feature_dim = _layer_dims(members, num_layers, kind)
+    num_docs = _W_rows(members, feature_dim)
+    has_tokens = "doc_tokens" in members.keys or "doc_counts" in members.keys
+    if has_tokens:
+        members.float_header("doc_tokens", 2, (None, input_dim))
+        members.header("doc_counts", "iu", "must hold integers", 1, (num_docs,))
+    if "doc_ids" in members.keys:
+        members.header("doc_ids", "iu", "must hold integers", 1, (num_docs,))
+    if "sample" in members.keys:
+        members.float_header("sample", 2, (None, input_dim))
     model = _build_model(
-        archive,
-        _read_layers(archive, num_layers, kind),
+        members,
+        _read_layers(members, num_layers, kind),
         kind=kind,
         activation=recorded,
-        output_mean=archive.real("output_mean"),
-        output_std=archive.real("output_std"),
+        output_mean=members.real("output_mean"),
+        output_std=members.real("output_std"),
     )
-    _check_W_width(archive, W, model)
+    W = _read_W(members, feature_dim)
     doc_tokens = doc_counts = doc_ids = sample = None
-    if "doc_tokens" in archive.keys or "doc_counts" in archive.keys:
-        doc_tokens = np.ascontiguousarray(archive.floats("doc_tokens", 2), dtype=np.float32)
-        doc_counts = archive.array("doc_counts")
-    if "doc_ids" in archive.keys:
-        doc_ids = archive.array("doc_ids")
-    if "sample" in archive.keys:
-        sample = np.ascontiguousarray(archive.floats("sample", 2), dtype=np.float32)
+    if has_tokens:
+        doc_counts = members.array("doc_counts", "iu", "must hold integers", 1)
+        doc_tokens = np.ascontiguousarray(members.floats("doc_tokens", 2), dtype=np.float32)
+    if "doc_ids" in members.keys:
+        doc_ids = members.array("doc_ids", "iu", "must hold integers", 1)
+    if "sample" in members.keys:
+        sample = np.ascontiguousarray(members.floats("sample", 2), dtype=np.float32)
     return Contents(model, W, "lemur", doc_tokens, doc_counts, doc_ids, sample)
 
 
-def _load_fork(archive: _Archive, activation: str | None, default_activation: str) -> Contents:
+def _load_fork(members: _Members, activation: str | None, default_activation: str) -> Contents:
     activation = check_activation(default_activation if activation is None else activation)
-    W = _read_W(archive)
-    if "num_layers" in archive.keys:
-        num_layers = archive.integer("num_layers")
-        if num_layers < 1:
-            raise archive.error(f"num_layers must be >= 1, got {num_layers}")
+    if "W" in members.keys:  # a defective W is reported even when the layers are missing
+        members.float_header("W", 2)
+    if "num_layers" in members.keys:
+        num_layers = _num_layers(members)
     else:
         num_layers = 1
-        while f"layer_{num_layers}_weight" in archive.keys:
+        while f"layer_{num_layers}_weight" in members.keys:
             num_layers += 1
+    _, feature_dim = _layer_dims(members, num_layers, "mlp")
+    if "final_hidden_dim" in members.keys:
+        final_hidden_dim = members.integer("final_hidden_dim")
+        if final_hidden_dim != feature_dim:
+            raise members.error(
+                f"final_hidden_dim is {final_hidden_dim}, but layer_{num_layers - 1}_weight "
+                f"outputs {feature_dim} features"
+            )
+    W = _read_W(members, feature_dim)
     model = _build_model(
-        archive,
-        _read_layers(archive, num_layers, "mlp"),
+        members,
+        _read_layers(members, num_layers, "mlp"),
         kind="mlp",
         activation=activation,
-        output_mean=archive.real("output_mean") if "output_mean" in archive.keys else 0.0,
-        output_std=archive.real("output_std") if "output_std" in archive.keys else 1.0,
+        output_mean=members.real("output_mean") if "output_mean" in members.keys else 0.0,
+        output_std=members.real("output_std") if "output_std" in members.keys else 1.0,
     )
-    if "final_hidden_dim" in archive.keys:
-        final_hidden_dim = archive.integer("final_hidden_dim")
-        if final_hidden_dim != model.feature_dim:
-            raise archive.error(
-                f"final_hidden_dim is {final_hidden_dim}, but layer_{num_layers - 1}_weight "
-                f"outputs {model.feature_dim} features"
-            )
-    _check_W_width(archive, W, model)
     return Contents(model, W, "lemur-numpy")
 
 
@@ -255,6 +291,10 @@ def load(
     default_activation: str = "gelu",
 ) -> Contents:
     """Read a lemur ``.npz`` file or a Numba-fork export.
+
+    Every member's header is checked against the format, and the members
+    against each other, before any array is read (see :mod:`lemur._archive`),
+    so a damaged or hostile file is refused in bounded memory.
 
     Parameters
     ----------
@@ -276,20 +316,19 @@ def load(
         not finite. The message names the file and the key.
     """
     path = os.fspath(path)
-    try:
-        opened = np.load(path, allow_pickle=False)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        raise
-    except Exception as exc:  # whatever a damaged file makes zipfile or NumPy raise
-        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
-    if not isinstance(opened, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an .npz archive, found a single .npy array")
-    with opened:
-        archive = _Archive(opened, path)
-        if "lemur_format" in archive.keys:
-            return _load_lemur(archive, activation)
-        if archive.keys & {"layer_0_weight", "W", "final_hidden_dim"}:
-            return _load_fork(archive, activation, default_activation)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not an .npz file")
+    if not is_zip(path):
+        with open(path, "rb") as stream:
+            if stream.read(6) == b"\x93NUMPY":
+                raise ValueError(f"{path}: expected an .npz archive, found a single .npy array")
+        raise ValueError(f"{path}: not a readable .npz archive (not a zip file)")
+    with Archive(path) as archive:
+        members = _Members(archive)
+        if "lemur_format" in members.keys:
+            return _load_lemur(members, activation)
+        if members.keys & {"layer_0_weight", "W", "final_hidden_dim"}:
+            return _load_fork(members, activation, default_activation)
     raise ValueError(
         f"{path}: neither a lemur file (no 'lemur_format' key) nor a LEMUR-NumPy export "
         "(no 'layer_0_weight', 'W' or 'final_hidden_dim' key)"

@@ -25,6 +25,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from lemur._archive import Archive, ArchiveError
+from lemur._scratch import aligned_empty
+
 #: Storage class -> (NumPy dtype of the bytes, bytes per element).
 STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
@@ -109,7 +112,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, stream, archive: _Archive) -> None:
+    def __init__(self, stream, archive: _TorchArchive) -> None:
         super().__init__(stream)
         self._archive = archive
 
@@ -139,53 +142,45 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
-class _Archive:
-    """The members of a torch.save zip archive."""
+class _TorchArchive:
+    """The members of a torch.save zip archive (read through :mod:`lemur._archive`:
+    each storage's declared size is checked before it is read)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self.zip = zipfile.ZipFile(path)
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
-            raise
-        except Exception as exc:  # whatever a damaged or hostile archive makes zipfile raise
-            raise TorchFileError(
-                f"{path}: not a torch.save zip archive ({exc}); files from PyTorch before 1.6 "
-                "(the legacy format) are not supported: re-save them with a current PyTorch"
-            ) from None
-        pickles = [name for name in self.zip.namelist() if name.endswith("data.pkl")]
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.path = archive.path
+        pickles = [name for name in archive.names if name.endswith("data.pkl")]
         if len(pickles) != 1 or not re.fullmatch(r"([^/]+/)?data\.pkl", pickles[0]):
-            raise TorchFileError(f"{path}: expected one <archive>/data.pkl member, found {pickles}")
+            raise TorchFileError(f"{self.path}: expected one <archive>/data.pkl member, found {pickles}")
         self.prefix = pickles[0][: -len("data.pkl")]
         byteorder = self.prefix + "byteorder"
-        if byteorder in self.zip.namelist() and self.read(byteorder, 16).strip() != b"little":
-            raise TorchFileError(f"{path}: only little-endian files are supported")
+        if byteorder in archive.names and self.read(byteorder, 16).strip() != b"little":
+            raise TorchFileError(f"{self.path}: only little-endian files are supported")
 
     def read(self, name: str, limit: int) -> bytes:
         try:
-            info = self.zip.getinfo(name)
-        except KeyError:
-            raise TorchFileError(f"{self.path}: missing member {name!r}") from None
-        if info.file_size > limit:
-            raise TorchFileError(f"{self.path}: member {name!r} is {info.file_size} bytes, over {limit}")
-        try:
-            return self.zip.read(info)
-        except Exception as exc:  # CRC errors, truncation, bad headers
-            raise TorchFileError(f"{self.path}: member {name!r} could not be read ({exc})") from None
+            return self.archive.read(name, limit)
+        except ArchiveError as exc:
+            raise TorchFileError(str(exc)) from None
 
     def storage_array(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         name = f"{self.prefix}data/{key}"
         expected = numel * dtype.itemsize
         try:
-            size = self.zip.getinfo(name).file_size
-        except KeyError:
-            raise TorchFileError(f"{self.path}: missing storage member {name!r}") from None
-        if size != expected:
-            raise TorchFileError(
-                f"{self.path}: storage {key} should hold {numel} elements ({expected} bytes), "
-                f"but its member has {size} bytes"
-            )
-        return np.frombuffer(self.read(name, expected), dtype=dtype)
+            info = self.archive.info(name)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise TorchFileError(
+                    f"{self.path}: storage {key} is compressed; torch.save stores storages "
+                    "uncompressed (and a compressed one could inflate far beyond the file)")
+            size = info.file_size
+            if size != expected:
+                raise TorchFileError(
+                    f"{self.path}: storage {key} should hold {numel} elements ({expected} bytes), "
+                    f"but its member has {size} bytes"
+                )
+            return self.archive.read_into(name, aligned_empty(numel, dtype))
+        except ArchiveError as exc:
+            raise TorchFileError(str(exc)) from None
 
     def load(self) -> object:
         data = self.read(self.prefix + "data.pkl", MAX_PICKLE_BYTES)
@@ -201,6 +196,13 @@ class _Archive:
 def load(path: str | os.PathLike[str]) -> object:
     """Read a torch.save file: dicts, lists, tuples, numbers, strings and tensors
     (as NumPy arrays). Raises TorchFileError for anything else or anything broken."""
-    archive = _Archive(os.fspath(path))
-    with archive.zip:
-        return archive.load()
+    path = os.fspath(path)
+    try:
+        archive = Archive(path)
+    except ArchiveError as exc:
+        raise TorchFileError(
+            f"{exc}; files from PyTorch before 1.6 (the legacy format) are not supported: "
+            "re-save them with a current PyTorch"
+        ) from None
+    with archive:
+        return _TorchArchive(archive).load()

@@ -1,0 +1,254 @@
+"""Zip archives and their ``.npy`` members, read in bounded memory.
+
+The readers of ``.npz`` and ``torch.save`` files go through here. Nothing is
+decompressed or allocated on the strength of a size the file declares until
+the declaration has been checked:
+
+* a member must be stored or deflated, its data must lie inside the file,
+  a stored member's sizes must agree, and a deflated member may not claim
+  more than :data:`MAX_DEFLATE_RATIO` times its compressed size (deflate
+  cannot do better), so a few-MB file cannot ask for gigabytes;
+* a ``.npy`` member's header (at most :data:`MAX_NPY_HEADER_BYTES`) is parsed
+  on its own first: its dtype must be a plain number, bool or string type and
+  the bytes its shape declares must be exactly the member's size. Callers
+  check the shapes and dtypes of all members against the format (and against
+  each other) before any data is read;
+* data is then read into an array of exactly the declared size, in chunks,
+  and the member's CRC is verified.
+
+Every problem is a ``ValueError`` naming the file and the member.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zipfile
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+from lemur._scratch import aligned_empty
+
+#: Deflate's best possible compression is about 1032:1; a member claiming more
+#: than this many times its compressed size is lying.
+MAX_DEFLATE_RATIO = 1040
+
+#: The largest .npy header accepted (numpy's own default limit is 10,000).
+MAX_NPY_HEADER_BYTES = 65536
+
+#: Bytes read at a time from a member (decompressing costs a copy of this much).
+CHUNK_BYTES = 2**20
+
+#: dtype kinds a member may hold: bool, signed and unsigned ints, floats, str.
+ALLOWED_KINDS = "biufU"
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def is_zip(path: str) -> bool:
+    """Whether `path` looks like a zip archive (False for damaged ones that
+    zipfile cannot even tell apart)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
+class ArchiveError(ValueError):
+    """A zip archive or member that lemur refuses; the message says why."""
+
+
+class NpyMember(NamedTuple):
+    """What a ``.npy`` member's header declares."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    #: bytes of the magic string and header before the data
+    header_bytes: int
+    #: how messages name it
+    label: str
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class Archive:
+    """A zip archive opened for checked reading (a context manager)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._file = open(self.path, "rb")  # FileNotFoundError etc. as they are
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            self.zip = zipfile.ZipFile(self._file)
+        except Exception as exc:  # whatever a damaged or hostile archive makes zipfile raise
+            self._file.close()
+            raise ArchiveError(f"{self.path}: not a readable zip archive ({exc})") from None
+        self.names = self.zip.namelist()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.zip.close()
+        self._file.close()
+
+    def error(self, message: str) -> ArchiveError:
+        return ArchiveError(f"{self.path}: {message}")
+
+    def info(self, name: str, label: str | None = None) -> zipfile.ZipInfo:
+        """The member's entry, checked: method, sizes, data inside the file.
+        `label` names the member in messages (default: member 'name')."""
+        try:
+            info = self.zip.getinfo(name)
+        except KeyError:
+            raise self.error(f"missing member {name!r}") from None
+        name = label or f"member {name!r}"
+        if info.flag_bits & 0x1:
+            raise self.error(f"member {name!r} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size:
+                raise self.error(
+                    f"{name} is stored uncompressed but declares {info.file_size} bytes "
+                    f"and holds {info.compress_size}"
+                )
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+                raise self.error(
+                    f"{name} declares {info.file_size} bytes from {info.compress_size} "
+                    "compressed bytes, more than deflate can hold"
+                )
+        else:
+            raise self.error(
+                f"{name} uses compression method {info.compress_type}; only stored "
+                "and deflated members are read"
+            )
+        if self.data_offset(info) + info.compress_size > self.size:
+            raise self.error(f"{name} reaches past the end of the file")
+        return info
+
+    def data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where the member's (compressed) data starts in the file."""
+        self._file.seek(info.header_offset)
+        header = self._file.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise self.error(f"member {info.filename!r} has no valid local header")
+        fields = _LOCAL_HEADER.unpack(header)
+        return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+
+    def read(self, name: str, limit: int) -> bytes:
+        """A whole member of at most `limit` bytes."""
+        info = self.info(name)
+        if info.file_size > limit:
+            raise self.error(f"member {name!r} is {info.file_size} bytes, over the {limit} allowed")
+        try:
+            return self.zip.read(info)
+        except Exception as exc:  # CRC errors, truncation, bad headers
+            raise self.error(f"member {name!r} could not be read ({exc})") from None
+
+    def read_into(self, name: str, out: np.ndarray, skip: int = 0, label: str | None = None) -> np.ndarray:
+        """Fill `out` (C-contiguous) with the member's bytes after the first
+        `skip`; the member must hold exactly that many, and its CRC is checked."""
+        info = self.info(name, label)
+        label = label or f"member {name!r}"
+        if info.file_size != skip + out.nbytes:
+            raise self.error(
+                f"{label} holds {info.file_size - skip} bytes of data, but {out.nbytes} are declared"
+            )
+        target = memoryview(out.reshape(-1).view(np.uint8))
+        try:
+            if info.compress_type == zipfile.ZIP_STORED:
+                self._read_stored(info, skip, target)
+            else:
+                with self.zip.open(info) as stream:
+                    if skip and len(stream.read(skip)) != skip:
+                        raise EOFError("truncated")
+                    done = 0
+                    while done < len(target):
+                        count = stream.readinto(target[done : done + CHUNK_BYTES])
+                        if not count:
+                            raise EOFError("truncated")
+                        done += count
+                    if stream.read(1):  # also makes zipfile check the CRC
+                        raise EOFError("longer than declared")
+        except ArchiveError:
+            raise
+        except Exception as exc:  # CRC errors, truncation, bad deflate streams
+            raise self.error(f"{label} could not be read ({type(exc).__name__}: {exc})") from None
+        return out
+
+    def _read_stored(self, info: zipfile.ZipInfo, skip: int, target: memoryview) -> None:
+        """A stored member's bytes after `skip`, straight from the file into
+        `target` (no intermediate copy), with its CRC checked."""
+        self._file.seek(self.data_offset(info))
+        crc = zlib.crc32(self._file.read(skip)) if skip else 0
+        done = 0
+        while done < len(target):
+            count = self._file.readinto(target[done : done + CHUNK_BYTES])
+            if not count:
+                raise EOFError("truncated")
+            crc = zlib.crc32(target[done : done + count], crc)
+            done += count
+        if crc != info.CRC:
+            raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename!r}")
+
+    # -- .npy members ---------------------------------------------------------
+
+    def npy_header(self, name: str, label: str | None = None) -> NpyMember:
+        """Parse and check a ``.npy`` member's header, reading nothing else."""
+        info = self.info(name, label)
+        label = label or f"member {name!r}"
+        try:
+            with self.zip.open(info) as stream:
+                version = np.lib.format.read_magic(stream)
+                if version == (1, 0):
+                    header = np.lib.format.read_array_header_1_0(stream, max_header_size=MAX_NPY_HEADER_BYTES)
+                elif version == (2, 0):
+                    header = np.lib.format.read_array_header_2_0(stream, max_header_size=MAX_NPY_HEADER_BYTES)
+                else:
+                    raise ValueError(f".npy format version {version} is not supported")
+                header_bytes = stream.tell()
+        except Exception as exc:  # a damaged header, or numpy's refusal of it
+            reason = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
+            raise self.error(f"{label} is not a valid .npy array ({reason})") from None
+        shape, fortran_order, dtype = header
+        if dtype.hasobject:
+            raise self.error(
+                f"{label} holds a Python object array; lemur never unpickles model files "
+                "(it could run arbitrary code)"
+            )
+        if dtype.fields is not None or dtype.kind not in ALLOWED_KINDS:
+            raise self.error(f"{label} holds dtype {dtype}; lemur reads only numbers and strings")
+        member = NpyMember(name, dtype, tuple(int(n) for n in shape), bool(fortran_order),
+                           header_bytes, label)
+        if header_bytes + member.nbytes != info.file_size:
+            raise self.error(
+                f"{label} declares shape {member.shape} of {dtype} ({member.nbytes} bytes), "
+                f"but holds {info.file_size - header_bytes} bytes of data"
+            )
+        return member
+
+    def npy_array(self, member: NpyMember) -> np.ndarray:
+        """The data of a member whose header :meth:`npy_header` checked: a new,
+        aligned, C-contiguous array in native byte order."""
+        shape = member.shape[::-1] if member.fortran_order else member.shape
+        array = self.read_into(member.name, aligned_empty(shape, member.dtype), member.header_bytes,
+                               member.label)
+        if not member.fortran_order and member.dtype.isnative:
+            return array
+        native = aligned_empty(member.shape, member.dtype.newbyteorder("="))
+        np.copyto(native, array.T if member.fortran_order else array)
+        return native
