@@ -82,3 +82,24 @@ def test_eight_python_threads_with_mixed_num_threads_get_the_lone_results(capfd)
     # OpenBLAS writes "OpenBLAS Warning : Detect OpenMP Loop ..." to the process's
     # stderr when its own threads would start inside OpenMP's
     assert "OpenBLAS" not in capfd.readouterr().err
+
+
+def test_every_computation_is_bitwise_the_same_for_1_2_3_and_8_threads():
+    calls = workload()
+    doc_tokens, doc_counts = corpus(120, 32, seed=3)
+    calls["fit_elm"] = lambda t: lemur.fit_elm(doc_tokens, doc_counts, hidden_dim=96, sample_size=200,
+                                               seed=4, num_threads=t).W
+    calls["functions"] = lambda t: (
+        lemur.top_k(calls_features, calls_W, 7, num_threads=t)
+        + (lemur.scores(calls_features, calls_W, num_threads=t),)
+        + lemur.rerank(doc_tokens[:64], [30, 34], doc_tokens, doc_counts, [[1, 5, 9], [3, 2, 119]], 2,
+                       num_threads=t)
+        + (lemur.maxsim_scores(doc_tokens[:64], [30, 34], doc_tokens, doc_counts, [[1, 5, 9], [3, 2, 119]],
+                               num_threads=t),))
+    random = np.random.default_rng(5)
+    calls_features = random.standard_normal((9, 96)).astype(np.float32)
+    calls_W = random.standard_normal((300, 96)).astype(np.float32)
+    for name, call in calls.items():
+        expected = as_tuple(call(1))
+        for threads in (2, 3, 8):
+            assert all(np.array_equal(a, b) for a, b in zip(as_tuple(call(threads)), expected)), (name, threads)

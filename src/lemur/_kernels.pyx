@@ -48,9 +48,11 @@ from lemur._simd cimport (
 from lemur._tiles cimport (
     GEMM_BLOCK_ROWS,
     GEMM_PANEL,
+    SCORE_SPAN,
     gemm_pack,
     gemm_unit,
-    score_tile,
+    score_block,
+    score_state_size,
 )
 from lemur._vector_math cimport (
     GELU,
@@ -108,6 +110,8 @@ cdef enum:
     # Rows of tokens pushed through the MLP together: one GEMM per layer per
     # block, then the fused per-row pass while the block is still in L2.
     BLOCK_ROWS = 64
+    # Panels of B per unit of work of gemm_packed.
+    GEMM_GROUP_PANELS = 4
 
 
 # --------------------------------------------------------------------------
@@ -155,7 +159,7 @@ cdef void layer_product(const float *rows, Py_ssize_t num_rows, const DenseLayer
     cdef Py_ssize_t panel
     for panel in range((layer.output_dim + GEMM_PANEL - 1) // GEMM_PANEL):
         gemm_unit(rows, layer.input_dim, layer.input_dim, layer.packed_weight, layer.output_dim,
-                  panel, 0, num_rows, out, layer.output_dim, gemm_scratch)
+                  panel, panel + 1, 0, num_rows, out, layer.output_dim, gemm_scratch)
 
 
 # psi of rows [row_start, row_start + num_rows) of tokens (at most BLOCK_ROWS).
@@ -353,7 +357,8 @@ def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offset
 
 
 # out (m, n) = a (m, K) . B, with B packed by pack_matrix (panels, K, PANEL).
-# Units of work: GEMM_BLOCK_ROWS rows of a by one panel, dynamic schedule;
+# Units of work: GEMM_BLOCK_ROWS rows of a by GEMM_GROUP_PANELS panels, dynamic
+# schedule;
 # every element is computed by one unit in the fixed order of _tiles.h, so the
 # result depends neither on num_threads nor on m.
 @cython.boundscheck(False)
@@ -363,7 +368,8 @@ def gemm_packed(const float[:, ::1] a, const float[:, :, ::1] packed, float[:, :
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1], K = a.shape[1]
     cdef Py_ssize_t panels = packed.shape[0]
     cdef Py_ssize_t row_blocks = (m + GEMM_BLOCK_ROWS - 1) // GEMM_BLOCK_ROWS
-    cdef Py_ssize_t unit, row0
+    cdef Py_ssize_t groups = (panels + GEMM_GROUP_PANELS - 1) // GEMM_GROUP_PANELS
+    cdef Py_ssize_t unit, row0, first_panel
     cdef float[:, ::1] scratch_panels
     if packed.shape[1] != K or packed.shape[2] != GEMM_PANEL or panels != (n + GEMM_PANEL - 1) // GEMM_PANEL:
         raise ValueError(f"packed has shape ({packed.shape[0]}, {packed.shape[1]}, {packed.shape[2]}), expected "
@@ -375,9 +381,11 @@ def gemm_packed(const float[:, ::1] a, const float[:, :, ::1] packed, float[:, :
         return
     scratch_panels = scratch("gemm panels", (num_threads, GEMM_BLOCK_ROWS * GEMM_PANEL), np.float32)
     with nogil:
-        for unit in prange(row_blocks * panels, num_threads=num_threads, schedule='dynamic'):
-            row0 = (unit // panels) * GEMM_BLOCK_ROWS
-            gemm_unit(&a[0, 0], K, K, &packed[0, 0, 0], n, unit % panels, row0,
+        for unit in prange(row_blocks * groups, num_threads=num_threads, schedule='dynamic'):
+            row0 = (unit // groups) * GEMM_BLOCK_ROWS
+            first_panel = (unit % groups) * GEMM_GROUP_PANELS
+            gemm_unit(&a[0, 0], K, K, &packed[0, 0, 0], n, first_panel,
+                      min(panels, first_panel + GEMM_GROUP_PANELS), row0,
                       min(<Py_ssize_t>GEMM_BLOCK_ROWS, m - row0), &out[0, 0], n,
                       &scratch_panels[threadid(), 0])
 
@@ -387,63 +395,64 @@ def gemm_packed(const float[:, ::1] a, const float[:, :, ::1] packed, float[:, :
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # Batches of at most this many queries score W with the streaming dot
-    # kernel (each row of W read once, like a GEMV); larger ones with the tiles.
+    # Batches of at most this many queries read each row of W once, whole
+    # (like a GEMV); larger ones in spans (score_span).
     SMALL_BATCH = 4
     # Rows of W scored at once: small batches stream large blocks; larger
     # batches take blocks small enough to stay in L2 while every query tile
     # passes over them (48 rows of h = 2048: 384 KiB).
     SMALL_BATCH_DOC_BLOCK = 1024
     TILED_DOC_BLOCK = 48
-    # Queries per unit of work when the batch is split over threads.
-    QUERY_CHUNK = 64
+    # The most queries per unit of work when a batch is split (their features,
+    # 1 MiB at h = 2048, stay in L2 while blocks of W pass).
+    QUERY_CHUNK = 128
 
 
-# scores[q * scores_stride + d] = score(features[q], W_block[d]) (_tiles.h) for
-# the (num_queries, h) features and the (num_docs, h) rows of a block of W:
-# register tiles of TILE_QUERIES x TILE_DOCS, queries outermost (the block
-# stays in L2 while every query tile passes over it).
-cdef void score_block(const float *features, Py_ssize_t num_queries, const float *W_block,
-                      Py_ssize_t num_docs, Py_ssize_t h, float *scores,
-                      Py_ssize_t scores_stride) noexcept nogil:
-    cdef const float *query_rows[TILE_QUERIES]
-    cdef const float *doc_rows[TILE_DOCS]
-    cdef Py_ssize_t first_query = 0, first_doc, i, tile_queries, tile_docs
-    while first_query < num_queries:
-        tile_queries = min(<Py_ssize_t>TILE_QUERIES, num_queries - first_query)
-        for i in range(tile_queries):
-            query_rows[i] = features + (first_query + i) * h
-        first_doc = 0
-        while first_doc < num_docs:
-            tile_docs = min(<Py_ssize_t>TILE_DOCS, num_docs - first_doc)
-            for i in range(tile_docs):
-                doc_rows[i] = W_block + (first_doc + i) * h
-            score_tile(query_rows, <int>tile_queries, doc_rows, <int>tile_docs, h,
-                       scores + first_query * scores_stride + first_doc, scores_stride)
-            first_doc += tile_docs
-        first_query += tile_queries
+# Elements of the rows per span of score_block (_tiles.h) for a batch of
+# num_queries: small batches read each row of W once, whole; larger ones take
+# spans, so that W's tiles stay in L1 while the query tiles pass over them.
+cdef inline Py_ssize_t score_span(Py_ssize_t num_queries) noexcept nogil:
+    return 0 if num_queries <= SMALL_BATCH else SCORE_SPAN
+
+
+def score_state(Py_ssize_t num_queries, Py_ssize_t num_docs, int num_threads):
+    """Per-thread scratch for score_block on num_queries x num_docs, as floats."""
+    return scratch("score state", (num_threads, score_state_size(num_queries, num_docs) * VECTOR_FLOATS),
+                   np.float32)
+
+
+# Queries per chunk when a batch is split into chunks of at most QUERY_CHUNK:
+# as even as possible, so that 100 queries are one chunk, not 64 and 36.
+cdef inline Py_ssize_t even_chunk(Py_ssize_t num_queries) noexcept nogil:
+    cdef Py_ssize_t chunks = (num_queries + QUERY_CHUNK - 1) // QUERY_CHUNK
+    return (num_queries + chunks - 1) // chunks
 
 
 # The full score matrix out (num_queries, num_docs) = score(features[q], W[d]).
-# Units of work: QUERY_CHUNK queries by TILED_DOC_BLOCK rows of W, dynamic
-# schedule; each score is computed once, by the rule of _tiles.h.
+# Units of work: a chunk of queries (even_chunk) by TILED_DOC_BLOCK rows of W,
+# dynamic schedule; each score is computed once, by the rule of _tiles.h.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def score_matrix(const float[:, ::1] features, const float[:, ::1] W, float[:, ::1] out,
                  int num_threads):
     cdef Py_ssize_t num_queries = features.shape[0], num_docs = W.shape[0], h = W.shape[1]
-    cdef Py_ssize_t chunks = (num_queries + QUERY_CHUNK - 1) // QUERY_CHUNK
+    cdef Py_ssize_t chunk = even_chunk(max(num_queries, 1))
+    cdef Py_ssize_t chunks = (num_queries + chunk - 1) // chunk
     cdef Py_ssize_t blocks = (num_docs + TILED_DOC_BLOCK - 1) // TILED_DOC_BLOCK
-    cdef Py_ssize_t unit, first_query, first_doc
+    cdef Py_ssize_t unit, first_query, first_doc, count
+    cdef float[:, ::1] state
     if num_queries == 0 or num_docs == 0:
         return
+    state = score_state(chunk, TILED_DOC_BLOCK, num_threads)
     with nogil:
         for unit in prange(chunks * blocks, num_threads=num_threads, schedule='dynamic'):
-            first_query = (unit // blocks) * QUERY_CHUNK
+            first_query = (unit // blocks) * chunk
             first_doc = (unit % blocks) * TILED_DOC_BLOCK
-            score_block(&features[first_query, 0], min(<Py_ssize_t>QUERY_CHUNK, num_queries - first_query),
-                        &W[first_doc, 0], min(<Py_ssize_t>TILED_DOC_BLOCK, num_docs - first_doc), h,
-                        &out[first_query, first_doc], num_docs)
+            count = min(chunk, num_queries - first_query)
+            score_block(&features[first_query, 0], count, &W[first_doc, 0],
+                        min(<Py_ssize_t>TILED_DOC_BLOCK, num_docs - first_doc), h, score_span(count),
+                        &out[first_query, first_doc], num_docs,
+                        <lemur_vector *>&state[threadid(), 0])
 
 
 # Pushes the scores of documents first_doc, first_doc + 1, ... into a k-best
@@ -478,13 +487,13 @@ cdef void finish_list(float *best_scores, int64_t *best_indices, Py_ssize_t size
 cdef void scan_documents(const float *features, Py_ssize_t num_queries, const float *W,
                          Py_ssize_t num_docs, Py_ssize_t h, Py_ssize_t doc_block,
                          Py_ssize_t first_block, Py_ssize_t end_block, Py_ssize_t k,
-                         float *scores, float *best_scores, int64_t *best_indices,
+                         float *scores, float *state, float *best_scores, int64_t *best_indices,
                          Py_ssize_t *sizes, Py_ssize_t list_stride) noexcept nogil:
     cdef Py_ssize_t block, query, block_docs
     for block in range(first_block, end_block):
         block_docs = min(doc_block, num_docs - block * doc_block)
-        score_block(features, num_queries, W + block * doc_block * h, block_docs, h, scores,
-                    block_docs)
+        score_block(features, num_queries, W + block * doc_block * h, block_docs, h,
+                    score_span(num_queries), scores, block_docs, <lemur_vector *>state)
         for query in range(num_queries):
             sizes[query] = push_scores(scores + query * block_docs, block_docs, block * doc_block,
                                        best_scores + query * list_stride,
@@ -529,7 +538,7 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
     cdef Py_ssize_t query_chunk, doc_block, num_blocks, num_chunks, chunk, start, count
     cdef Py_ssize_t block, query, thread, position
     cdef bint on_queries
-    cdef float[:, ::1] buffers
+    cdef float[:, ::1] buffers, states
     cdef float[:, :, ::1] list_scores
     cdef int64_t[:, :, ::1] list_indices
     cdef Py_ssize_t[:, ::1] sizes
@@ -538,6 +547,7 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
         num_queries, num_docs, k, num_threads, budget_bytes)
     num_blocks = (num_docs + doc_block - 1) // doc_block
     buffers = scratch("score blocks", (num_threads, query_chunk * doc_block), np.float32)
+    states = score_state(query_chunk, doc_block, num_threads)
     if on_queries:
         sizes = scratch("list sizes", (num_queries, 1), np.intp)
         sizes[:, :] = 0
@@ -547,7 +557,7 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
                 start = chunk * query_chunk
                 count = min(query_chunk, num_queries - start)
                 scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                               0, num_blocks, k, &buffers[threadid(), 0],
+                               0, num_blocks, k, &buffers[threadid(), 0], &states[threadid(), 0],
                                &out_scores[start, 0], &out_indices[start, 0],
                                &sizes[start, 0], k)
                 for query in range(start, start + count):
@@ -564,7 +574,7 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
             for block in prange(num_blocks, num_threads=num_threads, schedule='dynamic'):
                 thread = threadid()
                 scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                               block, block + 1, k, &buffers[thread, 0],
+                               block, block + 1, k, &buffers[thread, 0], &states[thread, 0],
                                &list_scores[thread, 0, 0], &list_indices[thread, 0, 0],
                                &sizes[thread, 0], k)
             for query in prange(count, num_threads=num_threads, schedule='static'):

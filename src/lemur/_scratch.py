@@ -33,6 +33,16 @@ def aligned_empty(shape: int | tuple[int, ...], dtype: type = np.float32) -> np.
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def aligned(array: np.ndarray) -> np.ndarray:
+    """`array` if its data starts on an :data:`ALIGNMENT` boundary, else an
+    aligned copy (for the small operands of a kernel, such as query features)."""
+    if array.ctypes.data % ALIGNMENT == 0:
+        return array
+    copy = aligned_empty(array.shape, array.dtype)
+    copy[...] = array
+    return copy
+
+
 def scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     """An uninitialised, aligned, C-contiguous array of `shape`, reused across calls.
 

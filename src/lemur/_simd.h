@@ -79,16 +79,31 @@ static inline lemur_vector lemur_vector_fma_lanes(lemur_vector accumulator, lemu
     return accumulator + a * b;
 }
 
-/* the sum of the lanes, pairwise: halves, then quarters, ... */
+#if defined(__clang__)
+#define LEMUR_SWAP_LANES(value, ...) __builtin_shufflevector(value, value, __VA_ARGS__)
+#else
+#define LEMUR_SWAP_LANES(value, ...) __builtin_shuffle(value, (lemur_vector_mask){__VA_ARGS__})
+#endif
+
+/* the sum of the lanes, pairwise: lane i + lane i + w for w = half the width,
+ * then a quarter, ... down to 1 (the lanes past w are don't-cares); one
+ * shuffle and one add per level */
 static inline float lemur_vector_sum(lemur_vector value)
 {
-    float lanes[LEMUR_VECTOR_FLOATS];
-    int width, i;
-    memcpy(lanes, &value, sizeof lanes);
-    for (width = LEMUR_VECTOR_FLOATS / 2; width > 0; width /= 2)
-        for (i = 0; i < width; i++)
-            lanes[i] += lanes[i + width];
-    return lanes[0];
+#if LEMUR_VECTOR_FLOATS == 16
+    value = value + LEMUR_SWAP_LANES(value, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    value = value + LEMUR_SWAP_LANES(value, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    value = value + LEMUR_SWAP_LANES(value, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    value = value + LEMUR_SWAP_LANES(value, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+#elif LEMUR_VECTOR_FLOATS == 8
+    value = value + LEMUR_SWAP_LANES(value, 4, 5, 6, 7, 0, 1, 2, 3);
+    value = value + LEMUR_SWAP_LANES(value, 2, 3, 0, 1, 6, 7, 4, 5);
+    value = value + LEMUR_SWAP_LANES(value, 1, 0, 3, 2, 5, 4, 7, 6);
+#else
+    value = value + LEMUR_SWAP_LANES(value, 2, 3, 0, 1);
+    value = value + LEMUR_SWAP_LANES(value, 1, 0, 3, 2);
+#endif
+    return value[0];
 }
 
 static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)

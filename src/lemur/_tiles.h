@@ -12,15 +12,15 @@
  *    computed as VECTOR_FLOATS lane-wise chains of multiply-adds (lane l
  *    takes the elements j = l mod VECTOR_FLOATS below the last full vector, in
  *    increasing j), the lanes added pairwise (lemur_vector_sum), then the
- *    remaining elements one by one. lemur_score_tile computes a tile of up to
- *    LEMUR_TILE_QUERIES x LEMUR_TILE_DOCS such scores at once, one
- *    accumulator register per pair; lemur_score_pair one alone.
+ *    remaining elements one by one. lemur_score_block computes them for a
+ *    block of queries and rows of W, in register tiles of up to
+ *    LEMUR_TILE_QUERIES x LEMUR_TILE_DOCS pairs, one accumulator per pair.
  *
  * 2. Products C = A B (the feature map's layers, the projection that fits W):
  *    every C[i, j] is one chain of multiply-adds over k = 0, 1, ..., K-1 in
  *    increasing order, starting from 0. B is packed once into panels of
  *    LEMUR_GEMM_PANEL columns (lemur_gemm_pack); a unit of work computes the
- *    rows [row0, row0 + count) of one panel, in chunks of LEMUR_GEMM_DEPTH
+ *    rows [row0, row0 + count) of a range of panels, in chunks of LEMUR_GEMM_DEPTH
  *    values of k: a chunk leaves its running sums in C (float32) and the next
  *    one resumes from them, which changes none of the numbers. The register
  *    tile is LEMUR_GEMM_ROWS rows of A by the LEMUR_GEMM_VECTORS vectors of a
@@ -66,37 +66,31 @@
  * tile's wait for a chunk of the panel counts (with K = 16384, 256 rows run
  * as fast as OpenBLAS's sgemm, 64 rows 20% slower) */
 #define LEMUR_GEMM_BLOCK_ROWS 256
+/* elements of the rows per span of lemur_score_block for batches of queries:
+ * a tile of W's rows (6 x 4 KiB) stays in L1 while the query tiles pass */
+#define LEMUR_SCORE_SPAN 2048
 
 /* ---- scores ------------------------------------------------------------- */
 
-/* the pairwise sum of an accumulator's lanes plus the elements past the last
- * full vector: the end of every score */
-LEMUR_ALWAYS_INLINE float lemur_score_finish(lemur_vector accumulator, const float *f,
-                                             const float *w, ptrdiff_t h)
-{
-    float total = lemur_vector_sum(accumulator);
-    ptrdiff_t j;
-    for (j = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS; j < h; j++)
-        total += f[j] * w[j];
-    return total;
-}
-
-/* out[q * out_stride + d] = score(queries[q], docs[d]) for q < num_queries,
- * d < num_docs (compile-time constants after inlining: callers switch over
- * them), rows h floats long */
-LEMUR_ALWAYS_INLINE void lemur_score_tile_fixed(const float *const *queries, int num_queries,
-                                                const float *const *docs, int num_docs,
-                                                ptrdiff_t h, float *out, ptrdiff_t out_stride)
+/* The running sums of a tile over the elements [start, end) (multiples of
+ * LEMUR_VECTOR_FLOATS) of its rows: state holds one accumulator per pair,
+ * [q][d] with row stride LEMUR_TILE_DOCS, zero when `resume` is 0. Stopping
+ * and resuming changes no value: each lane is the same chain of
+ * multiply-adds. num_queries and num_docs are constants after inlining. */
+LEMUR_ALWAYS_INLINE void lemur_score_tile_span(const float *const *queries, int num_queries,
+                                               const float *const *docs, int num_docs,
+                                               ptrdiff_t start, ptrdiff_t end,
+                                               lemur_vector *state, int resume)
 {
     lemur_vector accumulators[LEMUR_TILE_QUERIES][LEMUR_TILE_DOCS];
     lemur_vector query_part[LEMUR_TILE_QUERIES];
     lemur_vector doc_part;
-    ptrdiff_t offset, full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS;
+    ptrdiff_t offset;
     int q, d;
     for (q = 0; q < num_queries; q++)
         for (d = 0; d < num_docs; d++)
-            accumulators[q][d] = lemur_vector_zero();
-    for (offset = 0; offset < full; offset += LEMUR_VECTOR_FLOATS) {
+            accumulators[q][d] = resume ? state[q * LEMUR_TILE_DOCS + d] : lemur_vector_zero();
+    for (offset = start; offset < end; offset += LEMUR_VECTOR_FLOATS) {
         for (q = 0; q < num_queries; q++)
             query_part[q] = lemur_vector_load(queries[q] + offset);
         for (d = 0; d < num_docs; d++) {
@@ -107,17 +101,18 @@ LEMUR_ALWAYS_INLINE void lemur_score_tile_fixed(const float *const *queries, int
     }
     for (q = 0; q < num_queries; q++)
         for (d = 0; d < num_docs; d++)
-            out[q * out_stride + d] = lemur_score_finish(accumulators[q][d], queries[q], docs[d], h);
+            state[q * LEMUR_TILE_DOCS + d] = accumulators[q][d];
 }
 
-/* lemur_score_tile_fixed for any num_queries <= LEMUR_TILE_QUERIES and
+/* lemur_score_tile_span for any num_queries <= LEMUR_TILE_QUERIES and
  * num_docs <= LEMUR_TILE_DOCS */
-static inline void lemur_score_tile(const float *const *queries, int num_queries,
-                                    const float *const *docs, int num_docs, ptrdiff_t h,
-                                    float *out, ptrdiff_t out_stride)
+static inline void lemur_score_span(const float *const *queries, int num_queries,
+                                    const float *const *docs, int num_docs, ptrdiff_t start,
+                                    ptrdiff_t end, lemur_vector *state, int resume)
 {
 #define LEMUR_SCORE_CASE(Q, D) \
-    case (Q) * 16 + (D): lemur_score_tile_fixed(queries, Q, docs, D, h, out, out_stride); return;
+    case (Q) * 16 + (D): \
+        lemur_score_tile_span(queries, Q, docs, D, start, end, state, resume); return;
 #if LEMUR_TILE_DOCS >= 6
 #define LEMUR_SCORE_ROW(Q) LEMUR_SCORE_CASE(Q, 1) LEMUR_SCORE_CASE(Q, 2) LEMUR_SCORE_CASE(Q, 3) \
     LEMUR_SCORE_CASE(Q, 4) LEMUR_SCORE_CASE(Q, 5) LEMUR_SCORE_CASE(Q, 6)
@@ -140,12 +135,99 @@ static inline void lemur_score_tile(const float *const *queries, int num_queries
 #undef LEMUR_SCORE_CASE
 }
 
-/* score(f, w) of one pair */
-static inline float lemur_score_pair(const float *f, const float *w, ptrdiff_t h)
+/* The scores of a tile from its pairs' accumulators (state, as
+ * lemur_score_tile_span leaves it): each pair's lanes added pairwise
+ * (lemur_vector_sum), then its elements past the last full vector. */
+static inline void lemur_score_tile_finish(const lemur_vector *state, const float *features,
+                                           int num_queries, const float *W_rows, int num_docs,
+                                           ptrdiff_t h, float *scores, ptrdiff_t scores_stride)
 {
-    float out;
-    lemur_score_tile_fixed(&f, 1, &w, 1, h, &out, 1);
-    return out;
+    ptrdiff_t j;
+    int q, d;
+    float total;
+    for (q = 0; q < num_queries; q++)
+        for (d = 0; d < num_docs; d++) {
+            total = lemur_vector_sum(state[q * LEMUR_TILE_DOCS + d]);
+            for (j = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS; j < h; j++)
+                total += features[q * h + j] * W_rows[d * h + j];
+            scores[q * scores_stride + d] = total;
+        }
+}
+
+/* Prefetches share `part` of `parts` of elements [start, end) of the rows of
+ * the next doc tile (rows h floats apart, at most LEMUR_TILE_DOCS of them):
+ * each row's span is a page or more of W, which the hardware prefetchers do
+ * not cross on their own. */
+static inline void lemur_score_prefetch_share(const float *next_rows, ptrdiff_t h, ptrdiff_t start,
+                                              ptrdiff_t end, ptrdiff_t rows_left, ptrdiff_t part,
+                                              ptrdiff_t parts)
+{
+    ptrdiff_t rows = rows_left < LEMUR_TILE_DOCS ? rows_left : LEMUR_TILE_DOCS;
+    ptrdiff_t lines_per_row = ((end - start) * (ptrdiff_t)sizeof(float) + 63) / 64;
+    ptrdiff_t lines = rows * lines_per_row, share = (lines + parts - 1) / parts, line;
+    for (line = part * share; line < (part + 1) * share && line < lines; line++)
+        lemur_prefetch(next_rows + (line / lines_per_row) * h + start + (line % lines_per_row) * 16);
+}
+
+/* Vectors of scratch that lemur_score_block needs for num_queries x num_docs. */
+static inline ptrdiff_t lemur_score_state_size(ptrdiff_t num_queries, ptrdiff_t num_docs)
+{
+    return ((num_queries + LEMUR_TILE_QUERIES - 1) / LEMUR_TILE_QUERIES)
+           * ((num_docs + LEMUR_TILE_DOCS - 1) / LEMUR_TILE_DOCS) * LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS;
+}
+
+/* scores[q * scores_stride + d] = score(features[q], W_block[d]) for the
+ * (num_queries, h) features and (num_docs, h) rows of a block of W.
+ * `span` elements of the rows at a time (a multiple of LEMUR_VECTOR_FLOATS;
+ * 0: all at once): for each span, doc tiles outermost, so that a tile of W's
+ * rows stays in L1 while every query tile passes over it, and the pairs'
+ * running sums wait in `state` (lemur_score_state_size vectors) between
+ * spans. Either way every score is the same chain of operations. */
+static inline void lemur_score_block(const float *features, ptrdiff_t num_queries,
+                                     const float *W_block, ptrdiff_t num_docs, ptrdiff_t h,
+                                     ptrdiff_t span, float *scores, ptrdiff_t scores_stride,
+                                     lemur_vector *state)
+{
+    const float *query_rows[LEMUR_TILE_QUERIES];
+    const float *doc_rows[LEMUR_TILE_DOCS];
+    ptrdiff_t full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS;
+    ptrdiff_t query_tiles = (num_queries + LEMUR_TILE_QUERIES - 1) / LEMUR_TILE_QUERIES;
+    ptrdiff_t start, end, q0, d0, i;
+    int tile_queries, tile_docs;
+    if (span <= 0 || span > full)
+        span = full;
+    for (start = 0; start == 0 || start < full; start += span) {
+        end = start + span < full ? start + span : full;
+        for (d0 = 0; d0 < num_docs; d0 += LEMUR_TILE_DOCS) {
+            tile_docs = (int)(num_docs - d0 < LEMUR_TILE_DOCS ? num_docs - d0 : LEMUR_TILE_DOCS);
+            for (i = 0; i < tile_docs; i++)
+                doc_rows[i] = W_block + (d0 + i) * h;
+            for (q0 = 0; q0 < num_queries; q0 += LEMUR_TILE_QUERIES) {
+                tile_queries = (int)(num_queries - q0 < LEMUR_TILE_QUERIES ? num_queries - q0 : LEMUR_TILE_QUERIES);
+                for (i = 0; i < tile_queries; i++)
+                    query_rows[i] = features + (q0 + i) * h;
+                if (d0 + LEMUR_TILE_DOCS < num_docs)  /* the next doc tile's span, a share per query tile */
+                    lemur_score_prefetch_share(W_block + (d0 + LEMUR_TILE_DOCS) * h, h, start, end,
+                                               num_docs - d0 - LEMUR_TILE_DOCS, q0 / LEMUR_TILE_QUERIES,
+                                               query_tiles);
+                lemur_score_span(query_rows, tile_queries, doc_rows, tile_docs, start, end,
+                                 state + ((d0 / LEMUR_TILE_DOCS) * query_tiles + q0 / LEMUR_TILE_QUERIES)
+                                         * LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS,
+                                 start > 0);
+            }
+        }
+        if (full == 0)
+            break;
+    }
+    for (d0 = 0; d0 < num_docs; d0 += LEMUR_TILE_DOCS)
+        for (q0 = 0; q0 < num_queries; q0 += LEMUR_TILE_QUERIES)
+            lemur_score_tile_finish(
+                state + ((d0 / LEMUR_TILE_DOCS) * query_tiles + q0 / LEMUR_TILE_QUERIES)
+                        * LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS,
+                features + q0 * h,
+                (int)(num_queries - q0 < LEMUR_TILE_QUERIES ? num_queries - q0 : LEMUR_TILE_QUERIES),
+                W_block + d0 * h, (int)(num_docs - d0 < LEMUR_TILE_DOCS ? num_docs - d0 : LEMUR_TILE_DOCS),
+                h, scores + q0 * scores_stride + d0, scores_stride);
 }
 
 /* ---- products C = A B ---------------------------------------------------- */
@@ -227,41 +309,57 @@ static inline void lemur_gemm_prefetch_share(const float *next_chunk, ptrdiff_t 
 }
 
 /* One unit of work of C (m x n, row stride ldc) = A (m x K, row stride lda) B:
- * rows [row0, row0 + count) (count <= LEMUR_GEMM_BLOCK_ROWS) of panel
- * `panel_index` of B packed. scratch: LEMUR_GEMM_BLOCK_ROWS x PANEL floats,
- * for the last panel when it is narrower than PANEL. */
+ * rows [row0, row0 + count) (count <= LEMUR_GEMM_BLOCK_ROWS) of panels
+ * [first_panel, end_panel) of B packed. For each chunk of k, each tile of A's
+ * rows passes over all the unit's panels while it is in L1 (a long K reads A
+ * once per unit, not once per panel). scratch: LEMUR_GEMM_BLOCK_ROWS x PANEL
+ * floats, for the last panel of B when it is narrower than PANEL. */
 static inline void lemur_gemm_unit(const float *a, ptrdiff_t lda, ptrdiff_t K, const float *packed,
-                                   ptrdiff_t n, ptrdiff_t panel_index, ptrdiff_t row0,
-                                   ptrdiff_t count, float *c, ptrdiff_t ldc, float *scratch)
+                                   ptrdiff_t n, ptrdiff_t first_panel, ptrdiff_t end_panel,
+                                   ptrdiff_t row0, ptrdiff_t count, float *c, ptrdiff_t ldc,
+                                   float *scratch)
 {
-    const float *panel = packed + panel_index * K * LEMUR_GEMM_PANEL;
-    ptrdiff_t first_column = panel_index * LEMUR_GEMM_PANEL;
-    ptrdiff_t columns = n - first_column < LEMUR_GEMM_PANEL ? n - first_column : LEMUR_GEMM_PANEL;
-    float *target = columns == LEMUR_GEMM_PANEL ? c + row0 * ldc + first_column : scratch;
-    ptrdiff_t target_stride = columns == LEMUR_GEMM_PANEL ? ldc : LEMUR_GEMM_PANEL;
-    ptrdiff_t k0, depth, r, rows;
+    ptrdiff_t last_columns = n - (end_panel - 1) * LEMUR_GEMM_PANEL;
+    int narrow_last = last_columns < LEMUR_GEMM_PANEL;
+    ptrdiff_t tiles = (count + LEMUR_GEMM_ROWS - 1) / LEMUR_GEMM_ROWS;
+    ptrdiff_t k0, depth, r, rows, panel, target_stride, columns;
+    const float *panel_data;
+    float *target;
     if (K == 0) {
         for (r = 0; r < count; r++)
-            memset(c + (row0 + r) * ldc + first_column, 0, columns * sizeof(float));
+            memset(c + (row0 + r) * ldc + first_panel * LEMUR_GEMM_PANEL, 0,
+                   (n - first_panel * LEMUR_GEMM_PANEL < (end_panel - first_panel) * LEMUR_GEMM_PANEL
+                        ? n - first_panel * LEMUR_GEMM_PANEL : (end_panel - first_panel) * LEMUR_GEMM_PANEL)
+                       * sizeof(float));
         return;
     }
     for (k0 = 0; k0 < K; k0 += LEMUR_GEMM_DEPTH) {
         depth = K - k0 < LEMUR_GEMM_DEPTH ? K - k0 : LEMUR_GEMM_DEPTH;
         for (r = 0; r < count; r += LEMUR_GEMM_ROWS) {
             rows = count - r < LEMUR_GEMM_ROWS ? count - r : LEMUR_GEMM_ROWS;
-            if (k0 + depth < K)
-                lemur_gemm_prefetch_share(panel + (k0 + depth) * LEMUR_GEMM_PANEL,
-                                          K - k0 - depth, r / LEMUR_GEMM_ROWS,
-                                          (count + LEMUR_GEMM_ROWS - 1) / LEMUR_GEMM_ROWS);
-            lemur_gemm_tile((int)rows, a + (row0 + r) * lda + k0, lda,
-                            panel + k0 * LEMUR_GEMM_PANEL, depth,
-                            target + r * target_stride, target_stride, k0 > 0);
+            for (panel = first_panel; panel < end_panel; panel++) {
+                panel_data = packed + panel * K * LEMUR_GEMM_PANEL;
+                if (narrow_last && panel == end_panel - 1) {
+                    target = scratch + r * LEMUR_GEMM_PANEL;
+                    target_stride = LEMUR_GEMM_PANEL;
+                } else {
+                    target = c + (row0 + r) * ldc + panel * LEMUR_GEMM_PANEL;
+                    target_stride = ldc;
+                }
+                if (k0 + depth < K)
+                    lemur_gemm_prefetch_share(panel_data + (k0 + depth) * LEMUR_GEMM_PANEL,
+                                              K - k0 - depth, r / LEMUR_GEMM_ROWS, tiles);
+                lemur_gemm_tile((int)rows, a + (row0 + r) * lda + k0, lda,
+                                panel_data + k0 * LEMUR_GEMM_PANEL, depth, target, target_stride,
+                                k0 > 0);
+            }
         }
     }
-    if (columns < LEMUR_GEMM_PANEL)
+    if (narrow_last)
         for (r = 0; r < count; r++)
-            memcpy(c + (row0 + r) * ldc + first_column, scratch + r * LEMUR_GEMM_PANEL,
-                   columns * sizeof(float));
+            memcpy(c + (row0 + r) * ldc + (end_panel - 1) * LEMUR_GEMM_PANEL,
+                   scratch + r * LEMUR_GEMM_PANEL, last_columns * sizeof(float));
+    (void)columns;
 }
 
 #endif

@@ -102,7 +102,7 @@ def pseudo_inverse_transposed(Z: np.ndarray, num_threads: int) -> np.ndarray:
     scaled = basis / eigenvalues[keep]
     factor = np.empty((h, h), dtype=np.float64)  # V diag(1/s^2) V^T
     np.matmul(scaled, basis.T, out=factor)
-    out = np.empty((m, h), dtype=np.float32)
+    out = aligned_empty((m, h), np.float32)
     kernels.multiply_float64(Z, factor, out, num_threads)
     return out
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lemur._dispatch import kernels
+from lemur._scratch import aligned_empty
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_finite, check_vectors, counts_to_offsets
 
@@ -303,7 +304,7 @@ class Model:
         """
         threads = resolve_num_threads(num_threads)
         tokens = check_vectors(tokens, name="tokens", dim=self.input_dim, num_threads=threads)
-        out = np.empty((tokens.shape[0], self.feature_dim), dtype=np.float32)
+        out = aligned_empty((tokens.shape[0], self.feature_dim), np.float32)
         self._run(tokens, np.zeros(1, dtype=np.int64), 0.0, out, threads)
         return out
 
@@ -311,7 +312,7 @@ class Model:
         self, tokens: np.ndarray, query_offsets: np.ndarray, pool_divisor: float, num_threads: int
     ) -> np.ndarray:
         """Pooled features of validated tokens and offsets (for Model and Index)."""
-        out = np.empty((query_offsets.size - 1, self.feature_dim), dtype=np.float32)
+        out = aligned_empty((query_offsets.size - 1, self.feature_dim), np.float32)
         self._run(tokens, query_offsets, pool_divisor, out, num_threads)
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from lemur._dispatch import kernels
+from lemur._scratch import aligned
 from lemur._threads import resolve_num_threads
 from lemur._validation import (
     check_integer_array,
@@ -132,7 +133,7 @@ def check_candidates(
 def scores_unchecked(features: np.ndarray, W: np.ndarray, num_threads: int) -> np.ndarray:
     """:func:`scores` on validated arguments."""
     out = np.empty((features.shape[0], W.shape[0]), dtype=np.float32)
-    kernels.score_matrix(features, W, out, num_threads)
+    kernels.score_matrix(aligned(features), W, out, num_threads)
     return out
 
 
@@ -147,7 +148,8 @@ def top_k_unchecked(
         return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
     indices = np.empty((num_queries, k), dtype=np.int64)
     scores = np.empty((num_queries, k), dtype=np.float32)
-    kernels.top_k_inner_products(features, W, k, indices, scores, num_threads, TOP_K_BUDGET_BYTES)
+    kernels.top_k_inner_products(aligned(features), W, k, indices, scores, num_threads,
+                                 TOP_K_BUDGET_BYTES)
     return indices, scores
 
 
