@@ -152,14 +152,18 @@ def test_scores_are_within_the_float32_error_bound(kernels, h):
 
 
 def test_a_score_depends_only_on_its_query_and_row(kernels):
-    # any batch, any position in a tile or block, any thread count: the same float32
+    # any batch, any position in a tile or block, any thread count, register
+    # tiles (small batches, spans) or lane-wise products (32 queries and more):
+    # the same float32
     random = np.random.default_rng(3)
-    features = random.standard_normal((70, 131), dtype=np.float32)
-    W = random.standard_normal((101, 131), dtype=np.float32)
+    features = random.standard_normal((70, 1043), dtype=np.float32)
+    W = random.standard_normal((101, 1043), dtype=np.float32)
     expected = np.empty((70, 101), np.float32)
     kernels.score_matrix(features, W, expected, 1)
     for queries, docs in [(slice(0, 1), slice(0, 101)), (slice(3, 5), slice(7, 8)),
-                          (slice(9, 70), slice(50, 101)), (slice(69, 70), slice(100, 101))]:
+                          (slice(9, 70), slice(50, 101)), (slice(69, 70), slice(100, 101)),
+                          (slice(0, 4), slice(0, 101)), (slice(0, 5), slice(3, 90)),
+                          (slice(1, 32), slice(0, 101)), (slice(2, 34), slice(1, 100))]:
         part = np.empty((queries.stop - queries.start, docs.stop - docs.start), np.float32)
         kernels.score_matrix(np.ascontiguousarray(features[queries]), np.ascontiguousarray(W[docs]),
                              part, 3)

@@ -48,11 +48,14 @@ from lemur._simd cimport (
 from lemur._tiles cimport (
     GEMM_BLOCK_ROWS,
     GEMM_PANEL,
-    SCORE_SPAN,
+    PANEL_BATCH,
+    SMALL_BATCH,
     gemm_pack,
     gemm_unit,
-    score_block,
-    score_state_size,
+    lanes_of_queries,
+    score_batch,
+    score_rows,
+    score_scratch_size,
 )
 from lemur._vector_math cimport (
     GELU,
@@ -395,29 +398,40 @@ def gemm_packed(const float[:, ::1] a, const float[:, :, ::1] packed, float[:, :
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # Batches of at most this many queries read each row of W once, whole
-    # (like a GEMV); larger ones in spans (score_span).
-    SMALL_BATCH = 4
-    # Rows of W scored at once: small batches stream large blocks; larger
-    # batches take blocks small enough to stay in L2 while every query tile
-    # passes over them (48 rows of h = 2048: 384 KiB).
+    # Rows of W scored at once: small batches (SMALL_BATCH) stream large
+    # blocks; larger batches take blocks small enough to stay in L2 while
+    # every query passes over them (64 rows of h = 2048: 512 KiB).
     SMALL_BATCH_DOC_BLOCK = 1024
-    TILED_DOC_BLOCK = 48
+    BATCH_DOC_BLOCK = 64
     # The most queries per unit of work when a batch is split (their features,
     # 1 MiB at h = 2048, stay in L2 while blocks of W pass).
     QUERY_CHUNK = 128
 
 
-# Elements of the rows per span of score_block (_tiles.h) for a batch of
-# num_queries: small batches read each row of W once, whole; larger ones take
-# spans, so that W's tiles stay in L1 while the query tiles pass over them.
-cdef inline Py_ssize_t score_span(Py_ssize_t num_queries) noexcept nogil:
-    return 0 if num_queries <= SMALL_BATCH else SCORE_SPAN
+cdef class _ScoreBatch:
+    """A batch of query features as score_rows (_tiles.h) takes it, with the
+    queries' lanes when the batch is large enough to score W as products."""
+    cdef score_batch batch
+    cdef object lanes
+
+    def __cinit__(self, const float[:, ::1] features):
+        cdef float[::1] lanes
+        self.batch.features = &features[0, 0]
+        self.batch.num_queries = features.shape[0]
+        self.batch.h = features.shape[1]
+        self.batch.query_lanes = NULL
+        self.lanes = None
+        if features.shape[0] >= PANEL_BATCH:
+            lanes = aligned_empty(max(1, features.shape[0] * features.shape[1]), np.float32)
+            with nogil:
+                lanes_of_queries(&features[0, 0], features.shape[0], features.shape[1], &lanes[0])
+            self.lanes = lanes
+            self.batch.query_lanes = &lanes[0]
 
 
-def score_state(Py_ssize_t num_queries, Py_ssize_t num_docs, int num_threads):
-    """Per-thread scratch for score_block on num_queries x num_docs, as floats."""
-    return scratch("score state", (num_threads, score_state_size(num_queries, num_docs) * VECTOR_FLOATS),
+def score_scratch(Py_ssize_t num_queries, Py_ssize_t h, Py_ssize_t block_docs, int num_threads):
+    """Per-thread scratch of score_rows for blocks of up to block_docs rows."""
+    return scratch("score scratch", (num_threads, score_scratch_size(num_queries, h, block_docs)),
                    np.float32)
 
 
@@ -429,30 +443,26 @@ cdef inline Py_ssize_t even_chunk(Py_ssize_t num_queries) noexcept nogil:
 
 
 # The full score matrix out (num_queries, num_docs) = score(features[q], W[d]).
-# Units of work: a chunk of queries (even_chunk) by TILED_DOC_BLOCK rows of W,
-# dynamic schedule; each score is computed once, by the rule of _tiles.h.
+# Units of work: BATCH_DOC_BLOCK rows of W for the whole batch, dynamic
+# schedule; each score is computed once, by the rule of _tiles.h.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def score_matrix(const float[:, ::1] features, const float[:, ::1] W, float[:, ::1] out,
                  int num_threads):
     cdef Py_ssize_t num_queries = features.shape[0], num_docs = W.shape[0], h = W.shape[1]
-    cdef Py_ssize_t chunk = even_chunk(max(num_queries, 1))
-    cdef Py_ssize_t chunks = (num_queries + chunk - 1) // chunk
-    cdef Py_ssize_t blocks = (num_docs + TILED_DOC_BLOCK - 1) // TILED_DOC_BLOCK
-    cdef Py_ssize_t unit, first_query, first_doc, count
-    cdef float[:, ::1] state
+    cdef Py_ssize_t blocks = (num_docs + BATCH_DOC_BLOCK - 1) // BATCH_DOC_BLOCK
+    cdef Py_ssize_t unit, first_doc
+    cdef float[:, ::1] thread_scratch
+    cdef _ScoreBatch batch
     if num_queries == 0 or num_docs == 0:
         return
-    state = score_state(chunk, TILED_DOC_BLOCK, num_threads)
+    batch = _ScoreBatch(features)
+    thread_scratch = score_scratch(num_queries, h, BATCH_DOC_BLOCK, num_threads)
     with nogil:
-        for unit in prange(chunks * blocks, num_threads=num_threads, schedule='dynamic'):
-            first_query = (unit // blocks) * chunk
-            first_doc = (unit % blocks) * TILED_DOC_BLOCK
-            count = min(chunk, num_queries - first_query)
-            score_block(&features[first_query, 0], count, &W[first_doc, 0],
-                        min(<Py_ssize_t>TILED_DOC_BLOCK, num_docs - first_doc), h, score_span(count),
-                        &out[first_query, first_doc], num_docs,
-                        <lemur_vector *>&state[threadid(), 0])
+        for unit in prange(blocks, num_threads=num_threads, schedule='dynamic'):
+            first_doc = unit * BATCH_DOC_BLOCK
+            score_rows(&batch.batch, &W[first_doc, 0], min(<Py_ssize_t>BATCH_DOC_BLOCK, num_docs - first_doc),
+                       &out[0, first_doc], num_docs, &thread_scratch[threadid(), 0])
 
 
 # Pushes the scores of documents first_doc, first_doc + 1, ... into a k-best
@@ -481,20 +491,20 @@ cdef void finish_list(float *best_scores, int64_t *best_indices, Py_ssize_t size
         best_indices[position] = -1
 
 
-# The k best documents of the queries [first_query, first_query + num_queries)
-# over document blocks [first_block, end_block), into k-best lists of
-# `list_stride` entries each (query i's list at i * list_stride).
-cdef void scan_documents(const float *features, Py_ssize_t num_queries, const float *W,
-                         Py_ssize_t num_docs, Py_ssize_t h, Py_ssize_t doc_block,
-                         Py_ssize_t first_block, Py_ssize_t end_block, Py_ssize_t k,
-                         float *scores, float *state, float *best_scores, int64_t *best_indices,
-                         Py_ssize_t *sizes, Py_ssize_t list_stride) noexcept nogil:
+# The k best documents of a batch of queries over document blocks
+# [first_block, end_block), into k-best lists of `list_stride` entries each
+# (query i's list at i * list_stride).
+cdef void scan_documents(const score_batch *batch, const float *W, Py_ssize_t num_docs,
+                         Py_ssize_t doc_block, Py_ssize_t first_block, Py_ssize_t end_block,
+                         Py_ssize_t k, float *scores, float *score_scratch, float *best_scores,
+                         int64_t *best_indices, Py_ssize_t *sizes,
+                         Py_ssize_t list_stride) noexcept nogil:
     cdef Py_ssize_t block, query, block_docs
     for block in range(first_block, end_block):
         block_docs = min(doc_block, num_docs - block * doc_block)
-        score_block(features, num_queries, W + block * doc_block * h, block_docs, h,
-                    score_span(num_queries), scores, block_docs, <lemur_vector *>state)
-        for query in range(num_queries):
+        score_rows(batch, W + block * doc_block * batch.h, block_docs, scores, block_docs,
+                   score_scratch)
+        for query in range(batch.num_queries):
             sizes[query] = push_scores(scores + query * block_docs, block_docs, block * doc_block,
                                        best_scores + query * list_stride,
                                        best_indices + query * list_stride, sizes[query], k)
@@ -505,7 +515,7 @@ def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_
     """Plan a top-k run: (parallel_on_queries, query_chunk, doc_block).
 
     Many queries (at least 4 * QUERY_CHUNK per thread): threads take chunks of
-    QUERY_CHUNK queries and scan all of W. Fewer: threads take blocks of W's
+    queries (even_chunk) and scan all of W. Fewer: threads take blocks of W's
     rows and keep k-best lists of their own for a chunk of queries, merged at
     the end; the chunk is as large as `budget_bytes` allows for the score
     blocks and lists of all threads, so W is read as few times as possible.
@@ -513,9 +523,9 @@ def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_
     cdef Py_ssize_t doc_block = (num_docs + 4 * num_threads - 1) // (4 * num_threads)
     doc_block = min(SMALL_BATCH_DOC_BLOCK, max(16, (doc_block + 15) // 16 * 16))
     if num_queries > SMALL_BATCH:
-        doc_block = TILED_DOC_BLOCK
+        doc_block = BATCH_DOC_BLOCK
     if num_queries >= 4 * QUERY_CHUNK * num_threads:
-        return True, QUERY_CHUNK, doc_block
+        return True, even_chunk(num_queries), doc_block
     per_query = num_threads * (doc_block * 4 + k * 12)
     chunk = max(1, min(num_queries, budget_bytes // per_query))
     return False, chunk, doc_block
@@ -527,8 +537,8 @@ def top_k_workspace_shape(Py_ssize_t num_queries, Py_ssize_t num_docs, Py_ssize_
 #   out_indices (int64), out_scores (float32): (num_queries, k)
 # Parallel over chunks of queries when there are many; otherwise over blocks of
 # W's rows, with thread-local k-best lists merged at the end. Each thread scores
-# one block at a time into its own buffer (score_block: no BLAS), so the full
-# score matrix is never held.
+# one block at a time into its own buffer (score_rows), so the full score
+# matrix is never held.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py_ssize_t k,
@@ -538,43 +548,55 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
     cdef Py_ssize_t query_chunk, doc_block, num_blocks, num_chunks, chunk, start, count
     cdef Py_ssize_t block, query, thread, position
     cdef bint on_queries
-    cdef float[:, ::1] buffers, states
+    cdef float[:, ::1] buffers, thread_scratch
     cdef float[:, :, ::1] list_scores
     cdef int64_t[:, :, ::1] list_indices
     cdef Py_ssize_t[:, ::1] sizes
     cdef Py_ssize_t size
+    cdef list batches
+    cdef _ScoreBatch batch
+    cdef score_batch *chunk_batches
     on_queries, query_chunk, doc_block = top_k_workspace_shape(
         num_queries, num_docs, k, num_threads, budget_bytes)
     num_blocks = (num_docs + doc_block - 1) // doc_block
+    num_chunks = (num_queries + query_chunk - 1) // query_chunk
     buffers = scratch("score blocks", (num_threads, query_chunk * doc_block), np.float32)
-    states = score_state(query_chunk, doc_block, num_threads)
+    thread_scratch = score_scratch(query_chunk, h, doc_block, num_threads)
+    batches = [_ScoreBatch(features[start : start + query_chunk])
+               for start in range(0, num_queries, query_chunk)]
     if on_queries:
         sizes = scratch("list sizes", (num_queries, 1), np.intp)
         sizes[:, :] = 0
-        num_chunks = (num_queries + query_chunk - 1) // query_chunk
+        chunk_batches = <score_batch *>malloc(num_chunks * sizeof(score_batch))
+        if chunk_batches == NULL:
+            raise MemoryError()
+        for chunk in range(num_chunks):
+            chunk_batches[chunk] = (<_ScoreBatch>batches[chunk]).batch
         with nogil:
             for chunk in prange(num_chunks, num_threads=num_threads, schedule='dynamic'):
                 start = chunk * query_chunk
                 count = min(query_chunk, num_queries - start)
-                scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                               0, num_blocks, k, &buffers[threadid(), 0], &states[threadid(), 0],
-                               &out_scores[start, 0], &out_indices[start, 0],
-                               &sizes[start, 0], k)
+                scan_documents(&chunk_batches[chunk], &W[0, 0], num_docs, doc_block, 0, num_blocks, k,
+                               &buffers[threadid(), 0], &thread_scratch[threadid(), 0],
+                               &out_scores[start, 0], &out_indices[start, 0], &sizes[start, 0], k)
                 for query in range(start, start + count):
                     finish_list(&out_scores[query, 0], &out_indices[query, 0],
                                 sizes[query, 0], k)
+        free(chunk_batches)
         return
     list_scores = scratch("list scores", (num_threads, query_chunk, k), np.float32)
     list_indices = scratch("list indices", (num_threads, query_chunk, k), np.int64)
     sizes = scratch("list sizes", (num_threads, query_chunk), np.intp)
-    for start in range(0, num_queries, query_chunk):
+    for chunk in range(num_chunks):
+        start = chunk * query_chunk
         count = min(query_chunk, num_queries - start)
+        batch = batches[chunk]
         sizes[:, :] = 0
         with nogil:
             for block in prange(num_blocks, num_threads=num_threads, schedule='dynamic'):
                 thread = threadid()
-                scan_documents(&features[start, 0], count, &W[0, 0], num_docs, h, doc_block,
-                               block, block + 1, k, &buffers[thread, 0], &states[thread, 0],
+                scan_documents(&batch.batch, &W[0, 0], num_docs, doc_block, block, block + 1, k,
+                               &buffers[thread, 0], &thread_scratch[thread, 0],
                                &list_scores[thread, 0, 0], &list_indices[thread, 0, 0],
                                &sizes[thread, 0], k)
             for query in prange(count, num_threads=num_threads, schedule='static'):

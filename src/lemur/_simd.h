@@ -81,9 +81,59 @@ static inline lemur_vector lemur_vector_fma_lanes(lemur_vector accumulator, lemu
 
 #if defined(__clang__)
 #define LEMUR_SWAP_LANES(value, ...) __builtin_shufflevector(value, value, __VA_ARGS__)
+#define LEMUR_SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
 #define LEMUR_SWAP_LANES(value, ...) __builtin_shuffle(value, (lemur_vector_mask){__VA_ARGS__})
+#define LEMUR_SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, (lemur_vector_mask){__VA_ARGS__})
 #endif
+
+/* One stage of lemur_transpose: vectors i and i + t (i without bit t) trade
+ * halves, lanes taken by the index lists LOW and HIGH over (a, b). */
+#define LEMUR_TRANSPOSE_STAGE(t, LOW, HIGH)                 \
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)               \
+        if (!(i & (t))) {                                   \
+            a = rows[i];                                    \
+            b = rows[i + (t)];                              \
+            rows[i] = LEMUR_SHUFFLE2(a, b, LOW);            \
+            rows[i + (t)] = LEMUR_SHUFFLE2(a, b, HIGH);     \
+        }
+#if LEMUR_VECTOR_FLOATS == 16
+#define LEMUR_T8_LOW 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define LEMUR_T8_HIGH 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LEMUR_T4_LOW 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define LEMUR_T4_HIGH 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LEMUR_T2_LOW 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define LEMUR_T2_HIGH 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LEMUR_T1_LOW 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define LEMUR_T1_HIGH 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#elif LEMUR_VECTOR_FLOATS == 8
+#define LEMUR_T4_LOW 0, 1, 2, 3, 8, 9, 10, 11
+#define LEMUR_T4_HIGH 4, 5, 6, 7, 12, 13, 14, 15
+#define LEMUR_T2_LOW 0, 1, 8, 9, 4, 5, 12, 13
+#define LEMUR_T2_HIGH 2, 3, 10, 11, 6, 7, 14, 15
+#define LEMUR_T1_LOW 0, 8, 2, 10, 4, 12, 6, 14
+#define LEMUR_T1_HIGH 1, 9, 3, 11, 5, 13, 7, 15
+#else
+#define LEMUR_T2_LOW 0, 1, 4, 5
+#define LEMUR_T2_HIGH 2, 3, 6, 7
+#define LEMUR_T1_LOW 0, 4, 2, 6
+#define LEMUR_T1_HIGH 1, 5, 3, 7
+#endif
+
+/* rows[i][j] <- rows[j][i] for a square block of LEMUR_VECTOR_FLOATS vectors */
+static inline void lemur_transpose(lemur_vector *rows)
+{
+    lemur_vector a, b;
+    int i;
+#if LEMUR_VECTOR_FLOATS == 16
+    LEMUR_TRANSPOSE_STAGE(8, LEMUR_T8_LOW, LEMUR_T8_HIGH)
+#endif
+#if LEMUR_VECTOR_FLOATS >= 8
+    LEMUR_TRANSPOSE_STAGE(4, LEMUR_T4_LOW, LEMUR_T4_HIGH)
+#endif
+    LEMUR_TRANSPOSE_STAGE(2, LEMUR_T2_LOW, LEMUR_T2_HIGH)
+    LEMUR_TRANSPOSE_STAGE(1, LEMUR_T1_LOW, LEMUR_T1_HIGH)
+}
 
 /* the sum of the lanes, pairwise: lane i + lane i + w for w = half the width,
  * then a quarter, ... down to 1 (the lanes past w are don't-cares); one
@@ -201,6 +251,18 @@ static inline lemur_vector lemur_vector_max(lemur_vector a, lemur_vector b)
     for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
         a.lane[i] = a.lane[i] > b.lane[i] ? a.lane[i] : b.lane[i];
     return a;
+}
+
+static inline void lemur_transpose(lemur_vector *rows)
+{
+    float swapped;
+    int i, j;
+    for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+        for (j = i + 1; j < LEMUR_VECTOR_FLOATS; j++) {
+            swapped = rows[i].lane[j];
+            rows[i].lane[j] = rows[j].lane[i];
+            rows[j].lane[i] = swapped;
+        }
 }
 
 static inline void lemur_prefetch(const void *address) { (void)address; }

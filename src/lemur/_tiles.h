@@ -135,23 +135,28 @@ static inline void lemur_score_span(const float *const *queries, int num_queries
 #undef LEMUR_SCORE_CASE
 }
 
+/* A score's end: its lanes' pairwise sum plus the elements of f and w past
+ * the last full vector, one by one. */
+LEMUR_ALWAYS_INLINE float lemur_score_tail(float lane_sum, const float *f, const float *w, ptrdiff_t h)
+{
+    ptrdiff_t j;
+    for (j = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS; j < h; j++)
+        lane_sum += f[j] * w[j];
+    return lane_sum;
+}
+
 /* The scores of a tile from its pairs' accumulators (state, as
  * lemur_score_tile_span leaves it): each pair's lanes added pairwise
- * (lemur_vector_sum), then its elements past the last full vector. */
+ * (lemur_vector_sum), then its tail. */
 static inline void lemur_score_tile_finish(const lemur_vector *state, const float *features,
                                            int num_queries, const float *W_rows, int num_docs,
                                            ptrdiff_t h, float *scores, ptrdiff_t scores_stride)
 {
-    ptrdiff_t j;
     int q, d;
-    float total;
     for (q = 0; q < num_queries; q++)
-        for (d = 0; d < num_docs; d++) {
-            total = lemur_vector_sum(state[q * LEMUR_TILE_DOCS + d]);
-            for (j = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS; j < h; j++)
-                total += features[q * h + j] * W_rows[d * h + j];
-            scores[q * scores_stride + d] = total;
-        }
+        for (d = 0; d < num_docs; d++)
+            scores[q * scores_stride + d] = lemur_score_tail(
+                lemur_vector_sum(state[q * LEMUR_TILE_DOCS + d]), features + q * h, W_rows + d * h, h);
 }
 
 /* Prefetches share `part` of `parts` of elements [start, end) of the rows of
@@ -231,12 +236,6 @@ static inline void lemur_score_block(const float *features, ptrdiff_t num_querie
 }
 
 /* ---- products C = A B ---------------------------------------------------- */
-
-/* floats of B packed: ceil(n / PANEL) panels of K x PANEL */
-static inline ptrdiff_t lemur_gemm_packed_size(ptrdiff_t K, ptrdiff_t n)
-{
-    return ((n + LEMUR_GEMM_PANEL - 1) / LEMUR_GEMM_PANEL) * K * LEMUR_GEMM_PANEL;
-}
 
 /* packed[p][k][c] = B[k][p * PANEL + c] (0 past n), where
  * B[k][j] = source[k * row_stride + j * column_stride] */
@@ -360,6 +359,133 @@ static inline void lemur_gemm_unit(const float *a, ptrdiff_t lda, ptrdiff_t K, c
             memcpy(c + (row0 + r) * ldc + (end_panel - 1) * LEMUR_GEMM_PANEL,
                    scratch + r * LEMUR_GEMM_PANEL, last_columns * sizeof(float));
     (void)columns;
+}
+
+/* ---- scores of a batch as lane-wise products ----------------------------- *
+ * The same scores, for batches of queries, as products: lane l of score(f, w)
+ * is the chain over k of f[l + VF k] w[l + VF k] (VF = LEMUR_VECTOR_FLOATS),
+ * which is element (q, d) of the product of the queries' lane-l elements
+ * (num_queries x h/VF) with the documents' (h/VF x num_docs) in the order of
+ * lemur_gemm_tile. So a block of LEMUR_GEMM_PANEL rows of W is transposed
+ * into one packed panel per lane (lemur_lanes_pack_panel), the queries into
+ * their lanes once (lemur_lanes_of_queries), and each tile of queries runs
+ * lemur_gemm_tile once per lane, then adds the lanes pairwise as
+ * lemur_vector_sum does: bitwise the scores of lemur_score_block, at the
+ * speed of a product whose operands are packed (and whatever W's alignment). */
+
+/* floats of a lane-packed panel of W: VF lanes x (h / VF) x PANEL */
+static inline ptrdiff_t lemur_lanes_panel_size(ptrdiff_t h)
+{
+    return (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS * LEMUR_GEMM_PANEL;
+}
+
+/* packed[l][k][c] = W_rows[c * h + l + VF k] for c < count (<= PANEL), 0 past
+ * count; k < h / VF. VF rows at a time, one VF x VF transpose per vector. */
+static inline void lemur_lanes_pack_panel(const float *W_rows, ptrdiff_t count, ptrdiff_t h,
+                                          float *packed)
+{
+    lemur_vector block[LEMUR_VECTOR_FLOATS];
+    ptrdiff_t depth = h / LEMUR_VECTOR_FLOATS, c0, k, lane;
+    int i;
+    for (c0 = 0; c0 < LEMUR_GEMM_PANEL; c0 += LEMUR_VECTOR_FLOATS)
+        for (k = 0; k < depth; k++) {
+            for (i = 0; i < LEMUR_VECTOR_FLOATS; i++)
+                block[i] = c0 + i < count ? lemur_vector_load(W_rows + (c0 + i) * h + k * LEMUR_VECTOR_FLOATS)
+                                          : lemur_vector_zero();
+            lemur_transpose(block);
+            for (lane = 0; lane < LEMUR_VECTOR_FLOATS; lane++)
+                lemur_vector_store(packed + (lane * depth + k) * LEMUR_GEMM_PANEL + c0, block[lane]);
+        }
+}
+
+/* out[l][q][k] = features[q * h + l + VF k] for q < num_queries, k < h / VF */
+static inline void lemur_lanes_of_queries(const float *features, ptrdiff_t num_queries, ptrdiff_t h,
+                                          float *out)
+{
+    ptrdiff_t depth = h / LEMUR_VECTOR_FLOATS, q, k, lane;
+    for (lane = 0; lane < LEMUR_VECTOR_FLOATS; lane++)
+        for (q = 0; q < num_queries; q++)
+            for (k = 0; k < depth; k++)
+                out[(lane * num_queries + q) * depth + k] = features[q * h + lane + k * LEMUR_VECTOR_FLOATS];
+}
+
+/* scores[q * scores_stride + c] = score(features[q], W_rows[c]) for
+ * q < num_queries, c < count (<= PANEL), from the queries' lanes and the
+ * rows' lane-packed panel. For each tile of queries: its lanes one after the
+ * other (lemur_gemm_tile), then their pairwise sum and the tails. lanes:
+ * LEMUR_LANES_SCRATCH floats of scratch. */
+#define LEMUR_LANES_SCRATCH (LEMUR_VECTOR_FLOATS * LEMUR_GEMM_ROWS * LEMUR_GEMM_PANEL)
+
+static inline void lemur_score_panel(const float *query_lanes, const float *features,
+                                     ptrdiff_t num_queries, const float *panel, const float *W_rows,
+                                     ptrdiff_t count, ptrdiff_t h, float *scores,
+                                     ptrdiff_t scores_stride, float *lanes)
+{
+    ptrdiff_t depth = h / LEMUR_VECTOR_FLOATS, tile = LEMUR_GEMM_ROWS * LEMUR_GEMM_PANEL;
+    ptrdiff_t q0, lane, i, width, c;
+    int rows, r;
+    for (q0 = 0; q0 < num_queries; q0 += LEMUR_GEMM_ROWS) {
+        rows = (int)(num_queries - q0 < LEMUR_GEMM_ROWS ? num_queries - q0 : LEMUR_GEMM_ROWS);
+        for (lane = 0; lane < LEMUR_VECTOR_FLOATS; lane++)
+            lemur_gemm_tile(rows, query_lanes + (lane * num_queries + q0) * depth, depth,
+                            panel + lane * depth * LEMUR_GEMM_PANEL, depth, lanes + lane * tile,
+                            LEMUR_GEMM_PANEL, 0);
+        for (width = LEMUR_VECTOR_FLOATS / 2; width >= 1; width /= 2)  /* lemur_vector_sum's pairs */
+            for (lane = 0; lane < width; lane++)
+                for (i = 0; i < rows * LEMUR_GEMM_PANEL; i++)
+                    lanes[lane * tile + i] += lanes[(lane + width) * tile + i];
+        for (r = 0; r < rows; r++)
+            for (c = 0; c < count; c++)
+                scores[(q0 + r) * scores_stride + c] = lemur_score_tail(
+                    lanes[r * LEMUR_GEMM_PANEL + c], features + (q0 + r) * h, W_rows + c * h, h);
+    }
+}
+
+/* ---- scores of a batch, whichever way ------------------------------------ */
+
+/* Batches of at least this many queries score W as lane-wise products (the
+ * register tiles are faster below it). */
+#define LEMUR_PANEL_BATCH 32
+/* Batches of at most this many queries read each row of W once, whole (like
+ * a GEMV); larger ones in spans of LEMUR_SCORE_SPAN. */
+#define LEMUR_SMALL_BATCH 4
+
+typedef struct {
+    const float *features;     /* (num_queries, h) */
+    ptrdiff_t num_queries;
+    ptrdiff_t h;
+    const float *query_lanes;  /* lemur_lanes_of_queries(features), or NULL: register tiles */
+} lemur_score_batch;
+
+/* floats of per-thread scratch that lemur_score_rows needs for blocks of up to
+ * block_docs rows */
+static inline ptrdiff_t lemur_score_scratch_size(ptrdiff_t num_queries, ptrdiff_t h, ptrdiff_t block_docs)
+{
+    if (num_queries >= LEMUR_PANEL_BATCH)
+        return lemur_lanes_panel_size(h) + LEMUR_LANES_SCRATCH;
+    return lemur_score_state_size(num_queries, block_docs) * LEMUR_VECTOR_FLOATS;
+}
+
+/* scores[q * scores_stride + d] = score(features[q], W_rows[d]) for d < count:
+ * lane-wise products panel by panel, or register tiles (the same numbers). */
+static inline void lemur_score_rows(const lemur_score_batch *batch, const float *W_rows,
+                                    ptrdiff_t count, float *scores, ptrdiff_t scores_stride,
+                                    float *scratch)
+{
+    ptrdiff_t h = batch->h, first, width;
+    if (batch->query_lanes == NULL) {
+        lemur_score_block(batch->features, batch->num_queries, W_rows, count, h,
+                          batch->num_queries <= LEMUR_SMALL_BATCH ? 0 : LEMUR_SCORE_SPAN,
+                          scores, scores_stride, (lemur_vector *)scratch);
+        return;
+    }
+    for (first = 0; first < count; first += LEMUR_GEMM_PANEL) {
+        width = count - first < LEMUR_GEMM_PANEL ? count - first : LEMUR_GEMM_PANEL;
+        lemur_lanes_pack_panel(W_rows + first * h, width, h, scratch);
+        lemur_score_panel(batch->query_lanes, batch->features, batch->num_queries, scratch,
+                          W_rows + first * h, width, h, scores + first, scores_stride,
+                          scratch + lemur_lanes_panel_size(h));
+    }
 }
 
 #endif

@@ -2,23 +2,27 @@
 """The register-tiled microkernels of _tiles.h: scores and products with a
 fixed order of operations (see that file for what is fixed, and why)."""
 
-from lemur._simd cimport lemur_vector
-
-
 cdef extern from "_tiles.h" nogil:
     enum:
         # columns per panel of a packed B, and rows of A per unit of work
         GEMM_PANEL "LEMUR_GEMM_PANEL"
         GEMM_BLOCK_ROWS "LEMUR_GEMM_BLOCK_ROWS"
-        # elements of the rows per span of score_block, for batches of queries
-        SCORE_SPAN "LEMUR_SCORE_SPAN"
-    Py_ssize_t score_state_size "lemur_score_state_size"(Py_ssize_t num_queries,
-                                                         Py_ssize_t num_docs)
-    void score_block "lemur_score_block"(const float *features, Py_ssize_t num_queries,
-                                         const float *W_block, Py_ssize_t num_docs, Py_ssize_t h,
-                                         Py_ssize_t span, float *scores, Py_ssize_t scores_stride,
-                                         lemur_vector *state)
-    Py_ssize_t gemm_packed_size "lemur_gemm_packed_size"(Py_ssize_t K, Py_ssize_t n)
+        # batches of at least this many queries score W as lane-wise products
+        PANEL_BATCH "LEMUR_PANEL_BATCH"
+        # batches of at most this many queries read each row of W whole
+        SMALL_BATCH "LEMUR_SMALL_BATCH"
+    ctypedef struct score_batch "lemur_score_batch":
+        const float *features
+        Py_ssize_t num_queries
+        Py_ssize_t h
+        const float *query_lanes
+    Py_ssize_t score_scratch_size "lemur_score_scratch_size"(Py_ssize_t num_queries, Py_ssize_t h,
+                                                             Py_ssize_t block_docs)
+    void lanes_of_queries "lemur_lanes_of_queries"(const float *features, Py_ssize_t num_queries,
+                                                   Py_ssize_t h, float *out)
+    void score_rows "lemur_score_rows"(const score_batch *batch, const float *W_rows,
+                                       Py_ssize_t count, float *scores, Py_ssize_t scores_stride,
+                                       float *scratch)
     void gemm_pack "lemur_gemm_pack"(const float *source, Py_ssize_t K, Py_ssize_t n,
                                      Py_ssize_t row_stride, Py_ssize_t column_stride,
                                      float *packed)
