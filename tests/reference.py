@@ -59,3 +59,32 @@ def features(model, tokens: np.ndarray, counts=None) -> np.ndarray:
     for query in range(len(counts)):
         out[query] = per_token[offsets[query] : offsets[query + 1]].sum(axis=0) / 32.0
     return out
+
+
+def unfused_score(f: np.ndarray, w: np.ndarray, lanes: int) -> np.float32:
+    """lemur's score(f, w) (_tiles.h) exactly, where multiply-adds are not fused
+    (two float32 roundings each): lane l sums f[j] w[j] for j = l mod `lanes`
+    below the last full vector, in increasing j; the lanes are added pairwise
+    (lane i + lane i + width/2, ...); then the remaining elements one by one."""
+    f, w = np.asarray(f, np.float32), np.asarray(w, np.float32)
+    full = len(f) // lanes * lanes
+    partial = np.zeros(lanes, np.float32)
+    for j in range(0, full, lanes):
+        partial = partial + f[j : j + lanes] * w[j : j + lanes]  # float32: two roundings
+    width = lanes // 2
+    while width:
+        partial[:width] = partial[:width] + partial[width : 2 * width]
+        width //= 2
+    total = partial[0]
+    for j in range(full, len(f)):
+        total = np.float32(total + f[j] * w[j])
+    return total
+
+
+def unfused_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """lemur's products (_tiles.h) exactly, where multiply-adds are not fused:
+    every element a float32 chain over k = 0, 1, ... from 0."""
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for k in range(a.shape[1]):
+        out = out + np.outer(a[:, k], b[k]).astype(np.float32)
+    return out

@@ -113,6 +113,17 @@ def test_products_are_within_the_float32_error_bound(kernels, shape, transposed)
     assert np.all(error <= product_error_bound(a, b))
 
 
+@pytest.mark.parametrize("variant", [name for name in VARIANTS if name in ("baseline", "x86_64_v2")])
+def test_products_follow_the_documented_order_exactly(variant):
+    kernels = _dispatch.load_variant(variant)
+    random = np.random.default_rng(8)
+    a = random.standard_normal((13, 600), dtype=np.float32)  # three chunks of k
+    b = (random.standard_normal((600, 21)) * np.logspace(-3, 3, 21)).astype(np.float32)
+    out = np.empty((13, 21), np.float32)
+    kernels.gemm_packed(a, kernels.pack_matrix(b, False), out, 2)
+    assert np.array_equal(out, reference.unfused_product(a, b))
+
+
 def test_product_rows_do_not_depend_on_the_other_rows_or_threads(kernels):
     # the fixed order of _tiles.h: each row alone, any block, any thread count
     random = np.random.default_rng(1)
@@ -149,6 +160,22 @@ def test_scores_are_within_the_float32_error_bound(kernels, h):
     kernels.score_matrix(features, W, out, 2)
     error = np.abs(out - features.astype(np.float64) @ W.T.astype(np.float64))
     assert np.all(error <= product_error_bound(features, W.T))
+
+
+@pytest.mark.parametrize("variant", [name for name in VARIANTS if name in ("baseline", "x86_64_v2")])
+def test_scores_follow_the_documented_order_exactly(variant):
+    # the variants without FMA round every product, so NumPy can follow the
+    # order of _tiles.h step by step: 4 lanes (SSE), pairwise, then the tail
+    kernels = _dispatch.load_variant(variant)
+    random = np.random.default_rng(7)
+    features = random.standard_normal((40, 67), dtype=np.float32)
+    W = (random.standard_normal((9, 67)) * np.logspace(-3, 3, 67)).astype(np.float32)
+    out = np.empty((40, 9), np.float32)
+    kernels.score_matrix(features, W, out, 2)  # the lane-wise products (32+ queries)
+    small = np.empty((3, 9), np.float32)
+    kernels.score_matrix(np.ascontiguousarray(features[:3]), W, small, 1)  # the register tiles
+    expected = np.array([[reference.unfused_score(f, w, 4) for w in W] for f in features])
+    assert np.array_equal(out, expected) and np.array_equal(small, expected[:3])
 
 
 def test_a_score_depends_only_on_its_query_and_row(kernels):
