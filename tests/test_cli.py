@@ -28,7 +28,7 @@ def test_errors_go_to_stderr_without_traceback(capsys, tmp_path):
     assert main(["info", str(bad)]) == 1
     captured = capsys.readouterr()
     assert captured.err.startswith("lemur info: error: ")
-    assert "not a readable .npz archive" in captured.err
+    assert "not a file lemur reads" in captured.err
     assert "Traceback" not in captured.err
 
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import DATA, VARIANTS, golden
 
 import lemur
-from lemur import _dispatch, files, retrieval
+from lemur import _dispatch, retrieval
 
 
 # -- brute-force references ---------------------------------------------------------
@@ -223,12 +223,12 @@ def test_empty_query_keeps_its_first_candidates():
 
 def fixture_index(variant):
     filename, activation = VARIANTS[variant]
-    contents = files.read(DATA / variant / filename, activation=activation)
+    loaded = lemur.Index.load(DATA / variant / filename, activation=activation)
     with np.load(DATA / "corpus.npz") as archive:
         expected = golden(variant)
         doc_tokens = archive[str(expected["corpus_key"])]
         doc_counts = archive["doc_counts"]
-    return lemur.Index(contents.model, contents.W, doc_tokens, doc_counts), expected
+    return lemur.Index(loaded.model, loaded.W, doc_tokens, doc_counts), expected
 
 
 def test_top_k_matches_the_original(variant):

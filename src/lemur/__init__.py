@@ -7,7 +7,7 @@ vectors into one vector, so that one inner-product search over a matrix W
 
 from lemur._build_info import VERSION as __version__
 from lemur._config import show_config
-from lemur.files import load
+from lemur.formats import load, save
 from lemur.index import Index, fit_elm
 from lemur.model import ACTIVATIONS, Layer, Model
 from lemur.retrieval import maxsim_scores, rerank, scores, top_k
@@ -22,6 +22,7 @@ __all__ = [
     "load",
     "maxsim_scores",
     "rerank",
+    "save",
     "scores",
     "show_config",
     "top_k",

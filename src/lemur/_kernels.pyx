@@ -12,7 +12,7 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 
 cimport cython
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -984,6 +984,39 @@ def multiply_float64(const float[:, ::1] rows, const double[:, ::1] factor, floa
             for i in range(count):
                 for j in range(n):
                     out[start + i, j] = <float>product_block[i * n + j]
+
+
+# --------------------------------------------------------------------------
+# Centring token vectors (txtai's collection centring).
+# --------------------------------------------------------------------------
+
+# out[i] = centred tokens[i]: r = tokens[i] / |tokens[i]|, r = r - center,
+# out[i] = r / |r| (0 where |r| = 0); an all-zero row (padding) is copied
+# unchanged. tokens, out (num_tokens, dim) float32 (out may be tokens itself),
+# center (dim,). Norms in float64. Parallel over blocks of rows.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def center_tokens(const float[:, ::1] tokens, const float[::1] center, float[:, ::1] out,
+                  int num_threads):
+    cdef Py_ssize_t num_tokens = tokens.shape[0], dim = tokens.shape[1], row, j
+    cdef double norm, scale
+    with nogil:
+        for row in prange(num_tokens, num_threads=num_threads, schedule='static'):
+            norm = 0
+            for j in range(dim):
+                norm = norm + <double>tokens[row, j] * tokens[row, j]
+            if norm == 0:
+                for j in range(dim):
+                    out[row, j] = tokens[row, j]
+                continue
+            scale = 1.0 / sqrt(norm)
+            norm = 0
+            for j in range(dim):
+                out[row, j] = <float>(tokens[row, j] * scale) - center[j]
+                norm = norm + <double>out[row, j] * out[row, j]
+            scale = 1.0 / sqrt(norm) if norm > 0 else 0.0
+            for j in range(dim):
+                out[row, j] = <float>(out[row, j] * scale)
 
 
 # --------------------------------------------------------------------------

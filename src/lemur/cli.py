@@ -43,33 +43,38 @@ def _load_vectors(path: str, what: str) -> np.ndarray:
 
 
 def _info(arguments: argparse.Namespace) -> int:
-    from lemur import files
+    from lemur import formats
 
-    contents = files.read(arguments.path, activation=arguments.activation)
-    model = contents.model
+    record = formats.read(arguments.path)
+    model = formats.model_of(record, path=arguments.path, activation=arguments.activation)
     dims = " -> ".join([str(model.input_dim)] + [str(layer.weight.shape[0]) for layer in model.layers])
     lines = [
         ("file", arguments.path),
-        ("format", contents.file_format),
+        ("format", record.file_format),
         ("model", f"{model.kind}, {model.num_layers} layer{'s' * (model.num_layers > 1)}, "
                   f"dims {dims}, activation {model.activation}"),
         ("weights", f"float32, {_megabytes(model.nbytes)}"),
         ("target statistics", f"output_mean {model.output_mean:.6g}, output_std {model.output_std:.6g}"),
+        ("query pooling", f"sum of psi / {model.query_scale:g}"),
+        ("centre", "none" if model.center is None else f"yes ({model.input_dim} values): tokens are centred"),
     ]
     total = model.nbytes
-    if contents.W is None:
-        lines.append(("documents", "none (a model without W)"))
+    if record.W is None:
+        lines.append(("documents", "none (a model without W)" if record.sample is None else "none yet"))
     else:
-        lines.append(("documents", f"{contents.W.shape[0]:,} (W: {contents.W.shape[0]:,} x "
-                                   f"{contents.W.shape[1]} {contents.W.dtype}, {_megabytes(contents.W.nbytes)})"))
-        total += contents.W.nbytes
-    if contents.doc_tokens is None:
+        lines.append(("documents", f"{record.W.shape[0]:,} (W: {record.W.shape[0]:,} x "
+                                   f"{record.W.shape[1]} {record.W.dtype}, {_megabytes(record.W.nbytes)})"))
+        total += record.W.nbytes
+    if record.doc_tokens is None:
         lines.append(("token store", "none"))
     else:
-        lines.append(("token store", f"{contents.doc_tokens.shape[0]:,} tokens x "
-                                     f"{contents.doc_tokens.shape[1]} {contents.doc_tokens.dtype}, "
-                                     f"{_megabytes(contents.doc_tokens.nbytes)}"))
-        total += contents.doc_tokens.nbytes
+        lines.append(("token store", f"{record.doc_tokens.shape[0]:,} tokens x "
+                                     f"{record.doc_tokens.shape[1]} {record.doc_tokens.dtype}, "
+                                     f"{_megabytes(record.doc_tokens.nbytes)}"))
+        total += record.doc_tokens.nbytes
+    if record.sample is not None:
+        lines.append(("OLS sample", f"{record.sample.shape[0]:,} tokens (documents can be added)"))
+        total += record.sample.nbytes
     lines.append(("in memory", _megabytes(total)))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
@@ -77,37 +82,36 @@ def _info(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _convert(arguments: argparse.Namespace) -> int:
-    from lemur import files, npz
+def _open(path: str, activation: str | None, num_threads: int | None):
+    """The Index in `path` (ValueError for a bare model)."""
+    from lemur import Index
 
-    contents = files.read(arguments.source, activation=arguments.activation)
-    npz.save(
-        arguments.destination,
-        model=contents.model,
-        W=contents.W,
-        doc_tokens=contents.doc_tokens,
-        doc_counts=contents.doc_counts,
-    )
-    what = "index" if contents.W is not None else "model"
-    print(
-        f"wrote {arguments.destination}: lemur {what} ({contents.model.kind}, activation "
-        f"{contents.model.activation}"
-        + (f", {contents.W.shape[0]:,} documents" if contents.W is not None else "")
-        + f"), from {contents.file_format}"
-    )
+    return Index.load(path, activation=activation, num_threads=num_threads)
+
+
+def _convert(arguments: argparse.Namespace) -> int:
+    from lemur import formats
+
+    record = formats.read(arguments.source)
+    source = formats.load(arguments.source, activation=arguments.activation)
+    written = formats.save(source, arguments.destination, format=arguments.format)
+    model = source if isinstance(source, formats.Model) else source.model
+    documents = "" if isinstance(source, formats.Model) else f", {source.num_docs:,} documents"
+    print(f"wrote {arguments.destination}: {written} ({model.kind}, activation {model.activation}"
+          f"{documents}), from {record.file_format}")
     return 0
 
 
 def _search(arguments: argparse.Namespace) -> int:
-    from lemur import Index, files
+    from lemur import Index
 
-    contents = files.read_index(arguments.index, activation=arguments.activation)
+    index = _open(arguments.index, arguments.activation, arguments.threads)
     if (arguments.docs is None) != (arguments.doc_counts is None):
         raise ValueError("pass --docs and --doc-counts together")
     if arguments.docs is not None:
-        contents = contents._replace(doc_tokens=_load_vectors(arguments.docs, "document tokens"),
-                                     doc_counts=_load_array(arguments.doc_counts, "document counts"))
-    index = Index.from_contents(contents, num_threads=arguments.threads)
+        index = Index(index.model, index.W, _load_vectors(arguments.docs, "document tokens"),
+                      _load_array(arguments.doc_counts, "document counts"), doc_ids=index.doc_ids,
+                      sample=index.sample, num_threads=arguments.threads)
     queries = _load_vectors(arguments.queries, "query tokens")
     counts = _load_array(arguments.counts, "query counts")
     start = time.perf_counter()
@@ -163,15 +167,13 @@ def _build(arguments: argparse.Namespace) -> int:
 
 def _open_for_update(arguments: argparse.Namespace):
     """The index to update, and where to write it (lemur .npz files in place)."""
-    from lemur import files
-    from lemur.index import Index
+    from lemur import formats
 
-    contents = files.read_index(arguments.index)
-    out = arguments.out or arguments.index
-    if contents.file_format != "lemur" and arguments.out is None:
-        raise ValueError(f"{arguments.index} is a {contents.file_format} file: pass --out INDEX.npz "
-                         "to write the updated index in lemur's format")
-    return Index.from_contents(contents, num_threads=arguments.threads), out
+    file_format = formats.detect(arguments.index)
+    if file_format != "lemur" and arguments.out is None:
+        raise ValueError(f"{arguments.index} is a {file_format} file: pass "
+                         "--out INDEX.npz to write the updated index in lemur's format")
+    return _open(arguments.index, None, arguments.threads), arguments.out or arguments.index
 
 
 def _add(arguments: argparse.Namespace) -> int:
@@ -297,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lemur",
         description="LEMUR multi-vector retrieval on the CPU, without PyTorch. Reads lemur "
-        ".npz files, LEMUR-NumPy exports and the original LEMUR's index directories "
-        "(mlp.pt, w.pt; never executing code from them).",
+        ".npz files, LEMUR-NumPy exports, the original LEMUR's index directories (mlp.pt, w.pt; "
+        "never executing code from them) and txtai's LEMUR artifacts, and writes lemur's, the "
+        "original's and txtai's.",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
@@ -311,17 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a model's or index's kind, layers, dimensions, activation, number of "
         "documents, dtypes, memory footprint and file format.",
     )
-    info.add_argument("path", help="a lemur .npz, a LEMUR-NumPy export, or an original index directory or mlp.pt")
+    info.add_argument("path", help="a lemur .npz, a LEMUR-NumPy export, an original index directory "
+                      "or mlp.pt, or a txtai artifact directory")
     info.add_argument("--activation", help=activation_help)
     info.set_defaults(handler=_info)
 
     convert = subcommands.add_parser(
-        "convert", help="convert any supported model or index to lemur's .npz",
-        description="Write SOURCE in lemur's .npz format, which records the activation and the "
-        "model kind (MLP or ELM) that the fork's exporter drops.",
+        "convert", help="convert a model or index between formats",
+        description="Write SOURCE (any format lemur reads) in another format: lemur's .npz (the "
+        "default; it keeps everything), the original LEMUR's index directory (mlp.pt, w.pt), or "
+        "a txtai LEMUR artifact directory (config.json, model.safetensors). What a format has "
+        "no place for is reported; a model it cannot hold (a centre in the original's, say) is "
+        "an error.",
     )
-    convert.add_argument("source", help="a lemur .npz, a LEMUR-NumPy export, or an original index directory or mlp.pt")
-    convert.add_argument("destination", help="the .npz file to write (replaced atomically)")
+    convert.add_argument("source", help="a lemur .npz, a LEMUR-NumPy export, an original index "
+                         "directory or mlp.pt, or a txtai artifact directory")
+    convert.add_argument("destination", help="the .npz file (lemur) or directory (original, txtai) to write")
+    convert.add_argument("--format", choices=("lemur", "original", "txtai"), default="lemur",
+                         help="the format to write (default lemur)")
     convert.add_argument("--activation", help=activation_help)
     convert.set_defaults(handler=_convert)
 
@@ -331,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "approximate score and rerank them by exact MaxSim (when the index, or --docs, provides "
         "the documents' token vectors), keeping the K best.",
     )
-    search.add_argument("index", help="an index: lemur .npz, LEMUR-NumPy export, or original index directory")
+    search.add_argument("index", help="an index: lemur .npz, LEMUR-NumPy export, original index "
+                        "directory, or txtai artifact directory")
     search.add_argument("--queries", required=True, help=".npy of query token vectors (total_tokens, d), float")
     search.add_argument("--counts", required=True, help=".npy of tokens per query (num_queries,), int")
     search.add_argument("--docs", help=".npy of the documents' token vectors, for the exact rerank")

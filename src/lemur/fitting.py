@@ -57,17 +57,21 @@ class OLSSample:
 
     @classmethod
     def draw(cls, learn_tokens: np.ndarray, *, size: int | None = DEFAULT_SAMPLE_SIZE,
-             seed: int | np.random.Generator | None = None) -> OLSSample:
+             seed: int | np.random.Generator | None = None, model: Model | None = None,
+             num_threads: int = 1) -> OLSSample:
         """`size` rows of `learn_tokens`, drawn without replacement (all of them,
-        in a random order, when there are fewer; in their order with size=None)."""
+        in a random order, when there are fewer; in their order with size=None),
+        centred as `model` sees tokens when it has a centre."""
         learn_tokens = check_vectors(learn_tokens, name="learn_tokens")
         if learn_tokens.shape[0] == 0:
             raise ValueError("learn_tokens has no rows")
         if size is None:
-            return cls(learn_tokens)
-        size = check_positive_int(size, name="size")
-        order = np.random.default_rng(seed).permutation(learn_tokens.shape[0])[:size]
-        return cls(np.ascontiguousarray(learn_tokens[order]))
+            rows = learn_tokens
+        else:
+            size = check_positive_int(size, name="size")
+            order = np.random.default_rng(seed).permutation(learn_tokens.shape[0])[:size]
+            rows = np.ascontiguousarray(learn_tokens[order])
+        return cls(rows if model is None else model.centred(rows, num_threads))
 
     @property
     def size(self) -> int:
@@ -84,7 +88,7 @@ class OLSSample:
         first use for `model` and kept, packed for ``kernels.gemm_packed``."""
         if self._projection is None or self._projection[0] is not model:
             projection = pseudo_inverse_transposed(
-                model.token_features(self.rows, num_threads=num_threads), num_threads)
+                model._token_features(self.rows, num_threads), num_threads)  # S is in the model's space
             self._projection = (model, kernels.pack_matrix(projection, False))
         return self._projection[1]
 
@@ -145,7 +149,8 @@ def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
 
 def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray, *,
              num_threads: int, progress: bool | None = None) -> np.ndarray:
-    """W rows of the documents (validated tokens and offsets): (num_docs, h).
+    """W rows of the documents (validated tokens, in the model's centred space
+    if it has a centre, and offsets): (num_docs, h).
 
     Documents stream in blocks of at most TARGETS_BLOCK_BYTES of targets.
     """

@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lemur import fitting, npz
+from lemur import fitting
 from lemur._scratch import aligned_empty
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_integer_array, check_positive_int, check_vectors
-from lemur.model import RAGGED_POOL_DIVISOR, Model, check_activation
+from lemur.model import Model, check_activation
 from lemur.retrieval import (
     Documents,
     check_candidate_ids,
@@ -106,17 +106,22 @@ class Index:
         The documents' ids (unique int64); default 0, 1, ..., num_docs - 1.
         Search results are ids.
     sample : ndarray of float32, shape (sample_size, input_dim), optional
-        The OLS sample S that W was fitted against; needed to add documents
-        (see :meth:`attach_sample`).
+        The OLS sample S that W was fitted against, in the model's (centred)
+        space; needed to add documents (see :meth:`attach_sample`).
+    doc_tokens_centered : bool, default False
+        For a model with a centre: whether `doc_tokens` are already centred
+        (as lemur's own files store them). By default they are the encoder's
+        raw tokens, and the index keeps centred copies.
     num_threads : int, optional
         Threads for the one-time checks of the arrays.
 
     Notes
     -----
     Every array is checked once, here (dtype, shape, C order, finiteness,
-    counts). The index keeps references to W and `doc_tokens` and never writes
-    into them: adding or removing documents works on copies of its own. Do not
-    modify them afterwards: pass copies if the originals will change.
+    counts). The index keeps references to W and `doc_tokens` (unless it
+    centres them) and never writes into them: adding or removing documents
+    works on copies of its own. Do not modify them afterwards: pass copies if
+    the originals will change.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Index:
         *,
         doc_ids: object = None,
         sample: np.ndarray | None = None,
+        doc_tokens_centered: bool = False,
         num_threads: int | None = None,
     ) -> None:
         if not isinstance(model, Model):
@@ -148,7 +154,8 @@ class Index:
                 raise ValueError(
                     f"doc_counts describes {documents.num_docs} documents, but W has {W.shape[0]} rows"
                 )
-            self._store = replace(self._store, tokens=documents.tokens, offsets=documents.offsets)
+            tokens = documents.tokens if doc_tokens_centered else model.centred(documents.tokens, threads)
+            self._store = replace(self._store, tokens=tokens, offsets=documents.offsets)
         self._sample = None
         if sample is not None:
             self._sample = fitting.OLSSample(check_vectors(
@@ -298,7 +305,7 @@ class Index:
         threads = resolve_num_threads(num_threads)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         rows = self._candidate_rows(candidates, offsets.size - 1)
-        return maxsim_unchecked(tokens, offsets, documents, rows, threads)
+        return maxsim_unchecked(self._model.centred(tokens, threads), offsets, documents, rows, threads)
 
     def rerank(
         self,
@@ -321,7 +328,8 @@ class Index:
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         rows = self._candidate_rows(candidates, offsets.size - 1)
         k = check_k(k, at_most=max(self.num_docs, rows.shape[1]))
-        found, scores = rerank_unchecked(tokens, offsets, documents, rows, k, threads)
+        found, scores = rerank_unchecked(self._model.centred(tokens, threads), offsets, documents,
+                                         rows, k, threads)
         return self._ids_of(found), scores
 
     def search(
@@ -365,7 +373,8 @@ class Index:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
         k, candidates = min(k, self.num_docs), min(candidates, self.num_docs)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
-        features = self._model._pooled(tokens, offsets, RAGGED_POOL_DIVISOR, threads)
+        tokens = self._model.centred(tokens, threads)
+        features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
         documents = self._store.documents()
         if documents is None:
             rows, scores = top_k_unchecked(features, self.W, k, threads)
@@ -390,7 +399,8 @@ class Index:
         learn_tokens : ndarray of float32, shape (num_tokens, input_dim)
             Token vectors to draw S from: the learn set W was fitted with when
             possible (the original draws from the query-side tokens, or the
-            corpus when it has none).
+            corpus when it has none); raw, as the encoder gives them (the
+            drawn rows are centred for a model with a centre).
         size : int or None, default 16384
             Rows to draw without replacement (all, in a random order, when there
             are fewer); None uses `learn_tokens` as S, in its order.
@@ -403,7 +413,7 @@ class Index:
         fitted consistently with each other, not with the old rows.
         """
         learn_tokens = check_vectors(learn_tokens, name="learn_tokens", dim=self._model.input_dim)
-        self._sample = fitting.OLSSample.draw(learn_tokens, size=size, seed=seed)
+        self._sample = fitting.OLSSample.draw(learn_tokens, size=size, seed=seed, model=self._model)
 
     def add_documents(
         self,
@@ -458,10 +468,11 @@ class Index:
             new_ids = np.arange(start, start + documents.num_docs, dtype=np.int64)
         else:
             new_ids = self._check_new_ids(ids, documents.num_docs, existing, name="ids")
-        W = fitting.fit_rows(self._model, self._sample, documents.tokens, documents.offsets,
+        tokens = self._model.centred(documents.tokens, threads)
+        W = fitting.fit_rows(self._model, self._sample, tokens, documents.offsets,
                              num_threads=threads, progress=progress)
         self._store = self._store.appended(
-            W, new_ids, documents.tokens if self.has_documents else None, documents.counts)
+            W, new_ids, tokens if self.has_documents else None, documents.counts)
         self._id_lookup = None
         return new_ids
 
@@ -518,11 +529,12 @@ class Index:
 
     # -- files -------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index (model, W, ids, token store and sample if any) to
-        `path` in lemur's ``.npz`` format, atomically (see :mod:`lemur.npz`)."""
-        npz.save(path, model=self._model, W=self.W, doc_ids=self.doc_ids,
-                 doc_tokens=self.doc_tokens, doc_counts=self.doc_counts, sample=self.sample)
+    def save(self, path: str | os.PathLike[str], *, format: str = "lemur") -> None:
+        """Write the index to `path`: see :func:`lemur.save` (lemur's own
+        format keeps the model, W, ids, the token store and the sample)."""
+        from lemur import formats
+
+        formats.save(self, path, format=format)
 
     @classmethod
     def load(
@@ -532,21 +544,18 @@ class Index:
         activation: str | None = None,
         num_threads: int | None = None,
     ) -> Index:
-        """Read an index from any file :func:`lemur.load` reads: a lemur
-        ``.npz``, a LEMUR-NumPy export, or an original LEMUR index directory.
+        """The index in any file :func:`lemur.load` reads that holds one (W,
+        or a sample to fit documents against); a bare model is an error.
 
         The arrays are read once, into memory of their own (no second copy).
         `activation` is for exports, which do not record it (default "gelu").
         """
-        from lemur import files
+        from lemur import formats
 
-        return cls.from_contents(files.read_index(path, activation=activation), num_threads=num_threads)
-
-    @classmethod
-    def from_contents(cls, contents: npz.Contents, *, num_threads: int | None = None) -> Index:
-        """The index a file holds, from what :func:`lemur.files.read` returns."""
-        return cls(contents.model, contents.W, contents.doc_tokens, contents.doc_counts,
-                   doc_ids=contents.doc_ids, sample=contents.sample, num_threads=num_threads)
+        loaded = formats.load(path, activation=activation, num_threads=num_threads)
+        if not isinstance(loaded, Index):
+            raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
+        return loaded
 
 
 def fit_elm(

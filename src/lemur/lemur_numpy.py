@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from lemur import npz, retrieval
+from lemur import formats, retrieval
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_vectors
 from lemur.model import Layer, Model, check_activation
@@ -77,19 +77,24 @@ class LemurNumPy:
             The activation the model was trained with, for files that do not
             record it (fork exports); default: this object's `activation`.
         """
-        contents = npz.load(path, activation=activation, default_activation=self.activation)
-        if contents.W is None:
-            raise ValueError(f"{os.fspath(path)}: missing key 'W' (the document matrix)")
-        if contents.model.kind != "mlp":
+        path = os.fspath(path)
+        if formats.detect(path) not in ("lemur", "lemur-numpy"):
+            raise ValueError(f"{path}: not an .npz (lemur's or a LEMUR-NumPy export); open other "
+                             "formats with lemur.load")
+        record = formats.read(path)
+        if record.W is None:
+            raise ValueError(f"{path}: missing key 'W' (the document matrix)")
+        if record.kind != "mlp":
             raise ValueError(
-                f"{os.fspath(path)} holds an ELM model; LemurNumPy supports MLP models only "
+                f"{path} holds an ELM model; LemurNumPy supports MLP models only "
                 "(use lemur.Model for ELM models)"
             )
-        model = contents.model
+        model = formats.model_of(record, path=path,
+                                 activation=activation or (None if record.activation else self.activation))
         first = model.layers[0]
         self.W_proj, self.b_proj, self.ln_w, self.ln_b = first
         self._deeper_layers = model.layers[1:]
-        self.W_out = contents.W
+        self.W_out = record.W
         self.activation = model.activation
         self.hidden_dim = model.feature_dim
         self.embed_dim = model.input_dim

@@ -30,8 +30,8 @@ ACTIVATIONS: dict[str, int] = dict(kernels.ACTIVATION_CODES)
 KINDS: dict[str, int] = {"mlp": kernels.ModelKind.MLP, "elm": kernels.ModelKind.ELM}
 
 #: Ragged batches pool by summing psi over a query's tokens and dividing by
-#: this constant (not by the token count), as the original does.
-RAGGED_POOL_DIVISOR = 32.0
+#: the model's query scale (not by the token count): 32 in the original.
+DEFAULT_QUERY_SCALE = 32.0
 
 
 class Layer(NamedTuple):
@@ -89,6 +89,14 @@ class Model:
     output_mean, output_std : float
         The two statistics of the training targets stored with the model; they
         are needed to fit W for new documents.
+    center : ndarray of float32, shape (input_dim,), optional
+        The token space's centre (txtai's ``lemur.center``): the model then
+        sees every token, of queries and of documents, centred as txtai's
+        search path centres it: L2-normalised, the centre subtracted,
+        L2-normalised again (an all-zero row is left as it is).
+    query_scale : float, default 32
+        Ragged batches of queries pool by dividing the sum of psi over a
+        query's tokens by this (the original's 32; txtai's ``queryscale``).
 
     Raises
     ------
@@ -106,6 +114,8 @@ class Model:
         activation: str = "gelu",
         output_mean: float = 0.0,
         output_std: float = 1.0,
+        center: np.ndarray | None = None,
+        query_scale: float = DEFAULT_QUERY_SCALE,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown model kind {kind!r}; expected 'mlp' or 'elm'")
@@ -116,6 +126,16 @@ class Model:
         self._output_std = self._check_statistic(output_std, "output_std")
         if not self._output_std > 0:
             raise ValueError(f"output_std must be > 0, got {self._output_std}")
+        self._query_scale = self._check_statistic(query_scale, "query_scale")
+        if not self._query_scale > 0:
+            raise ValueError(f"query_scale must be > 0, got {self._query_scale}")
+        self._center = None
+        if center is not None:
+            self._center = _own_float32(center, name="center", shape_text="(input_dim,)", ndim=1)
+            if self._center.shape != (self.input_dim,):
+                raise ValueError(
+                    f"center must have shape ({self.input_dim},) to match the input dimension, "
+                    f"got {self._center.shape}")
         # per layer: weight^T packed for the kernels' products, then the vectors
         self._kernel_layers = [
             (kernels.pack_matrix(layer.weight, True), layer.bias, layer.ln_weight, layer.ln_bias,
@@ -220,18 +240,41 @@ class Model:
         return self._output_std
 
     @property
+    def center(self) -> np.ndarray | None:
+        """The token space's centre (read-only, ``(input_dim,)``), or None."""
+        return self._center
+
+    @property
+    def query_scale(self) -> float:
+        """The divisor of a ragged query's summed features (32 in the original)."""
+        return self._query_scale
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the weights."""
-        return sum(array.nbytes for layer in self._layers for array in layer if array is not None)
+        return (sum(array.nbytes for layer in self._layers for array in layer if array is not None)
+                + (0 if self._center is None else self._center.nbytes))
 
     def __repr__(self) -> str:
         widths = " -> ".join(
             [str(self.input_dim)] + [str(layer.weight.shape[0]) for layer in self._layers]
         )
+        extras = "" if self._center is None else ", centred"
+        if self._query_scale != DEFAULT_QUERY_SCALE:
+            extras += f", query_scale={self._query_scale:g}"
         return (
             f"Model(kind={self._kind!r}, activation={self._activation!r}, "
-            f"layers={self.num_layers}, dims={widths})"
+            f"layers={self.num_layers}, dims={widths}{extras})"
         )
+
+    def centred(self, tokens: np.ndarray, num_threads: int) -> np.ndarray:
+        """The tokens as the model sees them (validated float32 rows): centred
+        copies if the model has a centre, else `tokens` itself."""
+        if self._center is None or tokens.shape[0] == 0:
+            return tokens
+        out = aligned_empty(tokens.shape, np.float32)
+        kernels.center_tokens(tokens, self._center, out, num_threads)
+        return out
 
     # -- computation -------------------------------------------------------
 
@@ -259,9 +302,10 @@ class Model:
         Returns
         -------
         ndarray of float32, shape (num_queries, feature_dim)
-            Ragged: the sum of psi over each query's tokens divided by 32 (a
-            constant, not the token count, as in the original). Padded: the mean
-            over the N axis, padding rows included.
+            Ragged: the sum of psi over each query's tokens divided by the
+            query scale (32 unless the model says otherwise; a constant, not the
+            token count, as in the original). Padded: the mean over the N axis,
+            padding rows included. With a centre, psi of the centred tokens.
         """
         threads = resolve_num_threads(num_threads)
         if counts is None:
@@ -287,8 +331,8 @@ class Model:
                 counts, name="counts", total=tokens.shape[0], total_name="tokens"
             )
             flat = tokens
-            divisor = RAGGED_POOL_DIVISOR
-        return self._pooled(flat, offsets, divisor, threads)
+            divisor = self._query_scale
+        return self._pooled(self.centred(flat, threads), offsets, divisor, threads)
 
     def token_features(self, tokens: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
         """psi of every token, without pooling.
@@ -304,14 +348,18 @@ class Model:
         """
         threads = resolve_num_threads(num_threads)
         tokens = check_vectors(tokens, name="tokens", dim=self.input_dim, num_threads=threads)
+        return self._token_features(self.centred(tokens, threads), threads)
+
+    def _token_features(self, tokens: np.ndarray, num_threads: int) -> np.ndarray:
+        """psi of validated tokens already in the model's (centred) space."""
         out = aligned_empty((tokens.shape[0], self.feature_dim), np.float32)
-        self._run(tokens, np.zeros(1, dtype=np.int64), 0.0, out, threads)
+        self._run(tokens, np.zeros(1, dtype=np.int64), 0.0, out, num_threads)
         return out
 
     def _pooled(
         self, tokens: np.ndarray, query_offsets: np.ndarray, pool_divisor: float, num_threads: int
     ) -> np.ndarray:
-        """Pooled features of validated tokens and offsets (for Model and Index)."""
+        """Pooled features of validated tokens (in the model's space) and offsets."""
         out = aligned_empty((query_offsets.size - 1, self.feature_dim), np.float32)
         self._run(tokens, query_offsets, pool_divisor, out, num_threads)
         return out
@@ -341,16 +389,16 @@ class Model:
 
     # -- files -------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model to `path` in lemur's ``.npz`` format (see :mod:`lemur.npz`)."""
-        from lemur import npz
+    def save(self, path: str | os.PathLike[str], *, format: str = "lemur") -> None:
+        """Write the model to `path`: see :func:`lemur.save`."""
+        from lemur import formats
 
-        npz.save(path, model=self)
+        formats.save(self, path, format=format)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, activation: str | None = None) -> Model:
-        """Read a model from any file :func:`lemur.load` reads (lemur ``.npz``,
-        Numba fork export, original LEMUR index directory or ``mlp.pt``).
+        """The model in any file :func:`lemur.load` reads (an index file gives
+        its model).
 
         Parameters
         ----------
@@ -360,6 +408,6 @@ class Model:
             the model was trained with; default "gelu" (exact). For the other
             formats it must be None or match the recorded one.
         """
-        from lemur import files
+        from lemur import formats
 
-        return files.read(path, activation=activation).model
+        return formats.load_model(path, activation=activation)

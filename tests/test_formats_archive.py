@@ -1,4 +1,4 @@
-"""lemur._archive: zip members and .npy headers checked before any data is read."""
+"""lemur.formats.archive: zip members and .npy headers checked before any data is read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from lemur._archive import MAX_DEFLATE_RATIO, Archive, ArchiveError, is_zip
+from lemur.formats.archive import MAX_DEFLATE_RATIO, Archive, ArchiveError, is_zip
 
 
 def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
@@ -44,11 +44,17 @@ def write_bomb(path, num_floats: int, shape: tuple[int, ...]) -> None:
 def peak_memory_of_loading(path) -> tuple[str, int]:
     """The error lemur.load raises for `path`, and the peak RSS (bytes) of the
     process that tried, measured in a fresh interpreter."""
+    # VmHWM (Linux): the peak of this process's own memory; ru_maxrss would also
+    # count the forking parent's, which it inherits across exec
     script = (
         "import resource, sys, lemur\n"
         "try:\n    lemur.load(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n"
         "else:\n    print('loaded')\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        "try:\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    print(int(status.split()[0]) * 1024)\n"
+        "except OSError:  # macOS counts ru_maxrss in bytes\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024))\n"
     )
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
     message, peak = result.stdout.strip().rsplit("\n", 1)

@@ -1,4 +1,5 @@
-"""Zip archives and their ``.npy`` members, read in bounded memory.
+"""Zip archives and their ``.npy`` members: read in bounded memory, written
+atomically with every array 64-byte aligned in the file.
 
 The readers of ``.npz`` and ``torch.save`` files go through here. Nothing is
 decompressed or allocated on the strength of a size the file declares until
@@ -17,16 +18,25 @@ the declaration has been checked:
   and the member's CRC is verified.
 
 Every problem is a ``ValueError`` naming the file and the member.
+
+Writers (:func:`write_atomically`) make a new file beside the target and
+rename it over it, so the target always holds the old file or the new one.
+:func:`write_npz` stores arrays uncompressed with their data on 64-byte
+boundaries of the file, so that they can be memory-mapped in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import secrets
 import struct
 import zipfile
 import zlib
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -252,3 +262,98 @@ class Archive:
         native = aligned_empty(member.shape, member.dtype.newbyteorder("="))
         np.copyto(native, array.T if member.fortran_order else array)
         return native
+
+
+# -- writing -----------------------------------------------------------------
+
+#: Where data starts in lemur's own files: on cache lines (and pages of 4 KiB
+#: divide into them), so that members can be mapped and scanned in place.
+DATA_ALIGNMENT = 64
+
+#: The zip extra-field id of the padding that aligns a member's data.
+_PADDING_ID = 0x4C4D
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a new file beside `path`, then rename it over `path`.
+
+    The new file gets the usual permissions (0666 less the umask); if anything
+    fails, it is removed and `path` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(temporary, "xb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _padding(offset: int, name: bytes, zip64: bool, before_data: int) -> bytes:
+    """A zip extra field that puts the member's data, `before_data` bytes after
+    its local header, on a DATA_ALIGNMENT boundary."""
+    header = 30 + len(name) + (20 if zip64 else 0)
+    size = -(offset + header + 4 + before_data) % DATA_ALIGNMENT
+    return struct.pack("<HH", _PADDING_ID, size) + bytes(size)
+
+
+@contextlib.contextmanager
+def zip_writer(stream: BinaryIO) -> Iterator[Callable[..., None]]:
+    """A stored (uncompressed) zip on `stream`; yields add(name, chunks, size,
+    before_data=0), which writes a member of `size` bytes from an iterable of
+    byte chunks, the byte `before_data` after its start on a DATA_ALIGNMENT
+    boundary of the file."""
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+
+        def add(name: str, chunks, size: int, before_data: int = 0) -> None:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.file_size = size
+            zip64 = size >= zipfile.ZIP64_LIMIT
+            info.extra = _padding(stream.tell(), name.encode("utf-8"), zip64, before_data)
+            with archive.open(info, "w", force_zip64=zip64) as member:
+                for chunk in chunks:
+                    member.write(chunk)
+
+        yield add
+
+
+def npy_header_bytes(array: np.ndarray) -> bytes:
+    """The .npy header (magic, version, dict padded to a multiple of 64 bytes)
+    of a C-contiguous array."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return header.getvalue()
+
+
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """`value` as a C-contiguous array of the same shape (0-d stays 0-d)."""
+    array = np.asarray(value)
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def _array_chunks(array: np.ndarray) -> Iterator[memoryview]:
+    data = memoryview(array.reshape(-1).view(np.uint8))
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield data[start : start + CHUNK_BYTES]
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed ``.npz`` of `arrays` (``np.load`` reads it), written
+    atomically, each array's data on a DATA_ALIGNMENT boundary of the file."""
+
+    def write(stream: BinaryIO) -> None:
+        with zip_writer(stream) as add:
+            for key, value in arrays.items():
+                array = _c_order(value)
+                header = npy_header_bytes(array)
+                add(key + ".npy", [header, *_array_chunks(array)], len(header) + array.nbytes,
+                    before_data=len(header))
+
+    write_atomically(path, write)

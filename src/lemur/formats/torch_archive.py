@@ -1,4 +1,5 @@
-"""Reading ``torch.save`` files without PyTorch, and without running their code.
+"""``torch.save`` files without PyTorch: read without running their code, and
+written so that ``torch.load(..., weights_only=True)`` reads them.
 
 A ``torch.save`` file (PyTorch >= 1.6) is a zip archive: ``<root>/data.pkl``
 is a pickle of the saved object, and each tensor's storage is a raw
@@ -12,6 +13,12 @@ checked against its storage: offset, shape and strides must stay inside it.
 
 Legacy (pre-1.6, non-zip) files are refused; re-save them with a current
 PyTorch.
+
+:func:`write` makes the same layout: a protocol-2 pickle of dicts, lists,
+tuples, numbers, strings and tensors (NumPy arrays, as float32, float16 or
+int64 storages), written with the opcodes ``torch.save`` uses, the globals of
+:data:`ALLOWED_GLOBALS` only, and each storage uncompressed at a 64-byte
+boundary of the file, as ``torch.save`` aligns them.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lemur._archive import Archive, ArchiveError
+import struct
+from collections.abc import Callable
+
 from lemur._scratch import aligned_empty
+from lemur.formats.archive import Archive, ArchiveError, write_atomically, zip_writer
 
 #: Storage class -> (NumPy dtype of the bytes, bytes per element).
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -206,3 +216,112 @@ def load(path: str | os.PathLike[str]) -> object:
         ) from None
     with archive:
         return _TorchArchive(archive).load()
+
+
+# -- writing -----------------------------------------------------------------
+
+#: NumPy dtype -> the storage class torch.save records for it.
+STORAGE_CLASSES = {np.dtype("<f4"): "FloatStorage", np.dtype("<f2"): "HalfStorage",
+                   np.dtype("<i8"): "LongStorage"}
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n"
+
+
+class PickleWriter:
+    """Protocol-2 pickle opcodes for the values torch.save writes; NumPy
+    arrays become tensors whose storages are collected in `storages` (key =
+    position). `other` emits values this writer does not know (None: they are
+    a TypeError)."""
+
+    def __init__(self, other: Callable[[object, list[bytes]], bool] | None = None) -> None:
+        self.storages: list[np.ndarray] = []
+        self.other = other
+
+    def pickle(self, value: object) -> bytes:
+        out = [b"\x80\x02"]
+        self.emit(value, out)
+        out.append(b".")
+        return b"".join(out)
+
+    def emit(self, value: object, out: list[bytes]) -> None:
+        if self.other is not None and self.other(value, out):
+            return
+        if isinstance(value, np.ndarray):
+            self._tensor(value, out)
+        elif isinstance(value, dict):  # an empty dict (or OrderedDict), then SETITEMS
+            out.append(_global("collections", "OrderedDict") + b")R" if isinstance(value, OrderedDict) else b"}")
+            if value:
+                out.append(b"(")
+                for key, item in value.items():
+                    self.emit(key, out)
+                    self.emit(item, out)
+                out.append(b"u")
+        elif isinstance(value, tuple):
+            out.append(b"(")
+            for item in value:
+                self.emit(item, out)
+            out.append(b"t")
+        elif isinstance(value, list):
+            out.append(b"](")
+            for item in value:
+                self.emit(item, out)
+            out.append(b"e")
+        elif value is None:
+            out.append(b"N")
+        elif value is True or value is False:
+            out.append(b"\x88" if value else b"\x89")
+        elif isinstance(value, int):
+            if -(2**31) <= value < 2**31:
+                out.append(b"J" + struct.pack("<i", value))
+            else:
+                raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+                out.append(b"\x8a" + bytes([len(raw)]) + raw)
+        elif isinstance(value, float):
+            out.append(b"G" + struct.pack(">d", value))
+        elif isinstance(value, str):
+            raw = value.encode("utf-8")
+            out.append(b"X" + struct.pack("<I", len(raw)) + raw)
+        else:
+            raise TypeError(f"cannot write a {type(value).__name__} to a torch.save file")
+
+    def _tensor(self, array: np.ndarray, out: list[bytes]) -> None:
+        kind = STORAGE_CLASSES.get(array.dtype.newbyteorder("<"))
+        if kind is None:
+            raise TypeError(f"cannot write a {array.dtype} tensor to a torch.save file")
+        key = str(len(self.storages))
+        self.storages.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")))
+        strides = tuple(int(np.prod(array.shape[i + 1 :], dtype=np.int64)) for i in range(array.ndim))
+        out.append(_global("torch._utils", "_rebuild_tensor_v2") + b"(")
+        self.emit_persistent_storage(kind, key, array.size, out)
+        for part in (0, tuple(int(n) for n in array.shape), strides, False, OrderedDict()):
+            self.emit(part, out)
+        out.append(b"tR")
+
+    def emit_persistent_storage(self, kind: str, key: str, numel: int, out: list[bytes]) -> None:
+        """The persistent id ('storage', torch.<kind>, key, 'cpu', numel)."""
+        out.append(b"(")
+        self.emit("storage", out)
+        out.append(_global("torch", kind))
+        self.emit(key, out)
+        self.emit("cpu", out)
+        self.emit(numel, out)
+        out.append(b"tQ")  # the tuple, then BINPERSID
+
+
+def write(path: str | os.PathLike[str], value: object, *, root: str = "archive") -> None:
+    """Write `value` as torch.save does (see the module's docstring), atomically."""
+    writer = PickleWriter()
+    pickle_bytes = writer.pickle(value)
+
+    def write_archive(stream) -> None:
+        with zip_writer(stream) as add:
+            add(f"{root}/data.pkl", [pickle_bytes], len(pickle_bytes))
+            add(f"{root}/byteorder", [b"little"], 6)
+            for key, storage in enumerate(writer.storages):
+                data = memoryview(storage.reshape(-1).view(np.uint8))
+                add(f"{root}/data/{key}", [data], len(data))
+            add(f"{root}/version", [b"3\n"], 2)
+
+    write_atomically(path, write_archive)

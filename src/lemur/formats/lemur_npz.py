@@ -1,0 +1,152 @@
+"""lemur's own format: one uncompressed ``.npz`` archive.
+
+``np.load(path, allow_pickle=False)`` reads it. Format version 2 (version 1
+files, without ``center`` and ``query_scale``, still load). Keys:
+
+==================== ========= ================ =====================================
+key                  dtype     shape            meaning
+==================== ========= ================ =====================================
+``lemur_format``     str       ()               always ``"lemur-retrieval"``
+``format_version``   int64     ()               2
+``model_kind``       str       ()               ``"mlp"`` or ``"elm"``
+``activation``       str       ()               ``"gelu"`` (exact erf), ``"relu"``,
+                                                ``"silu"``, ``"mish"``, ``"gelu-tanh"``
+``num_layers``       int64     ()               L (1 for an ELM)
+``layer_{i}_weight`` float32   (out, in)        Linear i, ``nn.Linear`` layout; for an
+                                                ELM the random matrix R transposed
+``layer_{i}_bias``   float32   (out,)           MLP only
+``layer_{i}_ln_weight`` f32    (out,)           MLP only: LayerNorm gamma
+``layer_{i}_ln_bias`` f32      (out,)           MLP only: LayerNorm beta
+``output_mean``      float64   ()               mean of the training targets
+``output_std``       float64   ()               their (population) standard deviation
+``query_scale``      float64   ()               divisor of a query's summed features
+                                                (version 2; 32 before)
+``center``           float32   (d,)             optional (version 2): the token
+                                                space's centre
+``W``                float32   (num_docs, h)    optional: one row per document
+``doc_tokens``       float32   (tokens, d)      optional (with ``doc_counts``): the
+                                                documents' token vectors, in order, in
+                                                the model's space (centred if it has a
+                                                centre)
+``doc_counts``       int64     (num_docs,)      tokens per document (each >= 1)
+``doc_ids``          int64     (num_docs,)      optional: the documents' ids (unique,
+                                                >= 0), in W's row order; default 0..n-1
+``sample``           float32   (size, d)        optional: the OLS sample S that W is
+                                                fitted against (in the model's space)
+==================== ========= ================ =====================================
+
+Members are stored uncompressed, each array's data on a 64-byte boundary of
+the file (:func:`lemur.formats.archive.write_npz`). Reading checks every
+member's header against this table and against the other members before any
+array is read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lemur.formats.archive import Archive, write_npz
+from lemur.formats.npz_members import NpzMembers, layer_arrays
+from lemur.formats.record import Record
+from lemur.model import DEFAULT_QUERY_SCALE, check_activation
+
+NAME = "lemur"
+FORMAT_NAME = "lemur-retrieval"
+FORMAT_VERSION = 2
+
+
+def holds(members: NpzMembers) -> bool:
+    """Whether an .npz is in lemur's format (it names itself)."""
+    return "lemur_format" in members.keys
+
+
+def read(archive: Archive, *, model_only: bool = False) -> Record:
+    """The record of a lemur ``.npz`` (only its model with `model_only`)."""
+    members = NpzMembers(archive)
+    name = members.string("lemur_format")
+    if name != FORMAT_NAME:
+        raise members.error(f"lemur_format is {name!r}, expected {FORMAT_NAME!r}")
+    version = members.integer("format_version")
+    if version > FORMAT_VERSION:
+        raise members.error(
+            f"written in format version {version} by a newer lemur; "
+            f"this lemur reads versions up to {FORMAT_VERSION}"
+        )
+    if version < 1:
+        raise members.error(f"format_version must be >= 1, got {version}")
+    kind = members.string("model_kind")
+    if kind not in ("mlp", "elm"):
+        raise members.error(f"model_kind must be 'mlp' or 'elm', got {kind!r}")
+    activation = members.string("activation")
+    try:
+        check_activation(activation)
+    except ValueError as exc:
+        raise members.error(f"key 'activation': {exc}") from None
+    num_layers = members.num_layers()
+    # every header first: nothing large is read before the file is known to fit together
+    input_dim, feature_dim = members.layer_dims(num_layers, kind)
+    if "center" in members.keys:
+        members.float_header("center", 1, (input_dim,))
+    documents = {} if model_only else _check_documents(members, input_dim, feature_dim)
+    record = Record(
+        kind=kind,
+        layers=members.layers(num_layers, kind),
+        activation=activation,
+        file_format=NAME,
+        output_mean=members.real("output_mean"),
+        output_std=members.real("output_std"),
+        query_scale=members.real("query_scale") if "query_scale" in members.keys else DEFAULT_QUERY_SCALE,
+        center=members.floats("center", 1) if "center" in members.keys else None,
+    )
+    if model_only:
+        return record
+    return record.replace(W=members.W(feature_dim), **{key: reader() for key, reader in documents.items()})
+
+
+def _check_documents(members: NpzMembers, input_dim: int, feature_dim: int) -> dict:
+    """Check the headers of W, the token store, ids and sample; returns
+    key -> a function reading the array."""
+    num_docs = members.W_rows(feature_dim)
+    readers = {}
+    if "doc_tokens" in members.keys or "doc_counts" in members.keys:
+        members.float_header("doc_tokens", 2, (None, input_dim))
+        members.header("doc_counts", "iu", "must hold integers", 1, (num_docs,))
+        readers["doc_counts"] = lambda: members.integers("doc_counts", (num_docs,))
+        readers["doc_tokens"] = lambda: np.ascontiguousarray(members.floats("doc_tokens", 2), dtype=np.float32)
+    if "doc_ids" in members.keys:
+        members.header("doc_ids", "iu", "must hold integers", 1, (num_docs,))
+        readers["doc_ids"] = lambda: members.integers("doc_ids", (num_docs,))
+    if "sample" in members.keys:
+        members.float_header("sample", 2, (None, input_dim))
+        readers["sample"] = lambda: np.ascontiguousarray(members.floats("sample", 2), dtype=np.float32)
+    return readers
+
+
+def write(record: Record, path: str | os.PathLike[str]) -> str:
+    """Write the record to `path` in lemur's format, atomically; returns a note
+    on what was written."""
+    arrays: dict[str, np.ndarray] = {
+        "lemur_format": np.array(FORMAT_NAME),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "model_kind": np.array(record.kind),
+        "activation": np.array(record.activation or "gelu"),
+        "num_layers": np.array(len(record.layers), dtype=np.int64),
+        "output_mean": np.array(record.output_mean, dtype=np.float64),
+        "output_std": np.array(record.output_std, dtype=np.float64),
+        "query_scale": np.array(record.query_scale, dtype=np.float64),
+        **layer_arrays(record.layers),
+    }
+    if record.center is not None:
+        arrays["center"] = record.center
+    optional = {"W": record.W, "doc_tokens": record.doc_tokens, "doc_ids": record.doc_ids,
+                "sample": record.sample}
+    arrays.update({key: value for key, value in optional.items() if value is not None})
+    if record.doc_tokens is not None:
+        arrays["doc_counts"] = np.asarray(record.doc_counts, dtype=np.int64)
+    if record.doc_ids is not None:
+        arrays["doc_ids"] = np.asarray(record.doc_ids, dtype=np.int64)
+    write_npz(path, arrays)
+    what = "index" if record.W is not None else "model"
+    return f"lemur {what}"
