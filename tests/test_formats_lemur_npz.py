@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import DATA, random_model
+from conftest import random_model
 
 import lemur
 from lemur import formats

@@ -4,7 +4,6 @@ and without running code from them, and written for torch and the original."""
 from __future__ import annotations
 
 import pathlib
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from conftest import DATA, FEATURE_TOLERANCE, VARIANTS, golden
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch_files import Call, Tensor, archive, pickled
+from torch_files import Tensor, archive
 
 import lemur
 from lemur import formats
@@ -175,3 +174,113 @@ def test_fuzz_bit_flipped_archives(tmp_path, flips):
     load_or_refuse(write(tmp_path, bytes(data), "mlp.pt"))
 
 
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def test_writing_a_fixture_directory_back_reads_the_same(tmp_path, variant):
+    index = lemur.load(DATA / variant)
+    note = lemur.save(index, tmp_path / "again", format="original")
+    assert note.startswith("an original index directory (mlp.pt, w.pt)")
+    again = lemur.load(tmp_path / "again")
+    assert np.array_equal(again.W, index.W)
+    assert (again.model.kind, again.model.activation) == (index.model.kind, index.model.activation)
+    assert (again.model.output_mean, again.model.output_std) == (index.model.output_mean, index.model.output_std)
+    for ours, theirs in zip(again.model.layers, index.model.layers):
+        assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_written_directories_are_what_torch_and_the_original_load(tmp_path, variant):
+    # torch.load(weights_only=True), then the original's own module layout with a
+    # strict load_state_dict, as Lemur(index=DIR).load_mlp() does
+    torch = pytest.importorskip("torch")
+    index = lemur.load(DATA / variant)
+    lemur.save(index, tmp_path / "again", format="original")
+    payload = torch.load(tmp_path / "again" / "mlp.pt", weights_only=True)
+    W = torch.load(tmp_path / "again" / "w.pt", weights_only=True)["W"]
+    assert np.array_equal(W.numpy(), index.W)
+    original = torch.load(DATA / variant / "mlp.pt", weights_only=True)
+    config = dict(payload["config"])
+    assert {key: value for key, value in config.items() if key != "output_dim"} == {
+        key: value for key, value in original["config"].items() if key != "output_dim"}
+    assert payload["output_mean"] == original["output_mean"] and payload["output_std"] == original["output_std"]
+    expected_keys = [key for key in original["state_dict"] if not key.startswith("output_layer")]
+    assert [key for key in payload["state_dict"] if not key.startswith("output_layer")] == expected_keys
+    for key in expected_keys:
+        assert torch.equal(payload["state_dict"][key], original["state_dict"][key])
+    network = original_network(torch, config)
+    network.load_state_dict(payload["state_dict"])  # strict
+    expected = golden(variant)
+    with torch.no_grad():
+        token_features = network(torch.from_numpy(expected["query_tokens"][:16])).numpy()
+    np.testing.assert_allclose(token_features, expected["token_features_first16"], **FEATURE_TOLERANCE)
+
+
+def original_network(torch, config):
+    """The original LEMUR's module tree for `config` (lemur/model.py: MLP, ELM),
+    with the modules' names and order its state dict has."""
+    nn = torch.nn
+    activation = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish}[config["activation"]]
+
+    class RandomFeatures(nn.Module):
+        def __init__(self, d, h):
+            super().__init__()
+            self.register_buffer("weight", torch.zeros(d, h))
+            self.scale = (2.0 / h) ** 0.5
+
+        def forward(self, x):
+            return self.scale * activation()(x @ self.weight)
+
+    class Network(nn.Module):
+        def __init__(self):
+            super().__init__()
+            h = config["final_hidden_dim"]
+            if config["model_type"] == "elm":
+                self.feature_extractor = nn.Sequential(RandomFeatures(config["input_dim"], h),
+                                                       nn.LayerNorm(h, elementwise_affine=False))
+            else:
+                dims = [config["input_dim"]] + [config["hidden_dim"]] * (config["num_layers"] - 1) + [h]
+                modules = []
+                for a, b in zip(dims[:-1], dims[1:]):
+                    modules += [nn.Linear(a, b), nn.LayerNorm(b), activation()]
+                self.feature_extractor = nn.Sequential(*modules)
+            self.output_layer = nn.Linear(h, config["output_dim"], bias=False)
+
+        def forward(self, x):
+            return self.feature_extractor(x)
+
+    return Network().eval()
+
+
+def test_a_model_writes_only_mlp_pt(tmp_path):
+    model = lemur.load(DATA / "mlp1_mish_d64_h256" / "mlp.pt")
+    assert lemur.save(model, tmp_path / "model", format="original") == "an original index directory (mlp.pt)"
+    assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["mlp.pt"]
+    assert isinstance(lemur.load(tmp_path / "model"), lemur.Model)
+
+
+def test_what_the_original_has_no_place_for_is_reported(tmp_path):
+    index = lemur.load(DATA / "mlp2_relu_d96_h256")
+    with np.load(DATA / "corpus.npz") as corpus:
+        full = lemur.Index(index.model, index.W, corpus["doc_tokens_d96"], corpus["doc_counts"],
+                           doc_ids=np.arange(300) + 7, sample=corpus["doc_tokens_d96"][:50])
+    note = lemur.save(full, tmp_path / "out", format="original")
+    assert note.endswith("it has no place for the token store, the document ids (rows are 0, 1, ...), "
+                         "the OLS sample")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(dict(center=np.zeros(24, np.float32)), "the model has a centre, which the original's directories cannot hold"),
+     (dict(query_scale=8.0), "the model's query scale is 8; the original always divides by 32"),
+     (dict(activation="gelu-tanh"), "activation 'gelu-tanh' is not one the original's directories know")],
+)
+def test_models_the_original_cannot_hold_are_refused(tmp_path, change, message):
+    from conftest import random_model
+
+    base = random_model("mlp", "gelu")
+    model = lemur.Model(base.layers, **{"activation": "gelu", **change})
+    with pytest.raises(ValueError, match=message):
+        lemur.save(model, tmp_path / "out", format="original")
+    assert not (tmp_path / "out" / "mlp.pt").exists()

@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import DATA, FEATURE_TOLERANCE, VARIANTS, golden
+from conftest import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_files import Call, Tensor, archive, pickled
@@ -179,3 +179,47 @@ def test_fuzz_storage_records(tmp_path, numel, offset, size, stride, stored):
         data[offset:] if all(size) else data[:0], shape=tuple(size), strides=tuple(4 * s for s in stride)
     )
     assert np.array_equal(loaded, expected)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def test_written_files_read_back_exactly(tmp_path):
+    random = np.random.default_rng(0)
+    value = {"state_dict": OrderedDict(a=random.standard_normal((3, 5)).astype(np.float32),
+                                       b=np.arange(4, dtype=np.int64), c=np.ones(2, np.float16)),
+             "config": {"n": 3, "big": 2**40, "name": "x", "flag": True, "none": None, "list": [1, 2.5]},
+             "pair": (1, "two")}
+    torch_archive.write(tmp_path / "f.pt", value)
+    loaded = torch_archive.load(tmp_path / "f.pt")
+    assert loaded["config"] == value["config"] and loaded["pair"] == value["pair"]
+    assert isinstance(loaded["state_dict"], OrderedDict) and list(loaded["state_dict"]) == ["a", "b", "c"]
+    for key, array in value["state_dict"].items():
+        assert loaded["state_dict"][key].dtype == array.dtype and np.array_equal(loaded["state_dict"][key], array)
+
+
+def test_written_files_are_what_torch_loads_with_weights_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    W = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    torch_archive.write(tmp_path / "w.pt", {"W": W, "state": OrderedDict(x=np.arange(3))})
+    loaded = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert np.array_equal(loaded["W"].numpy(), W) and loaded["state"]["x"].tolist() == [0, 1, 2]
+    assert torch.load(tmp_path / "w.pt", weights_only=True, mmap=True)["W"].shape == (4, 6)
+
+
+def test_storages_are_stored_uncompressed_on_64_byte_boundaries(tmp_path):
+    torch_archive.write(tmp_path / "w.pt", {"a": np.ones(7, np.float32), "b": np.ones(3, np.int64)})
+    with formats.archive.Archive(tmp_path / "w.pt") as opened:
+        for name in opened.names:
+            info = opened.info(name)
+            assert info.compress_type == zipfile.ZIP_STORED
+            if "/data/" in name:
+                assert opened.data_offset(info) % 64 == 0
+
+
+def test_values_torch_save_would_not_write_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="cannot write a set"):
+        torch_archive.write(tmp_path / "x.pt", {"s": {1, 2}})
+    with pytest.raises(TypeError, match="cannot write a complex64 tensor"):
+        torch_archive.write(tmp_path / "x.pt", {"c": np.ones(2, np.complex64)})
+    assert not (tmp_path / "x.pt").exists()

@@ -9,7 +9,6 @@ from conftest import DATA, VARIANTS, golden
 import lemur
 from lemur import _dispatch, retrieval
 
-
 # -- brute-force references ---------------------------------------------------------
 
 

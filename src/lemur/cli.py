@@ -92,13 +92,11 @@ def _open(path: str, activation: str | None, num_threads: int | None):
 def _convert(arguments: argparse.Namespace) -> int:
     from lemur import formats
 
-    record = formats.read(arguments.source)
-    source = formats.load(arguments.source, activation=arguments.activation)
-    written = formats.save(source, arguments.destination, format=arguments.format)
-    model = source if isinstance(source, formats.Model) else source.model
-    documents = "" if isinstance(source, formats.Model) else f", {source.num_docs:,} documents"
-    print(f"wrote {arguments.destination}: {written} ({model.kind}, activation {model.activation}"
-          f"{documents}), from {record.file_format}")
+    record, written = formats.convert(arguments.source, arguments.destination, format=arguments.format,
+                                      activation=arguments.activation)
+    documents = "" if record.W is None else f", {record.W.shape[0]:,} documents"
+    print(f"wrote {arguments.destination}: {written} ({record.kind}, activation "
+          f"{record.activation or arguments.activation or 'gelu'}{documents}), from {record.file_format}")
     return 0
 
 

@@ -30,7 +30,8 @@ from lemur.formats.record import Record, index_of, model_of, record_of
 from lemur.index import Index
 from lemur.model import Model
 
-__all__ = ["WRITERS", "Index", "Model", "Record", "detect", "load", "load_model", "read", "save"]
+__all__ = ["WRITERS", "Index", "Model", "Record", "convert", "detect", "load", "load_model", "read",
+           "save"]
 
 #: format name -> writer(record, path) -> a note on what it wrote.
 WRITERS = {"lemur": lemur_npz.write, "original": original.write, "txtai": txtai.write}
@@ -174,3 +175,18 @@ def save(source: Model | Index, path: str | os.PathLike[str], *, format: str = "
     if format not in WRITERS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(WRITERS)}")
     return WRITERS[format](record_of(source), path)
+
+
+def convert(source: str | os.PathLike[str], destination: str | os.PathLike[str], *,
+            format: str = "lemur", activation: str | None = None) -> tuple[Record, str]:
+    """Write the file or directory `source` in `format` at `destination`, record
+    to record, so that what a format keeps beyond lemur's model (txtai's seed
+    and training record) survives. Everything is checked first, as
+    :func:`load` checks it. Returns the source's record and the writer's note."""
+    if format not in WRITERS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(WRITERS)}")
+    record = read(source)
+    model = model_of(record, path=os.fspath(source), activation=activation)
+    if record.is_index:
+        index_of(record, model, path=os.fspath(source))
+    return record, WRITERS[format](record.replace(activation=model.activation), destination)

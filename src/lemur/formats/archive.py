@@ -332,7 +332,7 @@ def npy_header_bytes(array: np.ndarray) -> bytes:
     return header.getvalue()
 
 
-def _c_order(value: np.ndarray) -> np.ndarray:
+def c_order(value: np.ndarray) -> np.ndarray:
     """`value` as a C-contiguous array of the same shape (0-d stays 0-d)."""
     array = np.asarray(value)
     return array if array.flags.c_contiguous else array.copy(order="C")
@@ -351,7 +351,7 @@ def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> No
     def write(stream: BinaryIO) -> None:
         with zip_writer(stream) as add:
             for key, value in arrays.items():
-                array = _c_order(value)
+                array = c_order(value)
                 header = npy_header_bytes(array)
                 add(key + ".npy", [header, *_array_chunks(array)], len(header) + array.nbytes,
                     before_data=len(header))

@@ -148,5 +148,4 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
     if record.doc_ids is not None:
         arrays["doc_ids"] = np.asarray(record.doc_ids, dtype=np.int64)
     write_npz(path, arrays)
-    what = "index" if record.W is not None else "model"
-    return f"lemur {what}"
+    return f"lemur {'index' if record.is_index else 'model'}"

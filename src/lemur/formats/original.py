@@ -165,7 +165,8 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
         written += ", w.pt"
     written += ")"
     custom_ids = record.doc_ids is not None and not np.array_equal(record.doc_ids, np.arange(len(record.doc_ids)))
-    left_out = [name for name, kept in (("the token store", record.doc_tokens is not None),
+    left_out = [name for name, kept in (("the token store", record.doc_tokens is not None
+                                         and len(record.doc_tokens) > 0),
                                         ("the document ids (rows are 0, 1, ...)", custom_ids),
                                         ("the OLS sample", record.sample is not None)) if kept]
     if left_out:

@@ -26,7 +26,7 @@ import struct
 import numpy as np
 
 from lemur._scratch import aligned_empty
-from lemur.formats.archive import write_atomically
+from lemur.formats.archive import c_order, write_atomically
 
 #: The largest header read (the safetensors library allows 100 MB; a model's
 #: header is a few KB).
@@ -151,9 +151,9 @@ def write(path: str | os.PathLike[str], tensors: dict[str, np.ndarray]) -> None:
     for name in names:
         array = np.asarray(tensors[name])
         if array.dtype.kind == "f":
-            arrays[name] = np.ascontiguousarray(array, dtype="<f4")
+            arrays[name] = c_order(array.astype("<f4", copy=False))
         elif array.dtype.kind in "iu":
-            arrays[name] = np.ascontiguousarray(array, dtype="<i8")
+            arrays[name] = c_order(array.astype("<i8", copy=False))
         else:
             raise TypeError(f"cannot write tensor {name!r} of dtype {array.dtype}")
     header, offset = {}, 0

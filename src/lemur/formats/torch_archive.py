@@ -27,13 +27,12 @@ import io
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
-
-import struct
-from collections.abc import Callable
 
 from lemur._scratch import aligned_empty
 from lemur.formats.archive import Archive, ArchiveError, write_atomically, zip_writer

@@ -115,6 +115,8 @@ def read(path: str, *, model_only: bool = False) -> Record:
     center = take("lemur.center", (d,)) if "lemur.center" in tensors else None
     _expect(not tensors, weights, f"unknown tensors {sorted(tensors)} (txtai would refuse them)")
     extras = {key: config[key] for key in ("seed", "training") if key in config}
+    if kind == "elm" or len(layers) == 1:  # recorded, though no layer has that width
+        extras["hiddendim"] = config.get("hiddendim", 512)
     return Record(kind=kind, layers=layers, activation=str(config["activation"]), file_format=NAME,
                   output_mean=float(mean[0]), output_std=float(std[0]), center=center,
                   query_scale=float(config["queryscale"]), sample=None if model_only else sample,
@@ -131,7 +133,8 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     scale = record.query_scale
-    config = {"modeltype": record.kind, "inputdim": record.input_dim, "hiddendim": hidden_dim(record),
+    hidden = hidden_dim(record) if len(record.layers) > 1 else record.extras.get("hiddendim", 512)
+    config = {"modeltype": record.kind, "inputdim": record.input_dim, "hiddendim": hidden,
               "finalhiddendim": record.feature_dim, "layers": len(record.layers),
               "activation": record.activation or "gelu",
               "queryscale": int(scale) if float(scale).is_integer() else scale,
@@ -157,6 +160,7 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
     text = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
     write_atomically(os.path.join(path, CONFIG), lambda stream: stream.write(text))
     left_out = [name for name, value in (("W", record.W), ("the token store", record.doc_tokens))
-                if value is not None]
+                if value is not None and len(value)]
     return "a txtai LEMUR artifact (config.json, model.safetensors)" + (
-        f"; txtai keeps documents elsewhere, so {' and '.join(left_out)} were left out" if left_out else "")
+        f"; txtai keeps documents elsewhere, so {' and '.join(left_out)} "
+        f"{'were' if len(left_out) > 1 else 'was'} left out" if left_out else "")
