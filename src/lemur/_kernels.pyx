@@ -12,9 +12,9 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 
 cimport cython
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, sqrt
-from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.math cimport INFINITY, NAN, sqrt
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
 from lemur._blas cimport (
@@ -30,6 +30,25 @@ from lemur._blas cimport (
     scipy_openblas_get_corename,
     scipy_openblas_get_num_threads,
     scipy_openblas_set_num_threads,
+)
+from lemur._compact cimport (
+    COMPACT_BLOCK,
+    COMPACT_INT8,
+    compact_cpu,
+    compact_detect,
+    compact_queries,
+    compact_rows,
+    compact_steps,
+    encode_query,
+    encode_row,
+    kth_largest,
+    push_largest,
+    query_step_bytes,
+    scan_block,
+    scan_state,
+    survivors_free,
+    survivors_reset,
+    survivors_list,
 )
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
@@ -54,6 +73,8 @@ from lemur._tiles cimport (
     gemm_unit,
     lanes_of_queries,
     score_batch,
+    score_depth,
+    score_row_pairs,
     score_rows,
     score_scratch_size,
 )
@@ -71,6 +92,8 @@ from lemur._vector_math cimport (
     layer_norm_row,
     scale_shift_and_sum,
 )
+
+import threading
 
 import numpy as np
 
@@ -609,6 +632,381 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
                                          list_indices[thread, query, position])
                 finish_list(&out_scores[start + query, 0], &out_indices[start + query, 0],
                             size, k)
+
+
+# --------------------------------------------------------------------------
+# The compact first stage: rows and queries encoded as bfloat16 / int8,
+# certified bounds, the exact rescoring of what they leave open
+# (lemur/first_stage/compact.py has the proof, _compact.h the arithmetic).
+# --------------------------------------------------------------------------
+
+# What the compact scan of this variant uses on this CPU (_compact.h).
+cdef compact_cpu COMPACT_CPU = compact_detect()
+
+
+def compact_instructions():
+    """The instructions the compact scan uses here, by precision."""
+    return {
+        "int8": ("AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
+                 else "vector code"),
+        "bfloat16": ("AVX512_BF16" if COMPACT_CPU.bf16_dot else
+                     "widened to float32 (AVX512_BF16 is slower than that on this CPU)"
+                     if COMPACT_CPU.bf16_512 else "widened to float32"),
+    }
+
+
+def compact_layout(int kind, Py_ssize_t h):
+    """(steps, bytes of one query's codes) of the compact scan of rows of
+    length h on this CPU (_compact.h's layout)."""
+    cdef Py_ssize_t steps = compact_steps(kind, h)
+    return steps, steps * query_step_bytes(kind, COMPACT_CPU)
+
+
+# Codes and parameters of rows of W: W[i] becomes row first_row + i of the
+# lanes-packed codes and of the blocked parameters (_compact.h's layouts).
+#   W (n, h); basis (m, h); codes uint8 (blocks, steps, COMPACT_BLOCK * 4);
+#   params (blocks, ROW_PARAMS + m, COMPACT_BLOCK)
+# Parallel over rows (static); a row writes only its own lanes.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def compact_encode_rows(const float[:, ::1] W, const float[:, ::1] basis, int kind, uint8_t[:, :, ::1] codes,
+                        float[:, :, ::1] params, Py_ssize_t first_row, int num_threads):
+    cdef Py_ssize_t n = W.shape[0], h = W.shape[1], m = basis.shape[0], i, row
+    cdef uint8_t[:, ::1] work = scratch("compact row codes", (num_threads, 4 * compact_steps(kind, h)), np.uint8)
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, num_threads=num_threads, schedule='static'):
+            row = first_row + i
+            encode_row(kind, &W[i, 0], h, &basis[0, 0], m, &codes[row // COMPACT_BLOCK, 0, 0],
+                       &params[row // COMPACT_BLOCK, 0, 0], row % COMPACT_BLOCK, &work[threadid(), 0])
+
+
+cdef compact_rows compact_rows_of(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, int kind,
+                                  Py_ssize_t num_docs, Py_ssize_t h, Py_ssize_t m):
+    cdef compact_rows rows
+    rows.kind = kind
+    rows.codes = &codes[0, 0, 0] if codes.shape[0] else NULL
+    rows.params = &params[0, 0, 0] if params.shape[0] else NULL
+    rows.num_docs = num_docs
+    rows.h = h
+    rows.m = m
+    rows.steps = compact_steps(kind, h)
+    rows.cpu = COMPACT_CPU
+    return rows
+
+
+# Codes and parameters of queries' features (the split, the compact codes and
+# the bound's factors; compact.py). features (nq, h); codes out uint8
+# (nq, compact_layout's bytes); params out (nq, QUERY_PARAMS + m). Parallel
+# over queries.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def compact_encode_queries(const float[:, ::1] features, const float[:, ::1] basis, int kind,
+                           uint8_t[:, ::1] codes, float[:, ::1] params, int num_threads):
+    cdef Py_ssize_t nq = features.shape[0], h = features.shape[1], m = basis.shape[0], q
+    cdef double[:, ::1] exact = scratch("compact query split", (num_threads, h), np.float64)
+    cdef float[:, ::1] perp = scratch("compact query perp", (num_threads, h), np.float32)
+    cdef compact_rows rows = compact_rows_of(np.empty((0, 1, 1), np.uint8), np.empty((0, 1, 1), np.float32),
+                                             kind, 0, h, m)
+    cdef double depth = score_depth(h)
+    with nogil:
+        for q in prange(nq, num_threads=num_threads, schedule='static'):
+            encode_query(&rows, &basis[0, 0], depth, &features[q, 0], &codes[q, 0], &params[q, 0],
+                         &exact[threadid(), 0], &perp[threadid(), 0])
+
+
+# The k-th largest of the values in the threads' heaps of one query
+# (heaps[t, q, :sizes[t, q]]), -inf when they hold fewer; `merged` has room for k.
+cdef float kth_largest_of_heaps(const float[:, :, ::1] heaps, const Py_ssize_t[:, ::1] sizes, Py_ssize_t q,
+                                Py_ssize_t k, float *merged) noexcept nogil:
+    cdef Py_ssize_t size = 0, thread, i
+    for thread in range(heaps.shape[0]):
+        for i in range(sizes[thread, q]):
+            size = push_largest(merged, size, k, heaps[thread, q, i])
+    return merged[0] if size == k else -INFINITY
+
+
+# Survivor lists kept per Python thread from one scan to the next, so that
+# their room is reused (allocated anew on every call, its page faults cost
+# more than a small scan); a list that grew past RETAINED_SURVIVORS pairs is
+# freed after its scan.
+cdef enum:
+    RETAINED_SURVIVORS = 1 << 18
+
+
+cdef class _SurvivorLists:
+    cdef survivors_list *lists
+    cdef Py_ssize_t count
+
+    cdef int ensure(self, Py_ssize_t count) except -1:
+        cdef survivors_list *grown
+        if count > self.count:
+            grown = <survivors_list *>realloc(self.lists, count * sizeof(survivors_list))
+            if grown == NULL:
+                raise MemoryError()
+            memset(&grown[self.count], 0, (count - self.count) * sizeof(survivors_list))
+            self.lists = grown
+            self.count = count
+        return 0
+
+    cdef void release_large(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if self.lists[i].capacity > RETAINED_SURVIVORS or self.lists[i].status == 1:
+                survivors_free(&self.lists[i])
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            survivors_free(&self.lists[i])
+        free(self.lists)
+
+
+_thread_survivors = threading.local()
+
+
+cdef _SurvivorLists survivor_lists(Py_ssize_t count):
+    cdef _SurvivorLists lists = getattr(_thread_survivors, "lists", None)
+    if lists is None:
+        lists = _SurvivorLists()
+        _thread_survivors.lists = lists
+    lists.ensure(count)
+    return lists
+
+
+# The rows a compact scan reads first, with heaps, to learn each query's
+# threshold: about 2 sqrt(num_docs k) of them, at least SAMPLE_ROWS, in
+# every stride-th block (so that the order of W's rows matters little).
+cdef enum:
+    SAMPLE_ROWS = 2048
+
+
+cdef Py_ssize_t sample_stride(Py_ssize_t num_docs, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t blocks = (num_docs + COMPACT_BLOCK - 1) // COMPACT_BLOCK
+    cdef double rows = max(<double>SAMPLE_ROWS, 2 * sqrt(<double>num_docs * k))
+    cdef Py_ssize_t sampled = max(1, <Py_ssize_t>(rows / COMPACT_BLOCK))
+    return max(1, blocks // sampled)
+
+
+# The compact scan of a batch of queries over every row: per query the k-th
+# largest lower bound L and the (k + 1)-th largest upper bound U over all
+# rows, and the pairs (row, query, lower, upper) whose upper bound reaches L,
+# grouped by query: the only rows that can be among the query's k best.
+# None when one thread's pairs would pass `limit` (the caller then scans in
+# float32).
+#   codes, params, kind, num_docs, h, m: the compact rows (_compact.h); num_docs > k
+#   query_codes, query_params: from compact_encode_queries
+# Two phases, each parallel over blocks (dynamic), pairs kept per thread:
+# the sampled blocks with per-thread heaps of lower bounds, whose merged
+# k-th largest T is then every query's threshold for the other blocks (any
+# k rows' lower bounds bound L from below, so no pair the final filter keeps
+# is lost). L is the k-th largest lower bound among the kept pairs (they
+# hold every row whose lower bound reaches it), U the larger of T and the
+# (k + 1)-th largest kept upper bound (rows not kept have upper bounds
+# below T).
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, int kind, Py_ssize_t num_docs,
+                 Py_ssize_t h, Py_ssize_t m, const uint8_t[:, ::1] query_codes, const float[:, ::1] query_params,
+                 Py_ssize_t k, Py_ssize_t limit, int num_threads):
+    cdef Py_ssize_t nq = query_params.shape[0]
+    cdef compact_rows rows = compact_rows_of(codes, params, kind, num_docs, h, m)
+    cdef compact_queries queries
+    cdef Py_ssize_t blocks = (num_docs + COMPACT_BLOCK - 1) // COMPACT_BLOCK, stride = sample_stride(num_docs, k)
+    cdef Py_ssize_t block, thread, q, i, total, start, position
+    cdef float[:, :, ::1] lower_heaps = scratch("compact lower heaps", (num_threads, nq, k), np.float32)
+    cdef Py_ssize_t[:, ::1] lower_sizes = scratch("compact lower sizes", (num_threads, nq), np.intp)
+    cdef float[:, ::1] thresholds = scratch("compact thresholds", (num_threads, nq), np.float32)
+    cdef float[:, ::1] dots = scratch("compact dots", (num_threads, 8 * COMPACT_BLOCK), np.float32)
+    cdef float[:, ::1] merged = scratch("compact merged heap", (num_threads, k + 1), np.float32)
+    cdef float[::1] sampled = np.empty(nq, np.float32)
+    cdef float[::1] lower_k = np.empty(nq, np.float32)
+    cdef float[::1] upper_k1 = np.empty(nq, np.float32)
+    cdef _SurvivorLists lists = survivor_lists(num_threads)
+    cdef scan_state *states = <scan_state *>calloc(num_threads, sizeof(scan_state))
+    cdef int status = 0
+    cdef survivors_list *found
+    cdef int64_t[::1] all_rows, offsets, order, fill
+    cdef int32_t[::1] all_queries
+    cdef float[::1] all_lower, all_upper, selection
+    cdef int64_t[::1] out_rows
+    cdef int32_t[::1] out_queries
+    cdef float[::1] out_lower, out_upper
+    cdef int64_t[::1] alive_offsets = np.zeros(nq + 1, np.int64)
+    if states == NULL:
+        raise MemoryError()
+    queries.codes = &query_codes[0, 0]
+    queries.params = &query_params[0, 0]
+    queries.num_queries = nq
+    np.asarray(lower_sizes)[...] = 0
+    np.asarray(thresholds)[...] = -np.inf
+    try:
+        for thread in range(num_threads):
+            states[thread].lower_heaps = &lower_heaps[thread, 0, 0]
+            states[thread].lower_sizes = &lower_sizes[thread, 0]
+            states[thread].thresholds = &thresholds[thread, 0]
+            states[thread].dots = &dots[thread, 0]
+            if not survivors_reset(&lists.lists[thread], min(limit, nq * 4 * (k + 64)), limit):
+                raise MemoryError()
+            states[thread].survivors = lists.lists[thread]
+        with nogil:
+            # phase 1: the sampled blocks, with heaps
+            for block in prange(0, blocks, stride, num_threads=num_threads, schedule='dynamic'):
+                thread = threadid()
+                if states[thread].survivors.status == 0:
+                    start = block * COMPACT_BLOCK
+                    scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
+                               &states[thread])
+            for q in prange(nq, num_threads=num_threads, schedule='static'):
+                sampled[q] = kth_largest_of_heaps(lower_heaps, lower_sizes, q, k, &merged[threadid(), 0])
+            for thread in range(num_threads):
+                states[thread].lower_heaps = NULL
+                for q in range(nq):
+                    thresholds[thread, q] = sampled[q]
+            # phase 2: the other blocks, against the fixed thresholds
+            for block in prange(blocks, num_threads=num_threads, schedule='dynamic'):
+                thread = threadid()
+                if block % stride != 0 and states[thread].survivors.status == 0:
+                    start = block * COMPACT_BLOCK
+                    scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
+                               &states[thread])
+        total = 0
+        for thread in range(num_threads):
+            lists.lists[thread] = states[thread].survivors  # its room, perhaps grown, is kept
+            status = max(status, states[thread].survivors.status)
+            total += states[thread].survivors.count
+        if status == 1:
+            raise MemoryError()
+        if status == 2:
+            return None
+        # every kept pair, bucketed by query (a counting sort)
+        all_rows = np.empty(total, np.int64)
+        all_queries = np.empty(total, np.int32)
+        all_lower = np.empty(total, np.float32)
+        all_upper = np.empty(total, np.float32)
+        offsets = np.zeros(nq + 1, np.int64)
+        order = np.empty(max(1, total), np.int64)
+        fill = np.empty(nq, np.int64)
+        position = 0
+        for thread in range(num_threads):
+            found = &states[thread].survivors
+            for i in range(found.count):
+                all_rows[position] = found.rows[i]
+                all_queries[position] = found.queries[i]
+                all_lower[position] = found.lower[i]
+                all_upper[position] = found.upper[i]
+                offsets[found.queries[i] + 1] += 1
+                position += 1
+        for q in range(nq):
+            offsets[q + 1] += offsets[q]
+            fill[q] = offsets[q]
+        for i in range(total):
+            order[fill[all_queries[i]]] = i
+            fill[all_queries[i]] += 1
+        selection = np.empty(max(1, total), np.float32)
+        with nogil:
+            for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
+                for i in range(offsets[q], offsets[q + 1]):
+                    selection[i] = all_lower[order[i]]
+                lower_k[q] = kth_largest(&selection[offsets[q]], offsets[q + 1] - offsets[q], k,
+                                         &merged[threadid(), 0]) if offsets[q + 1] - offsets[q] >= k else -INFINITY
+                upper_k1[q] = sampled[q]
+                if offsets[q + 1] - offsets[q] > k:
+                    for i in range(offsets[q], offsets[q + 1]):
+                        selection[i] = all_upper[order[i]]
+                    upper_k1[q] = max(sampled[q], kth_largest(&selection[offsets[q]], offsets[q + 1] - offsets[q],
+                                                              k + 1, &merged[threadid(), 0]))
+                for i in range(offsets[q], offsets[q + 1]):
+                    if all_upper[order[i]] >= lower_k[q]:
+                        alive_offsets[q + 1] += 1
+        for q in range(nq):
+            alive_offsets[q + 1] += alive_offsets[q]
+        out_rows = np.empty(alive_offsets[nq], np.int64)
+        out_queries = np.empty(alive_offsets[nq], np.int32)
+        out_lower = np.empty(alive_offsets[nq], np.float32)
+        out_upper = np.empty(alive_offsets[nq], np.float32)
+        with nogil:
+            for q in prange(nq, num_threads=num_threads, schedule='static'):
+                position = alive_offsets[q]
+                for i in range(offsets[q], offsets[q + 1]):
+                    if all_upper[order[i]] >= lower_k[q]:
+                        out_rows[position] = all_rows[order[i]]
+                        out_queries[position] = <int32_t>q
+                        out_lower[position] = all_lower[order[i]]
+                        out_upper[position] = all_upper[order[i]]
+                        position = position + 1
+    finally:
+        free(states)
+        lists.release_large()
+    return (np.asarray(lower_k), np.asarray(upper_k1), np.asarray(out_rows), np.asarray(out_queries),
+            np.asarray(out_lower), np.asarray(out_upper))
+
+
+# out[i] = score(features[queries[i]], W[rows[i]]) by the rule of _tiles.h,
+# for pairs sorted by row: each run of one row is scored with the row read
+# once. Parallel over runs (dynamic).
+#   rows (n,) int64 sorted, queries (n,) int32, out (n,)
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def score_pairs(const float[:, ::1] features, const float[:, ::1] W, const int64_t[::1] rows,
+                const int32_t[::1] queries, float[::1] out, int num_threads):
+    cdef Py_ssize_t h = features.shape[1], run
+    cdef int64_t[::1] starts
+    if rows.shape[0] == 0:
+        return
+    starts = np.flatnonzero(np.diff(np.asarray(rows), prepend=-1, append=-1)).astype(np.int64)
+    with nogil:
+        for run in prange(starts.shape[0] - 1, num_threads=num_threads, schedule='dynamic', chunksize=4):
+            score_row_pairs(&features[0, 0], &W[rows[starts[run]], 0], h, &queries[starts[run]],
+                            starts[run + 1] - starts[run], &out[starts[run]])
+
+
+# The certified result of each query: of its open pairs (rows, queries,
+# scores: float32 scores, any order), the k - (its sure rows) best by score
+# (ties: smaller row), best first, then its sure rows (rows whose lower
+# bound already places them among the k best; none for a full top-k).
+#   out_rows, out_scores (nq, k); scores of sure rows are NaN (unknown)
+# Pairs are bucketed by query (a counting sort), then parallel over queries.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def select_certified(const int64_t[::1] rows, const int32_t[::1] queries, const float[::1] scores,
+                     const int64_t[::1] sure_rows, const int32_t[::1] sure_queries,
+                     int64_t[:, ::1] out_rows, float[:, ::1] out_scores, int num_threads):
+    cdef Py_ssize_t nq = out_rows.shape[0], k = out_rows.shape[1], n = rows.shape[0], i, q, size, take
+    cdef int64_t[::1] offsets = np.zeros(nq + 1, np.int64)
+    cdef int64_t[::1] sure_offsets = np.zeros(nq + 1, np.int64)
+    cdef int64_t[::1] order = np.empty(max(1, n), np.int64)
+    cdef int64_t[::1] sure_order = np.empty(max(1, sure_rows.shape[0]), np.int64)
+    cdef int64_t[::1] fill = np.empty(nq, np.int64)
+    for i in range(n):
+        offsets[queries[i] + 1] += 1
+    for i in range(sure_rows.shape[0]):
+        sure_offsets[sure_queries[i] + 1] += 1
+    for q in range(nq):
+        offsets[q + 1] += offsets[q]
+        sure_offsets[q + 1] += sure_offsets[q]
+    for q in range(nq):
+        fill[q] = offsets[q]
+    for i in range(n):
+        order[fill[queries[i]]] = i
+        fill[queries[i]] += 1
+    for q in range(nq):
+        fill[q] = sure_offsets[q]
+    for i in range(sure_rows.shape[0]):
+        sure_order[fill[sure_queries[i]]] = i
+        fill[sure_queries[i]] += 1
+    with nogil:
+        for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
+            take = k - (sure_offsets[q + 1] - sure_offsets[q])
+            size = 0
+            for i in range(offsets[q], offsets[q + 1]):
+                size = push_pair(&out_scores[q, 0], &out_rows[q, 0], size, take, scores[order[i]],
+                                 rows[order[i]])
+            sort_best_first(&out_scores[q, 0], &out_rows[q, 0], size)
+            for i in range(sure_offsets[q], sure_offsets[q + 1]):
+                out_rows[q, take + i - sure_offsets[q]] = sure_rows[sure_order[i]]
+                out_scores[q, take + i - sure_offsets[q]] = NAN
 
 
 # --------------------------------------------------------------------------

@@ -35,6 +35,7 @@
 #define LEMUR_TILES_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "_simd.h"
@@ -359,6 +360,38 @@ static inline void lemur_gemm_unit(const float *a, ptrdiff_t lda, ptrdiff_t K, c
             memcpy(c + (row0 + r) * ldc + (end_panel - 1) * LEMUR_GEMM_PANEL,
                    scratch + r * LEMUR_GEMM_PANEL, last_columns * sizeof(float));
     (void)columns;
+}
+
+/* out[i] = score(features[queries[i]], w) for i < count, for one row w of
+ * W (h floats) and queries' features of h floats each: tiles of up to
+ * LEMUR_TILE_QUERIES queries and that row, which is read once. */
+static inline void lemur_score_row_pairs(const float *features, const float *w, ptrdiff_t h,
+                                         const int32_t *queries, ptrdiff_t count, float *out)
+{
+    lemur_vector state[LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS];
+    const float *query_rows[LEMUR_TILE_QUERIES];
+    ptrdiff_t full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS, first;
+    int tile, i;
+    for (first = 0; first < count; first += LEMUR_TILE_QUERIES) {
+        tile = (int)(count - first < LEMUR_TILE_QUERIES ? count - first : LEMUR_TILE_QUERIES);
+        for (i = 0; i < tile; i++)
+            query_rows[i] = features + (ptrdiff_t)queries[first + i] * h;
+        lemur_score_span(query_rows, tile, &w, 1, 0, full, state, 0);
+        for (i = 0; i < tile; i++)
+            out[first + i] = lemur_score_tail(lemur_vector_sum(state[i * LEMUR_TILE_DOCS]),
+                                              query_rows[i], w, h);
+    }
+}
+
+/* The most rounded operations on the way of one product into score(f, w)
+ * for rows of length h: its lane's chain of h / VF multiply-adds, the
+ * log2(VF) pairwise sums of the lanes and the tail's h mod VF additions (one
+ * more for a product rounded on its own). |score - <f, w>| is at most
+ * gamma(depth) sum_i |f_i w_i| (the compact first stage's bound uses it). */
+static inline double lemur_score_depth(ptrdiff_t h)
+{
+    int levels = LEMUR_VECTOR_FLOATS == 16 ? 4 : LEMUR_VECTOR_FLOATS == 8 ? 3 : 2;
+    return (double)(h / LEMUR_VECTOR_FLOATS) + levels + (double)(h % LEMUR_VECTOR_FLOATS) + 1;
 }
 
 /* ---- scores of a batch as lane-wise products ----------------------------- *

@@ -2,6 +2,9 @@
 """The register-tiled microkernels of _tiles.h: scores and products with a
 fixed order of operations (see that file for what is fixed, and why)."""
 
+from libc.stdint cimport int32_t
+
+
 cdef extern from "_tiles.h" nogil:
     enum:
         # columns per panel of a packed B, and rows of A per unit of work
@@ -30,3 +33,6 @@ cdef extern from "_tiles.h" nogil:
                                      const float *packed, Py_ssize_t n, Py_ssize_t first_panel,
                                      Py_ssize_t end_panel, Py_ssize_t row0, Py_ssize_t count,
                                      float *c, Py_ssize_t ldc, float *scratch)
+    void score_row_pairs "lemur_score_row_pairs"(const float *features, const float *w, Py_ssize_t h,
+                                                 const int32_t *queries, Py_ssize_t count, float *out)
+    double score_depth "lemur_score_depth"(Py_ssize_t h)

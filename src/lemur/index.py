@@ -11,6 +11,8 @@ import numpy as np
 
 from lemur import fitting
 from lemur._scratch import aligned_empty
+from lemur.first_stage import compact
+from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_integer_array, check_positive_int, check_vectors
 from lemur.model import Model, check_activation
@@ -23,22 +25,24 @@ from lemur.retrieval import (
     maxsim_unchecked,
     rerank_unchecked,
     scores_unchecked,
-    top_k_unchecked,
 )
 
 
 @dataclass(frozen=True)
 class _Store:
-    """The index's documents: rows of W, ids, and the token store (optional).
+    """The index's documents: rows of W, ids, the token store (optional) and
+    the first stage over W (its compact copy, at the index's precision).
 
     The buffers may have room past the filled part; appending writes there and
     returns a new _Store, so that an index whose update is interrupted keeps
-    its old store intact (what is written past its counts is not part of it).
+    its old store intact (what is written past its counts is not part of it),
+    and a search that took the old store runs on it unchanged.
     """
 
     W: np.ndarray  # (capacity, h), the first num_docs rows filled
     ids: np.ndarray  # (capacity,) int64
     num_docs: int
+    scan: ExhaustiveScan  # over W[:num_docs]
     tokens: np.ndarray | None = None  # (token capacity, d), the first num_tokens rows filled
     offsets: np.ndarray | None = None  # (num_docs + 1,) int64
     owned: bool = False  # whether the buffers are lemur's own (else: the caller's arrays)
@@ -52,13 +56,17 @@ class _Store:
             return None
         return Documents(self.tokens[: self.num_tokens], self.offsets)
 
+    def rows_of_W(self) -> np.ndarray:
+        return self.W[: self.num_docs]
+
     def appended(self, W: np.ndarray, ids: np.ndarray, tokens: np.ndarray | None,
-                 counts: np.ndarray | None) -> _Store:
+                 counts: np.ndarray | None, num_threads: int) -> _Store:
         num_docs = self.num_docs + W.shape[0]
-        store = replace(self, W=_room(self.W, self.num_docs, num_docs, self.owned),
-                        ids=_room(self.ids, self.num_docs, num_docs, self.owned),
-                        num_docs=num_docs, owned=True)
-        store.W[self.num_docs : num_docs] = W
+        grown = _room(self.W, self.num_docs, num_docs, self.owned)
+        grown[self.num_docs : num_docs] = W
+        store = replace(self, W=grown, ids=_room(self.ids, self.num_docs, num_docs, self.owned),
+                        num_docs=num_docs, owned=True,
+                        scan=self.scan.appended(grown[:num_docs], W, num_threads))
         store.ids[self.num_docs : num_docs] = ids
         if self.tokens is not None:
             num_tokens = self.num_tokens + tokens.shape[0]
@@ -70,8 +78,9 @@ class _Store:
     def without(self, rows: np.ndarray) -> _Store:
         keep = np.ones(self.num_docs, dtype=bool)
         keep[rows] = False
-        store = _Store(np.ascontiguousarray(self.W[: self.num_docs][keep]),
-                       self.ids[: self.num_docs][keep], int(keep.sum()), owned=True)
+        W = aligned_empty((int(keep.sum()), self.W.shape[1]), np.float32)
+        W[...] = self.rows_of_W()[keep]
+        store = _Store(W, self.ids[: self.num_docs][keep], W.shape[0], self.scan.subset(W, keep), owned=True)
         if self.tokens is None:
             return store
         kept = self.documents().subset(keep)
@@ -112,8 +121,15 @@ class Index:
         For a model with a centre: whether `doc_tokens` are already centred
         (as lemur's own files store them). By default they are the encoder's
         raw tokens, and the index keeps centred copies.
+    precision : {"float32", "bfloat16", "int8"}, default "float32"
+        How the first stage scans W. "bfloat16" and "int8" keep a compact
+        copy of W (half, a quarter of its bytes) built once here, scan it,
+        and rescore in float32 only the documents a proven bound cannot
+        place (see :mod:`lemur.first_stage.compact`): ids and scores are
+        bitwise those of "float32", only faster.
     num_threads : int, optional
-        Threads for the one-time checks of the arrays.
+        Threads for the one-time checks of the arrays and for building the
+        compact copy.
 
     Notes
     -----
@@ -134,8 +150,10 @@ class Index:
         doc_ids: object = None,
         sample: np.ndarray | None = None,
         doc_tokens_centered: bool = False,
+        precision: str = "float32",
         num_threads: int | None = None,
     ) -> None:
+        precision = compact.check_precision(precision)
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lemur.Model, got {type(model).__name__}")
         threads = resolve_num_threads(num_threads)
@@ -144,7 +162,7 @@ class Index:
                           num_threads=threads)
         ids = np.arange(W.shape[0], dtype=np.int64) if doc_ids is None else self._check_new_ids(
             doc_ids, W.shape[0], existing=np.empty(0, dtype=np.int64))
-        self._store = _Store(W, ids, W.shape[0])
+        self._store = _Store(W, ids, W.shape[0], ExhaustiveScan(W))
         if (doc_tokens is None) != (doc_counts is None):
             raise ValueError("pass doc_tokens and doc_counts together, or neither")
         if doc_tokens is not None:
@@ -161,6 +179,36 @@ class Index:
             self._sample = fitting.OLSSample(check_vectors(
                 sample, name="sample", dim=model.input_dim, num_threads=threads))
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None
+        if precision != "float32":
+            self._store = replace(self._store, scan=self._scan_at(precision, None, threads))
+
+    def _scan_at(self, precision: str, basis: np.ndarray | None, num_threads: int) -> ExhaustiveScan:
+        """The first stage over this index's W at `precision` (with the exact
+        directions `basis`, or new ones)."""
+        W = self._store.rows_of_W()
+        if precision == "float32":
+            return ExhaustiveScan(W)
+        if W.shape[1] > compact.MAX_WIDTH:
+            raise ValueError(f"precision={precision!r} takes feature dimensions up to {compact.MAX_WIDTH}, "
+                             f"the model has {W.shape[1]}")
+        if basis is None:
+            basis = compact.subspace(self._typical_features(num_threads))
+        return ExhaustiveScan.build(W, precision, basis, num_threads)
+
+    def _typical_features(self, num_threads: int, num_queries: int = 1024, query_tokens: int = 32,
+                          seed: int = 0) -> np.ndarray:
+        """Features of pseudo-queries: groups of tokens drawn from the OLS
+        sample (the learn set: query-side tokens), else the documents' own,
+        else random ones; what the compact scan's exact directions follow."""
+        random = np.random.default_rng(seed)
+        tokens = self.sample if self._sample is not None else self.doc_tokens
+        if tokens is None or tokens.shape[0] == 0:
+            tokens = random.standard_normal((num_queries * query_tokens, self._model.input_dim),
+                                            dtype=np.float32)
+        chosen = random.integers(0, tokens.shape[0], num_queries * query_tokens)
+        drawn = np.ascontiguousarray(tokens[chosen], dtype=np.float32)
+        offsets = np.arange(0, drawn.shape[0] + 1, query_tokens, dtype=np.int64)
+        return self._model._pooled(drawn, offsets, self._model.query_scale, num_threads)
 
     @staticmethod
     def _check_new_ids(ids: object, count: int, existing: np.ndarray, name: str = "doc_ids") -> np.ndarray:
@@ -186,11 +234,34 @@ class Index:
     @property
     def W(self) -> np.ndarray:
         """The document matrix, ``(num_docs, feature_dim)`` float32, row i for ``doc_ids[i]``."""
-        return self._store.W[: self._store.num_docs]
+        return self._store.rows_of_W()
 
     @property
     def num_docs(self) -> int:
         return self._store.num_docs
+
+    @property
+    def precision(self) -> str:
+        """How the first stage scans W: "float32", "bfloat16" or "int8"."""
+        return self._store.scan.precision
+
+    @property
+    def compact(self) -> compact.CompactRows | None:
+        """The compact copy of W the first stage scans (None at float32)."""
+        return self._store.scan.rows
+
+    def with_precision(self, precision: str, *, num_threads: int | None = None) -> Index:
+        """A new index over the same model, documents and sample (shared,
+        not copied) whose first stage runs at `precision`; results stay
+        bitwise the same."""
+        precision = compact.check_precision(precision)
+        threads = resolve_num_threads(num_threads)
+        other = object.__new__(Index)
+        other.__dict__.update(self.__dict__)
+        current = self._store.scan.rows
+        basis = current.basis if current is not None else None
+        other._store = replace(self._store, scan=self._scan_at(precision, basis, threads))
+        return other
 
     @property
     def doc_ids(self) -> np.ndarray:
@@ -220,14 +291,17 @@ class Index:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the model, W, the token store and the sample."""
+        """Bytes held by the model, W, its compact copy, the token store and the sample."""
         tokens = self.doc_tokens
-        return (self._model.nbytes + self.W.nbytes + (0 if tokens is None else tokens.nbytes)
+        return (self._model.nbytes + self.W.nbytes + self._store.scan.nbytes
+                + (0 if tokens is None else tokens.nbytes)
                 + (0 if self._sample is None else self._sample.rows.nbytes))
 
     def __repr__(self) -> str:
         tokens = self.doc_tokens
         parts = [repr(self._model), f"num_docs={self.num_docs}"]
+        if self.precision != "float32":
+            parts.append(f"precision={self.precision!r}")
         if tokens is not None:
             parts.append(f"doc_tokens={tokens.shape[0]}x{tokens.shape[1]}")
         if self._sample is not None:
@@ -257,9 +331,10 @@ class Index:
         rows[found] = order[position[found]]
         return rows
 
-    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
-        """Document ids of rows of W (-1 stays -1)."""
-        ids = self._store.ids[: self.num_docs]
+    @staticmethod
+    def _ids_of(store: _Store, rows: np.ndarray) -> np.ndarray:
+        """Document ids of rows of the store's W (-1 stays -1)."""
+        ids = store.ids[: store.num_docs]
         return np.where(rows < 0, -1, ids[np.maximum(rows, 0)]) if ids.size else rows
 
     # -- the pipeline, stage by stage ---------------------------------------
@@ -286,10 +361,11 @@ class Index:
         memory stays bounded whatever the number of queries and documents.
         """
         threads = resolve_num_threads(num_threads)
-        k = check_k(k, at_most=self.num_docs)
+        store = self._store
+        k = check_k(k, at_most=store.num_docs)
         self._require_some_documents()
-        rows, scores = top_k_unchecked(self._check_features(features, threads), self.W, k, threads)
-        return self._ids_of(rows), scores
+        rows, scores = store.scan.top_k(self._check_features(features, threads), k, threads)
+        return self._ids_of(store, rows), scores
 
     def maxsim_scores(
         self,
@@ -323,6 +399,7 @@ class Index:
         documents and of candidates per query); a query without tokens keeps
         its first `k` candidates.
         """
+        store = self._store
         documents = self._require_documents("rerank")
         threads = resolve_num_threads(num_threads)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
@@ -330,7 +407,7 @@ class Index:
         k = check_k(k, at_most=max(self.num_docs, rows.shape[1]))
         found, scores = rerank_unchecked(self._model.centred(tokens, threads), offsets, documents,
                                          rows, k, threads)
-        return self._ids_of(found), scores
+        return self._ids_of(store, found), scores
 
     def search(
         self,
@@ -366,22 +443,26 @@ class Index:
             Best first.
         """
         threads = resolve_num_threads(num_threads)
+        store = self._store
         self._require_some_documents()
         k = check_positive_int(k, name="k")
         candidates = check_positive_int(candidates, name="candidates")
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
-        k, candidates = min(k, self.num_docs), min(candidates, self.num_docs)
+        k, candidates = min(k, store.num_docs), min(candidates, store.num_docs)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         tokens = self._model.centred(tokens, threads)
         features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
-        documents = self._store.documents()
+        documents = store.documents()
         if documents is None:
-            rows, scores = top_k_unchecked(features, self.W, k, threads)
+            rows, scores = store.scan.top_k(features, k, threads)
         else:
-            found, _ = top_k_unchecked(features, self.W, candidates, threads)
+            if np.all(offsets[1:] > offsets[:-1]):  # the rerank needs only the set of candidates
+                found = store.scan.best_rows(features, candidates, threads)
+            else:  # a query without tokens keeps its first candidates, in order
+                found = store.scan.top_k(features, candidates, threads)[0]
             rows, scores = rerank_unchecked(tokens, offsets, documents, found, k, threads)
-        return self._ids_of(rows), scores
+        return self._ids_of(store, rows), scores
 
     # -- adding and removing documents ---------------------------------------
 
@@ -472,7 +553,7 @@ class Index:
         W = fitting.fit_rows(self._model, self._sample, tokens, documents.offsets,
                              num_threads=threads, progress=progress)
         self._store = self._store.appended(
-            W, new_ids, tokens if self.has_documents else None, documents.counts)
+            W, new_ids, tokens if self.has_documents else None, documents.counts, threads)
         self._id_lookup = None
         return new_ids
 
@@ -570,6 +651,7 @@ def fit_elm(
     train_subset_size: int = 8192,
     learn_subset_size: int = 100_000,
     keep_tokens: bool = True,
+    precision: str = "float32",
     progress: bool | None = None,
     num_threads: int | None = None,
 ) -> Index:
@@ -600,6 +682,8 @@ def fit_elm(
         The subsets for the target statistics (the original's defaults).
     keep_tokens : bool, default True
         Keep the documents' tokens in the index, for the exact rerank.
+    precision : {"float32", "bfloat16", "int8"}, default "float32"
+        The first stage's precision (see :class:`Index`).
     progress : bool, optional
     num_threads : int, optional
 
@@ -632,4 +716,4 @@ def fit_elm(
     )
     index._sample = fitting.OLSSample.draw(learn, size=sample_size, seed=random)
     index.add_documents(documents.tokens, documents.counts, progress=progress, num_threads=threads)
-    return index
+    return index.with_precision(precision, num_threads=threads) if precision != "float32" else index

@@ -1,0 +1,1 @@
+"""First stages: the candidates of a batch of query features over W's rows."""
