@@ -899,7 +899,8 @@ static inline int lemur_grow(void **buffer, size_t size)
 static inline int lemur_survivors_room(lemur_survivors *survivors, const float *thresholds)
 {
     ptrdiff_t kept = 0, i, grown;
-    if (survivors->count < survivors->capacity)
+    ptrdiff_t room = survivors->capacity < survivors->limit ? survivors->capacity : survivors->limit;
+    if (survivors->count < room)
         return 1;
     for (i = 0; i < survivors->count; i++)
         if (survivors->upper[i] >= thresholds[survivors->queries[i]]) {
@@ -910,9 +911,9 @@ static inline int lemur_survivors_room(lemur_survivors *survivors, const float *
             kept++;
         }
     survivors->count = kept;
-    if (kept <= survivors->capacity / 2)
+    if (kept <= room / 2)
         return 1;
-    if (survivors->capacity >= survivors->limit) {
+    if (room >= survivors->limit) {
         survivors->status = 2;
         return 0;
     }

@@ -252,8 +252,9 @@ def subset(compact: CompactRows, keep: np.ndarray) -> CompactRows:
     # lanes-packed -> one row after the other -> packed again
     rows = compact.codes.reshape(blocks, steps, BLOCK, 4).transpose(0, 2, 1, 3).reshape(-1, steps, 4)
     codes, _ = _empty(compact.precision, num_docs, compact.basis)
-    packed = codes.reshape(-1, steps, BLOCK, 4).transpose(0, 2, 1, 3).reshape(-1, steps, 4)
-    packed[:num_docs] = rows[: compact.num_docs][keep]
+    kept = np.full((codes.shape[0] * BLOCK, steps, 4), 128 if compact.precision == "int8" else 0, np.uint8)
+    kept[:num_docs] = rows[: compact.num_docs][keep]
+    codes[...] = kept.reshape(-1, BLOCK, steps, 4).transpose(0, 2, 1, 3).reshape(codes.shape)
     return CompactRows(compact.precision, num_docs, codes, blocked_params(flat_params(compact)[keep]),
                        compact.basis)
 

@@ -1,0 +1,191 @@
+"""The compact copies of W and their certified bound (lemur.first_stage.compact):
+the codes and parameters against a float64 NumPy reference, and the bound
+itself, pair by pair, on inputs built to make it tight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lemur._dispatch import kernels
+from lemur.first_stage import compact
+from lemur.retrieval import scores_unchecked
+
+PRECISIONS = ("bfloat16", "int8")
+
+
+def unpacked_codes(rows: compact.CompactRows) -> np.ndarray:
+    """The lanes-packed codes one row after the other: (num_docs, steps * 4) bytes."""
+    blocks, steps, _ = rows.codes.shape
+    per_row = rows.codes.reshape(blocks, steps, compact.BLOCK, 4).transpose(0, 2, 1, 3)
+    return per_row.reshape(blocks * compact.BLOCK, steps * 4)[: rows.num_docs]
+
+
+def decoded(rows: compact.CompactRows) -> np.ndarray:
+    """The values the codes stand for, float64 (num_docs, h)."""
+    raw = unpacked_codes(rows)
+    params = compact.flat_params(rows)
+    if rows.precision == "int8":
+        codes = raw.astype(np.int64) - 128
+        return (codes * params[:, 4:5].astype(np.float64))[:, : rows.h]
+    bits = raw.view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32).astype(np.float64)[:, : rows.h]
+
+
+def reference_bfloat16(values: np.ndarray) -> np.ndarray:
+    """Round to nearest even, magnitudes below 2^-126 to zero: float64 of the results."""
+    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    rounded = np.where((bits & 0x7FFFFFFF) < 0x00800000, bits & 0x80000000, rounded)
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def orthonormal(m: int, h: int, seed: int = 0) -> np.ndarray:
+    q = np.linalg.qr(np.random.default_rng(seed).standard_normal((h, m)))[0]
+    return np.ascontiguousarray(q.T, dtype=np.float32)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("h", [64, 130, 2048])
+def test_row_codes_and_parameters_match_a_float64_reference(precision, h):
+    random = np.random.default_rng(h)
+    W = (random.standard_normal((150, h)) * np.logspace(-3, 3, 150)[:, None]).astype(np.float32)
+    W[3] = 0
+    basis = orthonormal(8, h)
+    rows = compact.build(W, precision, basis, num_threads=2)
+    values = decoded(rows)
+    if precision == "bfloat16":
+        np.testing.assert_array_equal(values, reference_bfloat16(W))
+    else:
+        scale = np.abs(W).max(axis=1) / np.float32(127)
+        assert np.all(np.abs(W - values) <= 0.5 * scale[:, None] * (1 + 1e-6) + 1e-30)
+    params = compact.flat_params(rows).astype(np.float64)
+    W64 = W.astype(np.float64)
+    projections = W64 @ basis.astype(np.float64).T
+    np.testing.assert_allclose(params[:, compact.ROW_PARAMS:], projections, rtol=1e-6, atol=1e-30)
+    # every stored norm is at or above the float64 norm it bounds
+    for column, exact in enumerate([np.linalg.norm(W64, axis=1),
+                                    np.linalg.norm(params[:, compact.ROW_PARAMS:], axis=1),
+                                    np.linalg.norm(W64 - values, axis=1),
+                                    np.linalg.norm(values, axis=1)]):
+        assert np.all(params[:, column] >= exact * (1 - 1e-12)), column
+        np.testing.assert_allclose(params[:, column], exact, rtol=1e-5, atol=1e-30)
+    # the padding lanes of the last block hold code 0
+    blocks = rows.codes.shape[0]
+    padding = unpacked_codes(compact.CompactRows(precision, blocks * compact.BLOCK, rows.codes, rows.params,
+                                                 basis))[150:]
+    assert np.all(padding == (128 if precision == "int8" else 0))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_appended_and_subset_copies_equal_copies_built_at_once(precision):
+    random = np.random.default_rng(1)
+    W = random.standard_normal((300, 96)).astype(np.float32)
+    basis = orthonormal(4, 96)
+    whole = compact.build(W, precision, basis, num_threads=2)
+    grown = compact.appended(compact.build(W[:70], precision, basis, 1), W[70:], num_threads=2)
+    np.testing.assert_array_equal(grown.codes, whole.codes)
+    np.testing.assert_array_equal(grown.params, whole.params)
+    keep = random.random(300) < 0.6
+    kept = compact.subset(whole, keep)
+    again = compact.build(np.ascontiguousarray(W[keep]), precision, basis, num_threads=1)
+    assert kept.num_docs == int(keep.sum())
+    np.testing.assert_array_equal(kept.codes, again.codes)
+    np.testing.assert_array_equal(kept.params, again.params)
+
+
+def bounds_of_every_pair(rows: compact.CompactRows, features: np.ndarray, num_threads: int = 2):
+    """The scan with k = num_docs - 1: L, U and the kept pairs' bounds."""
+    codes, params = compact.encode_queries(features, rows, num_threads)
+    return kernels.compact_scan(rows.codes, rows.params, compact.KINDS[rows.precision], rows.num_docs, rows.h,
+                                rows.basis.shape[0], codes, params, rows.num_docs - 1, 2**24, num_threads)
+
+
+def assert_bounds_hold(rows: compact.CompactRows, W: np.ndarray, features: np.ndarray) -> None:
+    lower_k, _, kept_rows, kept_queries, lower, upper = bounds_of_every_pair(rows, features)
+    exact = scores_unchecked(features, W, 2)
+    scored = exact[kept_queries, kept_rows]
+    assert np.all(lower <= scored), (lower - scored).max()
+    assert np.all(scored <= upper), (scored - upper).max()
+    kept = np.zeros(exact.shape, bool)
+    kept[kept_queries, kept_rows] = True
+    assert np.all(exact[~kept] < np.repeat(lower_k, exact.shape[1]).reshape(exact.shape)[~kept])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_bound_holds_where_cauchy_schwarz_is_tight(precision):
+    """Queries whose residual points along a row's own compact error, the
+    case where the bound's inequalities are equalities."""
+    random = np.random.default_rng(2)
+    h = 256
+    W = random.standard_normal((200, h)).astype(np.float32)
+    W[:20] *= np.float32(1e4)
+    W[20:40] *= np.float32(1e-4)
+    basis = orthonormal(6, h, seed=3)
+    rows = compact.build(W, precision, basis, num_threads=2)
+    error = W.astype(np.float64) - decoded(rows)
+    aligned = error[[0, 25, 100]] / np.linalg.norm(error[[0, 25, 100]], axis=1, keepdims=True)
+    common = random.standard_normal(h)
+    features = np.concatenate([
+        aligned * 50,                              # f_perp along the rows' errors
+        aligned * 50 + 30 * common,                # ... plus a part in no particular subspace
+        basis[:3] * 40 + aligned * 1e-3,           # almost all in the exact directions
+        random.standard_normal((4, h)) * 1e3,
+        np.zeros((1, h)),
+    ]).astype(np.float32)
+    assert_bounds_hold(rows, W, features)
+    # and it is nearly attained: the aligned queries' errors reach most of it
+    _, _, kept_rows, kept_queries, lower, upper = bounds_of_every_pair(rows, features[:3])
+    exact = scores_unchecked(features[:3], W, 2)[kept_queries, kept_rows].astype(np.float64)
+    middle, half = (lower + upper.astype(np.float64)) / 2, (upper - lower.astype(np.float64)) / 2
+    aligned_pairs = kept_rows == np.array([0, 25, 100])[kept_queries]
+    assert np.all(np.abs(middle - exact)[aligned_pairs] > 0.5 * half[aligned_pairs])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_bound_holds_for_rows_of_very_different_norms_and_tiny_values(precision):
+    random = np.random.default_rng(4)
+    h = 128
+    W = (random.standard_normal((300, h)) * np.logspace(-30, 30, 300)[:, None]).astype(np.float32)
+    W[5, :] = np.float32(1e-39)  # subnormal
+    W[6, ::2] = 0
+    basis = orthonormal(4, h, seed=5)
+    rows = compact.build(W, precision, basis, num_threads=2)
+    features = (random.standard_normal((6, h)) * np.array([1e-6, 1e-3, 1, 1e3, 1e6, 1])[:, None]).astype(np.float32)
+    assert_bounds_hold(rows, W, features)
+
+
+def test_subspace_gives_orthonormal_directions_in_order_of_energy():
+    random = np.random.default_rng(6)
+    directions = orthonormal(3, 50, seed=7)
+    features = (random.standard_normal((400, 3)) * [30, 10, 3]) @ directions + 0.01 * random.standard_normal((400, 50))
+    basis = compact.subspace(features.astype(np.float32), m=3)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-6)
+    overlap = np.abs(basis @ directions.T)
+    np.testing.assert_allclose(np.linalg.norm(overlap, axis=1), 1, atol=1e-3)  # the same span
+    assert np.all(np.diag(overlap) > 0.99)  # in the order of energy
+
+
+def test_a_stored_copy_is_checked_against_what_it_must_hold():
+    random = np.random.default_rng(8)
+    W = random.standard_normal((70, 32)).astype(np.float32)
+    basis = orthonormal(4, 32)
+    rows = compact.build(W, "int8", basis, num_threads=1)
+    assert compact.CompactRows.check("int8", 70, rows.codes, rows.params, basis).num_docs == 70
+    with pytest.raises(ValueError, match="codes must be uint8 of shape"):
+        compact.CompactRows.check("int8", 71 + 64, rows.codes, rows.params, basis)
+    with pytest.raises(ValueError, match="params must be float32"):
+        compact.CompactRows.check("int8", 70, rows.codes, rows.params[:, :-1], basis)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        compact.CompactRows.check("int8", 70, rows.codes, rows.params, basis * 2)
+    bad = rows.params.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        compact.CompactRows.check("int8", 70, rows.codes, bad, basis)
+    bad[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="non-negative"):
+        compact.CompactRows.check("int8", 70, rows.codes, bad, basis)
+    with pytest.raises(ValueError, match="no compact copy"):
+        compact.CompactRows.check("float32", 70, rows.codes, rows.params, basis)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        compact.check_precision("float16")
