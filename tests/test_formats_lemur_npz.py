@@ -42,7 +42,7 @@ def test_lemur_format_round_trips_bit_exactly(tmp_path, kind):
     assert np.array_equal(record.W, W)
     with np.load(tmp_path / "m.npz", allow_pickle=False) as arrays:
         assert str(arrays["lemur_format"]) == "lemur-retrieval"
-        assert int(arrays["format_version"]) == lemur_npz.FORMAT_VERSION == 2
+        assert int(arrays["format_version"]) == lemur_npz.FORMAT_VERSION == 3
 
 
 def test_every_array_starts_on_a_64_byte_boundary(tmp_path):
@@ -118,7 +118,7 @@ def saved_lemur(tmp_path) -> dict[str, np.ndarray]:
     ("change", "message"),
     [
         (dict(lemur_format=np.array("something-else")), "lemur_format is 'something-else', expected 'lemur-retrieval'"),
-        (dict(format_version=np.int64(3)), "written in format version 3 by a newer lemur; this lemur reads versions up to 2"),
+        (dict(format_version=np.int64(4)), "written in format version 4 by a newer lemur; this lemur reads versions up to 3"),
         (dict(format_version=np.int64(0)), "format_version must be >= 1"),
         (dict(model_kind=np.array("rnn")), "model_kind must be 'mlp' or 'elm', got 'rnn'"),
         (dict(activation=np.array("tanh")), "key 'activation': unknown activation 'tanh'"),
@@ -165,3 +165,133 @@ def test_missing_file():
         lemur.load("/nonexistent/model.npz")
 
 
+
+
+# -- version 3: the precision, its compact copy, mapped opening ---------------------
+
+
+def compact_index(precision: str, num_docs: int = 300) -> lemur.Index:
+    random = np.random.default_rng(3)
+    model = random_model("mlp", "gelu", dims=(12, 96))
+    W = random.standard_normal((num_docs, 96)).astype(np.float32)
+    counts = random.integers(1, 5, num_docs)
+    tokens = random.standard_normal((int(counts.sum()), 12)).astype(np.float32)
+    return lemur.Index(model, W, tokens, counts, precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_the_compact_copy_is_stored_and_used_as_it_is(tmp_path, precision, mmap, monkeypatch):
+    index = compact_index(precision)
+    index.save(tmp_path / "index.npz")
+    with np.load(tmp_path / "index.npz", allow_pickle=False) as arrays:
+        assert str(arrays["precision"]) == precision
+        assert np.array_equal(arrays["compact_codes"], index.compact.codes)
+    monkeypatch.setattr(lemur.first_stage.compact, "build", lambda *a, **k: pytest.fail("rebuilt"))
+    again = lemur.load(tmp_path / "index.npz", mmap=mmap)
+    assert again.precision == precision
+    np.testing.assert_array_equal(again.compact.params, index.compact.params)
+    np.testing.assert_array_equal(again.compact.basis, index.compact.basis)
+    queries = np.random.default_rng(4).standard_normal((40, 12)).astype(np.float32)
+    counts = np.full(10, 4)
+    for ours, theirs in zip(index.search(queries, counts, k=5, candidates=20),
+                            again.search(queries, counts, k=5, candidates=20)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_precision_without_its_compact_copy_gets_one_built(tmp_path):
+    arrays = saved_lemur(tmp_path)
+    path = write(tmp_path / "by-hand.npz", {**arrays, "precision": np.array("int8")})
+    index = lemur.load(path)
+    assert index.precision == "int8" and index.compact.num_docs == 2
+
+
+def test_version_2_files_open_at_float32(tmp_path):
+    arrays = saved_lemur(tmp_path)
+    arrays = {key: value for key, value in arrays.items() if key != "precision"}
+    path = write(tmp_path / "v2.npz", {**arrays, "format_version": np.int64(2)})
+    assert lemur.load(path).precision == "float32"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(precision=np.array("float8")), "key 'precision': precision must be one of"),
+        (dict(compact_codes=np.zeros((5, 24, 256), np.uint8)), r"key 'compact_codes' must have shape \(5, 24, 256\)"
+         .replace("(5, 24", "(5, 24")),
+        (dict(compact_params=np.zeros((5, 21, 64), np.float64)), "compact copy's params must be float32"),
+        (dict(compact_basis=np.zeros((16, 95), np.float32)), r"key 'compact_basis' must have shape \(any, 96\)"),
+        (dict(compact_basis=np.ones((16, 96), np.float32)), "basis's rows are not orthonormal"),
+        (dict(compact_codes=np.zeros((5, 24, 256), np.uint16)), "compact copy's codes must be uint8"),
+    ],
+)
+def test_defective_compact_copies_are_refused(tmp_path, change, message):
+    compact_index("int8").save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz", allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    if "compact_codes" in change and change["compact_codes"].dtype == np.uint8:
+        change = {"compact_codes": np.zeros((arrays["compact_codes"].shape[0] + 1,) + arrays["compact_codes"].shape[1:],
+                                            np.uint8)}
+        message = "key 'compact_codes' must have shape"
+    path = write(tmp_path / "bad.npz", {**arrays, **change})
+    with pytest.raises(ValueError, match=message):
+        lemur.load(path)
+
+
+def test_a_float32_file_with_a_compact_copy_is_refused(tmp_path):
+    compact_index("int8").save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz", allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    path = write(tmp_path / "bad.npz", {**arrays, "precision": np.array("float32")})
+    with pytest.raises(ValueError, match="a float32 index has no compact copy"):
+        lemur.load(path)
+
+
+def is_mapped(array: np.ndarray) -> bool:
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base if isinstance(array, np.ndarray) else None
+    return False
+
+
+def test_a_mapped_index_reads_nothing_at_opening_and_copies_on_write(tmp_path):
+    index = compact_index("int8", num_docs=500)
+    index.attach_sample(np.random.default_rng(5).standard_normal((200, 12)).astype(np.float32), size=None)
+    index.save(tmp_path / "index.npz")
+    before = (tmp_path / "index.npz").read_bytes()
+    mapped = lemur.load(tmp_path / "index.npz", mmap=True)
+    for array in (mapped.W, mapped.doc_tokens, mapped.compact.codes, mapped.compact.params):
+        assert is_mapped(array) and not array.flags.writeable
+    new = np.random.default_rng(6).standard_normal((9, 12)).astype(np.float32)
+    ids = mapped.add_documents(new, [3, 3, 3])
+    mapped.remove_documents([0, 7, int(ids[1])])
+    index.add_documents(new, [3, 3, 3])
+    index.remove_documents([0, 7, int(ids[1])])
+    assert (tmp_path / "index.npz").read_bytes() == before  # the file is never written
+    np.testing.assert_array_equal(mapped.W, index.W)
+    np.testing.assert_array_equal(mapped.compact.codes, index.compact.codes)
+    mapped.save(tmp_path / "index.npz")  # over the mapped file: a new file, the old mapping stays valid
+    np.testing.assert_array_equal(lemur.load(tmp_path / "index.npz").W, index.W)
+
+
+def test_only_lemur_files_stored_uncompressed_can_be_mapped(tmp_path):
+    compact_index("float32").save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz", allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    np.savez_compressed(tmp_path / "compressed.npz", **arrays)
+    with pytest.raises(ValueError, match="compressed and cannot be mapped"):
+        lemur.load(tmp_path / "compressed.npz", mmap=True)
+    assert lemur.load(tmp_path / "compressed.npz").num_docs == 300
+    with pytest.raises(ValueError, match="mmap=True maps lemur's own files only"):
+        lemur.load(pathlib.Path(__file__).parent / "data" / "mlp1_gelu_d128_h2048", mmap=True)
+
+
+def test_an_index_with_a_centre_keeps_its_centred_tokens_through_a_round_trip(tmp_path):
+    base = random_model("mlp", "gelu")
+    model = lemur.Model(list(base.layers), kind="mlp", activation="gelu", center=np.ones(24, np.float32))
+    tokens = np.random.default_rng(7).standard_normal((30, 24)).astype(np.float32)
+    index = lemur.Index(model, np.zeros((3, 40), np.float32), tokens, [10, 10, 10])
+    index.save(tmp_path / "centred.npz")
+    for mmap in (False, True):
+        np.testing.assert_array_equal(lemur.load(tmp_path / "centred.npz", mmap=mmap).doc_tokens, tokens - 1)

@@ -14,7 +14,7 @@ from lemur._scratch import aligned_empty
 from lemur.first_stage import compact
 from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur._threads import resolve_num_threads
-from lemur._validation import check_integer_array, check_positive_int, check_vectors
+from lemur._validation import check_integer_array, check_positive_int, check_vectors, counts_to_offsets
 from lemur.model import Model, check_activation
 from lemur.retrieval import (
     Documents,
@@ -181,6 +181,36 @@ class Index:
         self._id_lookup: tuple[np.ndarray, np.ndarray] | None = None
         if precision != "float32":
             self._store = replace(self._store, scan=self._scan_at(precision, None, threads))
+
+    @classmethod
+    def _from_mapped(cls, model: Model, W: np.ndarray, doc_tokens: np.ndarray | None, doc_counts: object,
+                     *, doc_ids: object, sample: np.ndarray | None, precision: str,
+                     compact_rows: compact.CompactRows | None, num_threads: int | None) -> Index:
+        """An index over arrays mapped from a file whose headers the format
+        checked: W and the token store are taken as they are (their values
+        are not read); counts, ids and the sample are checked as usual."""
+        threads = resolve_num_threads(num_threads)
+        index = cls(model, np.empty((0, W.shape[1]), np.float32), sample=sample, num_threads=threads)
+        ids = np.arange(W.shape[0], dtype=np.int64) if doc_ids is None else cls._check_new_ids(
+            doc_ids, W.shape[0], existing=np.empty(0, dtype=np.int64))
+        store = _Store(W, ids, W.shape[0], ExhaustiveScan(W))
+        if doc_tokens is not None:
+            offsets = counts_to_offsets(doc_counts, name="doc_counts", total=doc_tokens.shape[0],
+                                        total_name="doc_tokens", allow_empty=True)
+            if offsets.size - 1 != W.shape[0] or np.any(offsets[1:] == offsets[:-1]):
+                raise ValueError("doc_counts must hold one count of at least 1 per row of W")
+            offsets.flags.writeable = False
+            store = replace(store, tokens=doc_tokens, offsets=offsets)
+        index._store = store
+        if compact_rows is not None:
+            return index._with_compact_rows(compact_rows)
+        return index.with_precision(precision, num_threads=threads)
+
+    def _with_compact_rows(self, rows: compact.CompactRows) -> Index:
+        """This index with the first stage over a compact copy of its W made
+        earlier (a file's)."""
+        self._store = replace(self._store, scan=ExhaustiveScan(self._store.rows_of_W(), rows))
+        return self
 
     def _scan_at(self, precision: str, basis: np.ndarray | None, num_threads: int) -> ExhaustiveScan:
         """The first stage over this index's W at `precision` (with the exact
@@ -623,17 +653,19 @@ class Index:
         path: str | os.PathLike[str],
         *,
         activation: str | None = None,
+        mmap: bool = False,
         num_threads: int | None = None,
     ) -> Index:
         """The index in any file :func:`lemur.load` reads that holds one (W,
         or a sample to fit documents against); a bare model is an error.
 
-        The arrays are read once, into memory of their own (no second copy).
+        The arrays are read once, into memory of their own (no second copy),
+        or with `mmap` mapped from the file (see :func:`lemur.load`).
         `activation` is for exports, which do not record it (default "gelu").
         """
         from lemur import formats
 
-        loaded = formats.load(path, activation=activation, num_threads=num_threads)
+        loaded = formats.load(path, activation=activation, mmap=mmap, num_threads=num_threads)
         if not isinstance(loaded, Index):
             raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
         return loaded

@@ -26,7 +26,7 @@ import os
 from lemur.formats import fork_npz, lemur_npz, original, txtai
 from lemur.formats.archive import Archive, ArchiveError, is_zip
 from lemur.formats.npz_members import NpzMembers
-from lemur.formats.record import Record, index_of, model_of, record_of
+from lemur.formats.record import Record, compact_arrays, index_of, model_of, record_of
 from lemur.index import Index
 from lemur.model import Model
 
@@ -82,22 +82,27 @@ def _looks_like_safetensors(path: str) -> bool:
         return stream.read(1) == b"{"
 
 
-def read(path: str | os.PathLike[str], *, model_only: bool = False) -> Record:
+def read(path: str | os.PathLike[str], *, model_only: bool = False, mmap: bool = False) -> Record:
     """The record of any file or directory lemur reads (only the model's
-    parts with `model_only`)."""
+    parts with `model_only`; W, its compact copy and the token store mapped
+    from the file with `mmap`, lemur's own format only)."""
     path = os.fspath(path)
     name = detect(path)
+    if mmap and name != "lemur":
+        raise ValueError(f"{path}: mmap=True maps lemur's own files only, this is a {name!r} one; "
+                         "convert it first (lemur convert SRC DST.npz)")
     if name in ("lemur", "lemur-numpy"):
         with Archive(path) as archive:
-            module = lemur_npz if name == "lemur" else fork_npz
-            return module.read(archive, model_only=model_only)
+            if name == "lemur":
+                return lemur_npz.read(archive, model_only=model_only, mmap=mmap)
+            return fork_npz.read(archive, model_only=model_only)
     try:
         return (original if name == "original" else txtai).read(path, model_only=model_only)
     except ArchiveError as exc:
         raise ValueError(str(exc)) from None
 
 
-def load(path: str | os.PathLike[str], *, activation: str | None = None,
+def load(path: str | os.PathLike[str], *, activation: str | None = None, mmap: bool = False,
          num_threads: int | None = None) -> Index | Model:
     """Open an index or a model from any file or directory lemur reads.
 
@@ -111,6 +116,15 @@ def load(path: str | os.PathLike[str], *, activation: str | None = None,
         For files that do not record it (the fork's exports): the activation
         the model was trained with (default "gelu", the exact erf form). For
         the others it must be None or agree with the file.
+    mmap : bool, default False
+        Map W, its compact copy and the token store from the file instead of
+        reading them (lemur's own ``.npz`` only): opening takes milliseconds
+        whatever the file's size, a search brings in only the pages it
+        touches (the compact copy it scans, the rows it rescores, the
+        candidates' tokens), and processes that open the same file share
+        them. Their values are not checked on opening (that would read them
+        all). Adding or removing documents copies what it changes (the file
+        is never written); ``save`` writes a new file.
     num_threads : int, optional
         Threads for the one-time checks of the arrays.
 
@@ -131,7 +145,7 @@ def load(path: str | os.PathLike[str], *, activation: str | None = None,
         not fit together, values that are not finite, or a file that would
         run code or take more memory than it holds (refused before reading).
     """
-    record = read(path)
+    record = read(path, mmap=mmap)
     model = model_of(record, path=os.fspath(path), activation=activation)
     if not record.is_index:
         return model
@@ -178,15 +192,23 @@ def save(source: Model | Index, path: str | os.PathLike[str], *, format: str = "
 
 
 def convert(source: str | os.PathLike[str], destination: str | os.PathLike[str], *,
-            format: str = "lemur", activation: str | None = None) -> tuple[Record, str]:
+            format: str = "lemur", activation: str | None = None,
+            precision: str | None = None) -> tuple[Record, str]:
     """Write the file or directory `source` in `format` at `destination`, record
     to record, so that what a format keeps beyond lemur's model (txtai's seed
     and training record) survives. Everything is checked first, as
-    :func:`load` checks it. Returns the source's record and the writer's note."""
+    :func:`load` checks it; `precision` (an index's) changes the first
+    stage's precision on the way (lemur's format keeps it). Returns the
+    source's record and the writer's note."""
     if format not in WRITERS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(WRITERS)}")
     record = read(source)
     model = model_of(record, path=os.fspath(source), activation=activation)
     if record.is_index:
-        index_of(record, model, path=os.fspath(source))
+        index = index_of(record, model, path=os.fspath(source))
+        if precision is not None:
+            index = index.with_precision(precision)
+        record = record.replace(precision=index.precision, compact=compact_arrays(index))
+    elif precision is not None:
+        raise ValueError(f"{os.fspath(source)} holds a model, not an index: it has no precision")
     return record, WRITERS[format](record.replace(activation=model.activation), destination)

@@ -251,6 +251,24 @@ class Archive:
             )
         return member
 
+    def mapped_array(self, member: NpyMember) -> np.ndarray:
+        """A read-only view of a member's data mapped from the file (nothing
+        is read; the pages come in as they are used, shared with every
+        process that maps the file). The member must be stored uncompressed,
+        in C order and native byte order; its CRC is not checked (that would
+        read it all)."""
+        info = self.info(member.name, member.label)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise self.error(f"{member.label} is compressed and cannot be mapped; rewrite the file "
+                             "with lemur.save (or `lemur convert`)")
+        if member.fortran_order or not member.dtype.isnative:
+            raise self.error(f"{member.label} is not in C order and native byte order and cannot "
+                             "be mapped; rewrite the file with lemur.save")
+        if member.nbytes == 0:
+            return np.empty(member.shape, member.dtype)
+        return np.asarray(np.memmap(self.path, dtype=member.dtype, mode="r", shape=member.shape,
+                                    offset=self.data_offset(info) + member.header_bytes))
+
     def npy_array(self, member: NpyMember) -> np.ndarray:
         """The data of a member whose header :meth:`npy_header` checked: a new,
         aligned, C-contiguous array in native byte order."""

@@ -1,13 +1,15 @@
 """lemur's own format: one uncompressed ``.npz`` archive.
 
-``np.load(path, allow_pickle=False)`` reads it. Format version 2 (version 1
-files, without ``center`` and ``query_scale``, still load). Keys:
+``np.load(path, allow_pickle=False)`` reads it, and ``lemur.load(path,
+mmap=True)`` maps W, its compact copy and the token store in place. Format
+version 3 (versions 1, without ``center`` and ``query_scale``, and 2, without
+``precision`` and the compact copy, still load). Keys:
 
 ==================== ========= ================ =====================================
 key                  dtype     shape            meaning
 ==================== ========= ================ =====================================
 ``lemur_format``     str       ()               always ``"lemur-retrieval"``
-``format_version``   int64     ()               2
+``format_version``   int64     ()               3
 ``model_kind``       str       ()               ``"mlp"`` or ``"elm"``
 ``activation``       str       ()               ``"gelu"`` (exact erf), ``"relu"``,
                                                 ``"silu"``, ``"mish"``, ``"gelu-tanh"``
@@ -25,7 +27,7 @@ key                  dtype     shape            meaning
                                                 space's centre
 ``W``                float32   (num_docs, h)    optional: one row per document
 ``doc_tokens``       float32   (tokens, d)      optional (with ``doc_counts``): the
-                                                documents' token vectors, in order, in
+                     or float16                 documents' token vectors, in order, in
                                                 the model's space (centred if it has a
                                                 centre)
 ``doc_counts``       int64     (num_docs,)      tokens per document (each >= 1)
@@ -33,12 +35,25 @@ key                  dtype     shape            meaning
                                                 >= 0), in W's row order; default 0..n-1
 ``sample``           float32   (size, d)        optional: the OLS sample S that W is
                                                 fitted against (in the model's space)
+``precision``        str       ()               optional (version 3): ``"float32"``
+                                                (the default), ``"bfloat16"`` or ``"int8"``
+``compact_codes``    uint8     (blocks, steps,  with a compact precision: W's compact
+                               256)             copy, lanes-packed (``lemur/_compact.h``)
+``compact_params``   float32   (blocks, 5 + m,  its row parameters
+                               64)
+``compact_basis``    float32   (m, h)           its exact directions
 ==================== ========= ================ =====================================
+
+A file of version 3 with a compact precision but no compact copy (written by
+hand) gets one built from W when it is opened.
 
 Members are stored uncompressed, each array's data on a 64-byte boundary of
 the file (:func:`lemur.formats.archive.write_npz`). Reading checks every
 member's header against this table and against the other members before any
-array is read.
+array is read. Mapped (``mmap=True``), W, the compact copy and the token
+store are views of the file's pages: nothing of them is read at opening
+(their values are not checked, nor their CRCs), and processes that map the
+same file share its pages.
 """
 
 from __future__ import annotations
@@ -47,6 +62,8 @@ import os
 
 import numpy as np
 
+from lemur._dispatch import kernels
+from lemur.first_stage import compact
 from lemur.formats.archive import Archive, write_npz
 from lemur.formats.npz_members import NpzMembers, layer_arrays
 from lemur.formats.record import Record
@@ -54,7 +71,9 @@ from lemur.model import DEFAULT_QUERY_SCALE, check_activation
 
 NAME = "lemur"
 FORMAT_NAME = "lemur-retrieval"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Members that may be mapped rather than read.
+MAPPED = ("W", "doc_tokens", "compact_codes", "compact_params")
 
 
 def holds(members: NpzMembers) -> bool:
@@ -62,8 +81,10 @@ def holds(members: NpzMembers) -> bool:
     return "lemur_format" in members.keys
 
 
-def read(archive: Archive, *, model_only: bool = False) -> Record:
-    """The record of a lemur ``.npz`` (only its model with `model_only`)."""
+def read(archive: Archive, *, model_only: bool = False, mmap: bool = False) -> Record:
+    """The record of a lemur ``.npz`` (only its model with `model_only`;
+    W, its compact copy and the token store mapped from the file with
+    `mmap`)."""
     members = NpzMembers(archive)
     name = members.string("lemur_format")
     if name != FORMAT_NAME:
@@ -89,7 +110,7 @@ def read(archive: Archive, *, model_only: bool = False) -> Record:
     input_dim, feature_dim = members.layer_dims(num_layers, kind)
     if "center" in members.keys:
         members.float_header("center", 1, (input_dim,))
-    documents = {} if model_only else _check_documents(members, input_dim, feature_dim)
+    documents = {} if model_only else _check_documents(members, input_dim, feature_dim, mmap)
     record = Record(
         kind=kind,
         layers=members.layers(num_layers, kind),
@@ -102,26 +123,56 @@ def read(archive: Archive, *, model_only: bool = False) -> Record:
     )
     if model_only:
         return record
-    return record.replace(W=members.W(feature_dim), **{key: reader() for key, reader in documents.items()})
+    return record.replace(W=members.W(feature_dim, mapped=mmap), mapped=mmap,
+                          **{key: reader() for key, reader in documents.items()})
 
 
-def _check_documents(members: NpzMembers, input_dim: int, feature_dim: int) -> dict:
-    """Check the headers of W, the token store, ids and sample; returns
-    key -> a function reading the array."""
+def _check_documents(members: NpzMembers, input_dim: int, feature_dim: int, mmap: bool) -> dict:
+    """Check the headers of W, the token store, ids, sample and compact copy;
+    returns key -> a function reading (or mapping) the array."""
     num_docs = members.W_rows(feature_dim)
     readers = {}
     if "doc_tokens" in members.keys or "doc_counts" in members.keys:
-        members.float_header("doc_tokens", 2, (None, input_dim))
+        tokens = members.float_header("doc_tokens", 2, (None, input_dim))
         members.header("doc_counts", "iu", "must hold integers", 1, (num_docs,))
         readers["doc_counts"] = lambda: members.integers("doc_counts", (num_docs,))
-        readers["doc_tokens"] = lambda: np.ascontiguousarray(members.floats("doc_tokens", 2), dtype=np.float32)
+        stored = np.float16 if tokens.dtype == np.float16 else np.float32
+        if mmap and tokens.dtype != stored:
+            raise members.error(f"key 'doc_tokens' is {tokens.dtype}; only float32 and float16 token "
+                                "stores can be mapped (rewrite the file with lemur.save)")
+        readers["doc_tokens"] = (lambda: members.floats("doc_tokens", 2, mapped=True)) if mmap else (
+            lambda: np.ascontiguousarray(members.floats("doc_tokens", 2), dtype=stored))
     if "doc_ids" in members.keys:
         members.header("doc_ids", "iu", "must hold integers", 1, (num_docs,))
         readers["doc_ids"] = lambda: members.integers("doc_ids", (num_docs,))
     if "sample" in members.keys:
         members.float_header("sample", 2, (None, input_dim))
         readers["sample"] = lambda: np.ascontiguousarray(members.floats("sample", 2), dtype=np.float32)
+    if "precision" in members.keys:
+        precision = members.string("precision")
+        try:
+            compact.check_precision(precision)
+        except ValueError as exc:
+            raise members.error(f"key 'precision': {exc}") from None
+        readers["precision"] = lambda: precision
+        if "compact_codes" in members.keys:
+            _check_compact_headers(members, precision, num_docs or 0, feature_dim)
+            readers["compact"] = lambda: (members.array("compact_codes", "u", "", mapped=mmap),
+                                          members.array("compact_params", "f", "", mapped=mmap),
+                                          members.floats("compact_basis", 2))
     return readers
+
+
+def _check_compact_headers(members: NpzMembers, precision: str, num_docs: int, feature_dim: int) -> None:
+    """The compact copy's headers against W's shape (its values are checked
+    when the index is built)."""
+    if precision == "float32":
+        raise members.error("a float32 index has no compact copy, but the file has 'compact_codes'")
+    basis = members.float_header("compact_basis", 2, (None, feature_dim))
+    steps, _ = kernels.compact_layout(compact.KINDS[precision], feature_dim)
+    blocks = -(-num_docs // compact.BLOCK)
+    members.header("compact_codes", "u", "must hold bytes (uint8)", 3, (blocks, steps, 4 * compact.BLOCK))
+    members.float_header("compact_params", 3, (blocks, compact.ROW_PARAMS + basis.shape[0], compact.BLOCK))
 
 
 def write(record: Record, path: str | os.PathLike[str]) -> str:
@@ -142,10 +193,16 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
         arrays["center"] = record.center
     optional = {"W": record.W, "doc_tokens": record.doc_tokens, "doc_ids": record.doc_ids,
                 "sample": record.sample}
+    if record.is_index:
+        arrays["precision"] = np.array(record.precision)
+    if record.compact is not None:
+        optional.update(zip(("compact_codes", "compact_params", "compact_basis"), record.compact))
     arrays.update({key: value for key, value in optional.items() if value is not None})
     if record.doc_tokens is not None:
         arrays["doc_counts"] = np.asarray(record.doc_counts, dtype=np.int64)
     if record.doc_ids is not None:
         arrays["doc_ids"] = np.asarray(record.doc_ids, dtype=np.int64)
     write_npz(path, arrays)
-    return f"lemur {'index' if record.is_index else 'model'}"
+    if not record.is_index:
+        return "lemur model"
+    return "lemur index" + ("" if record.precision == "float32" else f" ({record.precision})")

@@ -46,8 +46,11 @@ class NpzMembers:
         return member
 
     def array(self, key: str, kinds: str, what: str, ndim: int | None = None,
-              shape: tuple[int | None, ...] | None = None) -> np.ndarray:
-        return self._archive.npy_array(self.header(key, kinds, what, ndim, shape))
+              shape: tuple[int | None, ...] | None = None, mapped: bool = False) -> np.ndarray:
+        """The member's data (read, or `mapped` from the file), its header
+        checked first."""
+        member = self.header(key, kinds, what, ndim, shape)
+        return self._archive.mapped_array(member) if mapped else self._archive.npy_array(member)
 
     def scalar(self, key: str, kinds: str, what: str) -> object:
         member = self.header(key, kinds, f"must be a single {what}")
@@ -64,8 +67,9 @@ class NpzMembers:
     def string(self, key: str) -> str:
         return str(self.scalar(key, "U", "string"))
 
-    def floats(self, key: str, ndim: int, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
-        return self.array(key, "f", "must hold floating-point values", ndim, shape)
+    def floats(self, key: str, ndim: int, shape: tuple[int | None, ...] | None = None,
+               mapped: bool = False) -> np.ndarray:
+        return self.array(key, "f", "must hold floating-point values", ndim, shape, mapped)
 
     def float_header(self, key: str, ndim: int, shape: tuple[int | None, ...] | None = None) -> NpyMember:
         return self.header(key, "f", "must hold floating-point values", ndim, shape)
@@ -109,10 +113,17 @@ class NpzMembers:
                 f"W has shape {shape}, but the model's last layer outputs {feature_dim} features")
         return shape[0]
 
-    def W(self, feature_dim: int) -> np.ndarray | None:
-        """W as float32 (its header checked against the model first), finite."""
+    def W(self, feature_dim: int, mapped: bool = False) -> np.ndarray | None:
+        """W as float32 (its header checked against the model first), finite;
+        `mapped`: a read-only view mapped from the file, float32 as stored
+        (not read, so not checked)."""
         if self.W_rows(feature_dim) is None:
             return None
+        if mapped:
+            self.float_header("W", 2)
+            if self.header("W", "f", "").dtype != np.float32:
+                raise self.error("key 'W' must be float32 to be mapped; rewrite the file with lemur.save")
+            return self.floats("W", 2, mapped=True)
         W = np.ascontiguousarray(self.floats("W", 2), dtype=np.float32)
         try:
             check_finite(W, name="W")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from lemur.first_stage import compact
 from lemur.index import Index
 from lemur.model import DEFAULT_QUERY_SCALE, Layer, Model, check_activation
 
@@ -40,6 +41,14 @@ class Record:
     doc_counts: np.ndarray | None = None
     doc_ids: np.ndarray | None = None
     sample: np.ndarray | None = None
+    #: the first stage's precision, and for "bfloat16"/"int8" its compact copy
+    #: of W as lemur keeps it: (codes, params, basis) of
+    #: :class:`lemur.first_stage.compact.CompactRows` (None: built from W)
+    precision: str = "float32"
+    compact: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: whether W, the compact copy and the token store are mapped from the
+    #: file (their values then are not checked: that would read them all)
+    mapped: bool = False
     #: settings a format keeps that lemur's model does not use (txtai's seed)
     extras: dict[str, object] = field(default_factory=dict)
 
@@ -66,7 +75,8 @@ def record_of(source: Model | Index) -> Record:
     if isinstance(source, Index):
         model = source.model
         arrays = dict(W=source.W, doc_ids=source.doc_ids, doc_tokens=source.doc_tokens,
-                      doc_counts=source.doc_counts, sample=source.sample)
+                      doc_counts=source.doc_counts, sample=source.sample, precision=source.precision,
+                      compact=compact_arrays(source))
     elif isinstance(source, Model):
         model, arrays = source, {}
     else:
@@ -74,6 +84,15 @@ def record_of(source: Model | Index) -> Record:
     return Record(kind=model.kind, layers=model.layers, activation=model.activation,
                   file_format="lemur", output_mean=model.output_mean, output_std=model.output_std,
                   center=model.center, query_scale=model.query_scale, **arrays)
+
+
+def compact_arrays(index: Index) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The index's compact copy of W as stored: (codes, params, basis), or None."""
+    rows = index.compact
+    if rows is None:
+        return None
+    blocks = -(-rows.num_docs // compact.BLOCK)
+    return rows.codes[:blocks], rows.params[:blocks], rows.basis
 
 
 def model_of(record: Record, *, path: str, activation: str | None = None) -> Model:
@@ -96,13 +115,25 @@ def model_of(record: Record, *, path: str, activation: str | None = None) -> Mod
 
 
 def index_of(record: Record, model: Model, *, path: str, num_threads: int | None = None) -> Index:
-    """The record's Index over `model` (W empty when the file has only a sample)."""
+    """The record's Index over `model` (W empty when the file has only a
+    sample), at the record's precision, with its compact copy when it has one
+    (else one is built from W). A mapped record's W, compact copy and token
+    store are taken as they are; everything else is checked."""
     W = record.W if record.W is not None else np.empty((0, model.feature_dim), np.float32)
     tokens, counts = record.doc_tokens, record.doc_counts
     if tokens is None and record.W is None:  # a bare model and sample (txtai): room for documents
         tokens, counts = np.empty((0, model.input_dim), np.float32), np.empty(0, np.int64)
     try:
-        return Index(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
-                     num_threads=num_threads)
+        rows = None
+        if record.compact is not None:
+            rows = compact.CompactRows.check(record.precision, W.shape[0], *record.compact)
+        if record.mapped:
+            return Index._from_mapped(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
+                                      precision=record.precision, compact_rows=rows, num_threads=num_threads)
+        index = Index(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
+                      doc_tokens_centered=True, num_threads=num_threads)
+        if rows is not None:
+            return index._with_compact_rows(rows)
+        return index.with_precision(record.precision, num_threads=num_threads)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
