@@ -166,3 +166,117 @@ def test_fixture_index_round_trip(tmp_path):
     indices, _ = again.search(expected["query_tokens"], expected["query_counts"], k=10, candidates=50)
     real = np.arange(41) != int(expected["zero_query_index"])
     assert np.array_equal(indices[real], expected["rerank_top10"][real])
+
+
+# -- precision: the compact first stage ------------------------------------------------------
+
+
+def assert_same_results(ours, theirs):
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+        if a.dtype == np.float32:
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_every_precision_returns_bitwise_the_float32_results_on_the_fixtures(variant, precision):
+    index, expected = fixture_index(variant)
+    compact = index.with_precision(precision)
+    assert compact.precision == precision and index.precision == "float32"
+    assert np.shares_memory(compact.W, index.W) and np.shares_memory(compact.doc_tokens, index.doc_tokens)
+    tokens, counts = expected["query_tokens"], expected["query_counts"]
+    features = index.features(tokens, counts)
+    for k in (1, 10, 50, 299):
+        assert_same_results(compact.top_k(features, k), index.top_k(features, k))
+    for k, candidates in ((10, 50), (10, 100), (5, 300)):
+        assert_same_results(compact.search(tokens, counts, k=k, candidates=candidates),
+                            index.search(tokens, counts, k=k, candidates=candidates))
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_a_compact_index_describes_itself(small, precision):
+    model, W, doc_tokens, doc_counts = small
+    index = lemur.Index(model, W, doc_tokens, doc_counts, precision=precision)
+    assert index.precision == precision and index.compact.num_docs == 80
+    assert index.nbytes == model.nbytes + W.nbytes + doc_tokens.nbytes + index.compact.nbytes
+    assert f"precision='{precision}'" in repr(index)
+    assert lemur.Index(model, W).compact is None
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'bfloat16', 'int8'"):
+        lemur.Index(model, W, precision="float16")
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_adding_and_removing_keep_the_compact_copy_in_step(precision):
+    model = random_model("mlp", "gelu", dims=(16, 64))
+    tokens, counts = corpus(150, 16, seed=5)
+    sample = np.random.default_rng(6).standard_normal((300, 16)).astype(np.float32)
+    index = lemur.Index(model, np.zeros((0, 64), np.float32), np.zeros((0, 16), np.float32), [],
+                        sample=sample, precision=precision)
+    plain = lemur.Index(model, np.zeros((0, 64), np.float32), np.zeros((0, 16), np.float32), [], sample=sample)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for first, last in ((0, 70), (70, 71), (71, 150)):
+        for each in (index, plain):
+            each.add_documents(tokens[offsets[first] : offsets[last]], counts[first:last])
+    for each in (index, plain):
+        each.remove_documents([0, 64, 65, 149])
+    rebuilt = plain.with_precision(precision)
+    np.testing.assert_array_equal(index.compact.codes, rebuilt.compact.codes)
+    np.testing.assert_array_equal(index.compact.params, rebuilt.compact.params)
+    queries = np.random.default_rng(7).standard_normal((60, 16)).astype(np.float32)
+    assert_same_results(index.search(queries, [20, 20, 20], k=5, candidates=30),
+                        plain.search(queries, [20, 20, 20], k=5, candidates=30))
+
+
+# -- float16 token stores ---------------------------------------------------------------------
+
+
+def test_a_float16_token_store_is_kept_as_given_and_searches_as_its_float32_values(small):
+    model, W, doc_tokens, doc_counts = small
+    half = doc_tokens.astype(np.float16)
+    index = lemur.Index(model, W, half, doc_counts)
+    assert index.doc_tokens.dtype == np.float16 and np.shares_memory(index.doc_tokens, half)
+    assert index.nbytes == model.nbytes + W.nbytes + half.nbytes
+    widened = lemur.Index(model, W, half.astype(np.float32), doc_counts)
+    query_tokens, counts = random_tokens(50, 12, seed=9), [10, 0, 25, 15]
+    assert_same_results(index.search(query_tokens, counts, k=5, candidates=20),
+                        widened.search(query_tokens, counts, k=5, candidates=20))
+    candidates = np.random.default_rng(1).integers(-1, 80, (4, 30))
+    assert_same_results(index.rerank(query_tokens, counts, candidates, 7),
+                        widened.rerank(query_tokens, counts, candidates, 7))
+
+
+def test_a_model_with_a_centre_keeps_centred_float32_copies_of_float16_tokens(small):
+    model, W, doc_tokens, doc_counts = small
+    centred = lemur.Model(list(model.layers), kind="mlp", activation="gelu", center=np.full(12, 0.1, np.float32))
+    half = doc_tokens.astype(np.float16)
+    index = lemur.Index(centred, W, half, doc_counts)
+    assert index.doc_tokens.dtype == np.float32
+    np.testing.assert_array_equal(index.doc_tokens, centred.centred(half.astype(np.float32), 1))
+    already = lemur.Index(centred, W, half, doc_counts, doc_tokens_centered=True)
+    assert already.doc_tokens.dtype == np.float16
+
+
+def test_documents_added_to_a_float16_store_are_fitted_on_the_values_stored():
+    model = random_model("mlp", "gelu", dims=(16, 64))
+    tokens, counts = corpus(40, 16, seed=5)
+    sample = np.random.default_rng(6).standard_normal((200, 16)).astype(np.float32)
+    half = lemur.Index(model, np.zeros((0, 64), np.float32), np.zeros((0, 16), np.float16), [], sample=sample)
+    single = lemur.Index(model, np.zeros((0, 64), np.float32), np.zeros((0, 16), np.float32), [], sample=sample)
+    half.add_documents(tokens, counts)  # float32 tokens into a float16 store: rounded first
+    single.add_documents(tokens.astype(np.float16).astype(np.float32), counts)
+    assert half.doc_tokens.dtype == np.float16
+    np.testing.assert_array_equal(half.W, single.W)
+    elm_half = lemur.fit_elm(tokens.astype(np.float16), counts, hidden_dim=64, sample_size=100, seed=3)
+    elm_single = lemur.fit_elm(tokens.astype(np.float16).astype(np.float32), counts, hidden_dim=64,
+                               sample_size=100, seed=3)
+    assert elm_half.doc_tokens.dtype == np.float16
+    np.testing.assert_array_equal(elm_half.W, elm_single.W)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_float16_token_store_survives_save_and_load(tmp_path, small, mmap):
+    model, W, doc_tokens, doc_counts = small
+    lemur.Index(model, W, doc_tokens.astype(np.float16), doc_counts).save(tmp_path / "half.npz")
+    again = lemur.load(tmp_path / "half.npz", mmap=mmap)
+    assert again.doc_tokens.dtype == np.float16
+    np.testing.assert_array_equal(again.doc_tokens, doc_tokens.astype(np.float16))

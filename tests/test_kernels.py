@@ -239,3 +239,19 @@ def test_lemur_kernels_forces_a_variant_and_show_config_says_so(variant):
         [sys.executable, "-c", "import lemur; print(lemur.show_config('dicts')['lemur']['kernel variant'])"],
         env=environment, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"{variant} (forced by LEMUR_KERNELS)"
+
+
+def test_float16_widening_is_exact_for_every_bit_pattern(kernels):
+    """The token stores' float16 -> float32 (F16C, arm64 or integer code):
+    each of the 63,488 finite values (subnormals included; the others are
+    refused before any kernel) as NumPy widens it."""
+    bits = np.arange(65536, dtype=np.uint16)
+    bits = bits[(bits & 0x7C00) != 0x7C00]
+    docs = bits.reshape(-1, 8)  # one-token documents of 8 values
+    query = np.eye(8, dtype=np.float32)  # 8 one-token queries picking each value
+    offsets = np.arange(docs.shape[0] + 1, dtype=np.int64)
+    candidates = np.tile(np.arange(docs.shape[0], dtype=np.int64), (8, 1))
+    out = np.empty(candidates.shape, np.float32)
+    kernels.maxsim_scores(query, np.arange(9, dtype=np.int64), docs, offsets, candidates, out, 2)
+    widened = bits.view(np.float16).astype(np.float32).reshape(-1, 8).T
+    np.testing.assert_array_equal(out, widened)  # exact (a sum from +0 makes -0 +0)

@@ -80,3 +80,15 @@ def test_k_far_beyond_the_documents_is_clamped():
     query_tokens, query_counts = queries([3], 4)
     found = MaxSim(doc_tokens, doc_counts).rerank_subset(query_tokens, query_counts, 10**12, [[4, 0]])
     assert found.shape == (1, 5) and found[0, 2:].tolist() == [-1] * 3
+
+
+def test_float16_documents_are_kept_and_rerank_as_their_float32_values():
+    random = np.random.default_rng(3)
+    counts = random.integers(1, 30, 50)
+    train = random.standard_normal((int(counts.sum()), 16)).astype(np.float16)
+    queries = random.standard_normal((4 * 8, 16)).astype(np.float32)
+    indices = random.integers(-1, 50, (4, 20))
+    half = MaxSim(train, counts)
+    assert half._documents.tokens.dtype == np.float16 and np.shares_memory(half._documents.tokens, train)
+    np.testing.assert_array_equal(half.rerank_subset(queries, [8] * 4, 5, indices),
+                                  MaxSim(train.astype(np.float32), counts).rerank_subset(queries, [8] * 4, 5, indices))

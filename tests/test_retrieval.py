@@ -283,7 +283,7 @@ QUERY = np.ones((3, 4), np.float32)
         (lambda: lemur.maxsim_scores(QUERY, [2], DOCS, COUNTS, [[0]]), ValueError, "query_counts sums to 2, but query_tokens has 3 rows"),
         (lambda: lemur.maxsim_scores(QUERY[:, :3].copy(), [3], DOCS, COUNTS, [[0]]), ValueError, "query_tokens holds vectors of dimension 3, but doc_tokens' dimension is 4"),
         (lambda: lemur.maxsim_scores(QUERY.astype(np.float64), [3], DOCS, COUNTS, [[0]]), TypeError, "query_tokens must have dtype float32"),
-        (lambda: lemur.maxsim_scores(QUERY, [3], DOCS.astype(np.float16), COUNTS, [[0]]), TypeError, "doc_tokens must have dtype float32"),
+        (lambda: lemur.maxsim_scores(QUERY, [3], DOCS.astype(np.float64), COUNTS, [[0]]), TypeError, "doc_tokens must have dtype float32 or float16"),
         (lambda: lemur.maxsim_scores(QUERY, [3], np.ones((4, 6), np.float32).T, COUNTS, [[0]]), ValueError, "doc_tokens must be C-contiguous"),
         (lambda: lemur.maxsim_scores(np.ones((4, 3), np.float32).T, [3], DOCS, COUNTS, [[0]]), ValueError, "query_tokens must be C-contiguous"),
         (lambda: lemur.maxsim_scores(QUERY, [], DOCS, COUNTS, np.zeros((0, 1), int)), ValueError, "query_counts is empty"),
@@ -321,3 +321,33 @@ def test_k_far_beyond_the_documents_allocates_nothing_for_them():
     candidates = [[0, 1, 2], [6, 5, -1]]
     indices, scores = lemur.rerank(query_tokens, query_counts, doc_tokens, doc_counts, candidates, 10**12)
     assert indices.shape == (2, 7) and indices[1, 2:].tolist() == [-1] * 5
+
+
+# -- float16 token stores ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [7, 128])
+@pytest.mark.parametrize("variant_name", _dispatch.runnable_variants())
+def test_float16_documents_score_as_float32_on_their_values(dim, variant_name, monkeypatch):
+    """Bitwise the float32 scores of the widened tokens, for documents that fit
+    one piece and for longer ones (widened piece by piece)."""
+    kernels = _dispatch.load_variant(variant_name)
+    monkeypatch.setattr(retrieval, "kernels", kernels)
+    counts = np.array([1, 5, 40, 900, 3000, 2])  # 3000 x 128 values: several pieces
+    doc_tokens = np.random.default_rng(dim).standard_normal((int(counts.sum()), dim)).astype(np.float16)
+    query_tokens, query_counts = queries([0, 3, 32, 70], dim)
+    candidates = np.array([[0, 1, 2, 3, 4, 5, -1]] * 4)
+    half = lemur.maxsim_scores(query_tokens, query_counts, doc_tokens, counts, candidates)
+    single = lemur.maxsim_scores(query_tokens, query_counts, doc_tokens.astype(np.float32), counts, candidates)
+    np.testing.assert_array_equal(half.view(np.uint32), single.view(np.uint32))
+    for ours, theirs in zip(lemur.rerank(query_tokens, query_counts, doc_tokens, counts, candidates, 4),
+                            lemur.rerank(query_tokens, query_counts, doc_tokens.astype(np.float32), counts,
+                                         candidates, 4)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_float16_documents_with_infinities_are_refused():
+    doc_tokens = np.ones((3, 4), np.float16)
+    doc_tokens[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"doc_tokens contains NaN or infinite values at index \(1,\)"):
+        lemur.maxsim_scores(np.ones((1, 4), np.float32), [1], doc_tokens, [1, 2], [[0]])

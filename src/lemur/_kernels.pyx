@@ -13,7 +13,7 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 cimport cython
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
@@ -50,6 +50,7 @@ from lemur._compact cimport (
     survivors_reset,
     survivors_list,
 )
+from lemur._half cimport half_to_float
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
     DOC_ROWS,
@@ -94,6 +95,11 @@ from lemur._vector_math cimport (
 )
 
 import threading
+
+# A document token store: float32 values, or float16 ones (their bits).
+ctypedef fused doc_value:
+    float
+    uint16_t
 
 import numpy as np
 
@@ -1016,6 +1022,8 @@ def select_certified(const int64_t[::1] rows, const int32_t[::1] queries, const 
 cdef enum:
     # Query tokens per chunk: queries are stored transposed, chunk by chunk.
     QUERY_LANES = 16
+    # Values of a float16 document widened at a time (256 KiB of float32).
+    PIECE_VALUES = 65536
     # Chunks whose running maxima are kept at once (64 query tokens): each
     # block of document rows is loaded once for all of them.
     CHUNK_BATCH = 4
@@ -1036,7 +1044,7 @@ cdef enum:
 cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t end_chunk,
                        const float *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
                        const char *next_doc, Py_ssize_t next_doc_bytes,
-                       float *best) noexcept nogil:
+                       float *best, bint resume) noexcept nogil:
     cdef lemur_vector accumulators[DOC_ROWS * MAX_VECTORS_PER_CHUNK]
     cdef lemur_vector query_row[MAX_VECTORS_PER_CHUNK]
     cdef lemur_vector top
@@ -1046,8 +1054,9 @@ cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t e
     cdef const float *doc_rows
     cdef float *chunk_best
     cdef float value
-    for i in range((end_chunk - first_chunk) * QUERY_LANES):
-        best[i] = -INFINITY
+    if not resume:
+        for i in range((end_chunk - first_chunk) * QUERY_LANES):
+            best[i] = -INFINITY
     while token < num_doc_tokens:
         doc_rows = doc + token * dim
         block_rows = DOC_ROWS if token + DOC_ROWS <= num_doc_tokens else 1
@@ -1099,20 +1108,41 @@ cdef void transpose_query(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t
                 tokens[token * dim + i]
 
 
+# Running maxima (see chunk_maxima) over a document stored as float32 or as
+# float16 (bits): a float16 document is widened PIECE_VALUES floats at a time
+# into `piece` (room for that many) and its pieces' maxima are combined, so
+# any length takes bounded scratch; a float32 one is read in place.
+cdef void document_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t end_chunk,
+                          const doc_value *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
+                          const char *next_doc, Py_ssize_t next_doc_bytes, float *best,
+                          float *piece) noexcept nogil:
+    cdef Py_ssize_t per_piece = max(1, PIECE_VALUES // dim), start = 0, count
+    if doc_value is float:
+        chunk_maxima(chunks, first_chunk, end_chunk, doc, num_doc_tokens, dim, next_doc, next_doc_bytes,
+                     best, False)
+    else:
+        while start < num_doc_tokens:
+            count = min(per_piece, num_doc_tokens - start)
+            half_to_float(doc + start * dim, piece, count * dim)
+            chunk_maxima(chunks, first_chunk, end_chunk, piece, count, dim,
+                         next_doc if start == 0 else NULL, next_doc_bytes, best, start > 0)
+            start += count
+
+
 # MaxSim of one query (transposed chunks, num_tokens >= 1) with one document:
 # the sum over the query's tokens, in order, of the max over the document's
 # tokens. Prefetches next_doc (see chunk_maxima) during the first batch.
-cdef float maxsim_pair(const float *chunks, Py_ssize_t num_tokens, const float *doc,
+cdef float maxsim_pair(const float *chunks, Py_ssize_t num_tokens, const doc_value *doc,
                        Py_ssize_t num_doc_tokens, Py_ssize_t dim, const char *next_doc,
-                       Py_ssize_t next_doc_bytes) noexcept nogil:
+                       Py_ssize_t next_doc_bytes, float *piece) noexcept nogil:
     cdef float best[CHUNK_BATCH * QUERY_LANES]
     cdef float total = 0
     cdef Py_ssize_t num_chunks = (num_tokens + QUERY_LANES - 1) // QUERY_LANES
     cdef Py_ssize_t first = 0, end, lane
     while first < num_chunks:
         end = min(first + CHUNK_BATCH, num_chunks)
-        chunk_maxima(chunks, first, end, doc, num_doc_tokens, dim,
-                     next_doc if first == 0 else NULL, next_doc_bytes, best)
+        document_maxima(chunks, first, end, doc, num_doc_tokens, dim,
+                        next_doc if first == 0 else NULL, next_doc_bytes, best, piece)
         for lane in range(min((end - first) * QUERY_LANES, num_tokens - first * QUERY_LANES)):
             total += best[lane]
         first = end
@@ -1133,7 +1163,7 @@ cdef float maxsim_pair(const float *chunks, Py_ssize_t num_tokens, const float *
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
-                  const float[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                  const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
                   const int64_t[:, ::1] candidates, float[:, ::1] out, int num_threads):
     cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
     cdef Py_ssize_t num_pairs = num_queries * num_candidates
@@ -1144,6 +1174,8 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
     cdef Py_ssize_t next_doc_bytes
     cdef int64_t[::1] chunk_offsets = np.empty(num_queries + 1, dtype=np.int64)
     cdef float[::1] chunks
+    cdef float[:, ::1] pieces = scratch("document pieces", (num_threads, PIECE_VALUES), np.float32)
+    cdef const float *widened
     cdef const int64_t[::1] flat_candidates
     cdef const int64_t[::1] order
     cdef const int64_t[::1] group_starts
@@ -1179,7 +1211,14 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
             if group + 1 < num_groups:
                 next_doc = flat_candidates[order[group_starts[group + 1]]]
                 next_doc_data = <const char *>&doc_tokens[doc_offsets[next_doc], 0]
-                next_doc_bytes = (doc_offsets[next_doc + 1] - doc_offsets[next_doc]) * dim * sizeof(float)
+                next_doc_bytes = (doc_offsets[next_doc + 1] - doc_offsets[next_doc]) * dim * sizeof(doc_value)
+            # a float16 document that fits one piece is widened once for all its pairs
+            widened = NULL
+            if doc_value is not float:
+                if doc >= 0 and (doc_offsets[doc + 1] - doc_offsets[doc]) * dim <= PIECE_VALUES:
+                    half_to_float(&doc_tokens[doc_offsets[doc], 0], &pieces[threadid(), 0],
+                                  (doc_offsets[doc + 1] - doc_offsets[doc]) * dim)
+                    widened = &pieces[threadid(), 0]
             for position in range(group_starts[group], group_starts[group + 1]):
                 pair = order[position]
                 query = pair // num_candidates
@@ -1188,12 +1227,18 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
                     flat_out[pair] = -INFINITY
                 elif num_tokens == 0:
                     flat_out[pair] = 0
+                elif widened != NULL:
+                    flat_out[pair] = maxsim_pair(
+                        &chunks[chunk_offsets[query]], num_tokens, widened,
+                        doc_offsets[doc + 1] - doc_offsets[doc], dim,
+                        next_doc_data if position + 1 == group_starts[group + 1] else NULL,
+                        next_doc_bytes, NULL)
                 else:
                     flat_out[pair] = maxsim_pair(
                         &chunks[chunk_offsets[query]], num_tokens,
                         &doc_tokens[doc_offsets[doc], 0], doc_offsets[doc + 1] - doc_offsets[doc],
                         dim, next_doc_data if position + 1 == group_starts[group + 1] else NULL,
-                        next_doc_bytes)
+                        next_doc_bytes, &pieces[threadid(), 0])
 
 
 # The k best candidates of each query by their scores, best first (ties: the
@@ -1258,30 +1303,32 @@ def transposed_chunks(const float[:, ::1] rows):
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def document_targets(const float[::1] sample_chunks, Py_ssize_t num_sample_rows,
-                     const float[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                     const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
                      float[:, ::1] out, int num_threads):
     cdef Py_ssize_t num_docs = out.shape[0], dim = doc_tokens.shape[1]
     cdef Py_ssize_t doc
+    cdef float[:, ::1] pieces = scratch("document pieces", (num_threads, PIECE_VALUES), np.float32)
     if num_docs == 0 or num_sample_rows == 0:
         return
     with nogil:
         for doc in prange(num_docs, num_threads=num_threads, schedule='dynamic'):
             one_document_targets(&sample_chunks[0], num_sample_rows,
                                  &doc_tokens[doc_offsets[doc], 0],
-                                 doc_offsets[doc + 1] - doc_offsets[doc], dim, &out[doc, 0])
+                                 doc_offsets[doc + 1] - doc_offsets[doc], dim, &out[doc, 0],
+                                 &pieces[threadid(), 0])
 
 
 # out[s] = max over the document's tokens of <sample row s, token>, for every
 # sample row (see document_targets); the running maxima live on this call's stack.
 cdef void one_document_targets(const float *sample_chunks, Py_ssize_t num_sample_rows,
-                               const float *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
-                               float *out) noexcept nogil:
+                               const doc_value *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
+                               float *out, float *piece) noexcept nogil:
     cdef float best[CHUNK_BATCH * QUERY_LANES]
     cdef Py_ssize_t num_chunks = (num_sample_rows + QUERY_LANES - 1) // QUERY_LANES
     cdef Py_ssize_t first = 0, end, lane
     while first < num_chunks:
         end = min(first + CHUNK_BATCH, num_chunks)
-        chunk_maxima(sample_chunks, first, end, doc, num_doc_tokens, dim, NULL, 0, best)
+        document_maxima(sample_chunks, first, end, doc, num_doc_tokens, dim, NULL, 0, best, piece)
         for lane in range(min((end - first) * QUERY_LANES, num_sample_rows - first * QUERY_LANES)):
             out[first * QUERY_LANES + lane] = best[lane]
         first = end

@@ -23,18 +23,21 @@ def check_vectors(
     dim_name: str = "the model's input dimension",
     ndim: int = 2,
     num_threads: int | None = None,
+    half: bool = False,
 ) -> np.ndarray:
     """Check a float32 array of vectors: ndarray, `ndim`-D, C-contiguous, finite.
 
-    `dim`, when given, is the required length of the last axis.
+    `dim`, when given, is the required length of the last axis; `half` also
+    accepts float16 (a token store).
     """
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got an array of shape {array.shape}")
-    if array.dtype != np.float32:
+    if array.dtype != np.float32 and not (half and array.dtype == np.float16):
+        allowed = "float32 or float16" if half else "float32"
         raise TypeError(
-            f"{name} must have dtype float32, got {array.dtype} "
+            f"{name} must have dtype {allowed}, got {array.dtype} "
             f"(convert with {name}.astype(np.float32))"
         )
     if dim is not None and array.shape[-1] != dim:
@@ -50,11 +53,16 @@ def check_vectors(
 
 
 def check_finite(array: np.ndarray, *, name: str, num_threads: int | None = None) -> None:
-    """Raise ValueError naming the first row of a float32 array with NaN or inf."""
+    """Raise ValueError naming the first row of a float32 (or float16) array
+    with NaN or inf."""
     rows = array.reshape(-1, array.shape[-1]) if array.ndim != 1 else array.reshape(1, -1)
     if rows.size == 0:
         return
-    row = kernels.first_nonfinite_row(rows, num_threads or default_num_threads())
+    if rows.dtype == np.float16:  # exponent bits all set: inf or NaN
+        bad = np.flatnonzero(((rows.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1))
+        row = int(bad[0]) if bad.size else -1
+    else:
+        row = kernels.first_nonfinite_row(rows, num_threads or default_num_threads())
     if row >= 0:
         where = np.unravel_index(row, array.shape[:-1]) if array.ndim > 1 else ()
         position = f" at index {tuple(int(i) for i in where)}" if where else ""

@@ -143,7 +143,9 @@ def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
     into `out` if given."""
     if out is None:
         out = np.empty((offsets.size - 1, sample.size), dtype=np.float32)
-    kernels.document_targets(sample.chunks(), sample.size, tokens, offsets, out, num_threads)
+    kernels.document_targets(sample.chunks(), sample.size,
+                             tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
+                             offsets, out, num_threads)
     return out
 
 

@@ -106,9 +106,12 @@ class Index:
         The feature map psi.
     W : ndarray of float32, shape (num_docs, feature_dim)
         One row per document (num_docs may be 0: add documents later).
-    doc_tokens : ndarray of float32, shape (num_doc_tokens, input_dim), optional
+    doc_tokens : ndarray of float32 or float16, shape (num_doc_tokens, input_dim), optional
         The documents' token vectors, one document after the other; needed for
-        the exact rerank.
+        the exact rerank. float16 is kept as it is (half the memory; MaxSim
+        widens the values in registers and equals float32 on them), except
+        that a model with a centre keeps centred float32 copies (pass
+        float16 tokens already centred with `doc_tokens_centered=True`).
     doc_counts : array-like of int, shape (num_docs,), optional
         Tokens per document (each at least 1); with `doc_tokens`.
     doc_ids : array-like of int, shape (num_docs,), optional
@@ -547,7 +550,9 @@ class Index:
 
         Parameters
         ----------
-        tokens : ndarray of float32, shape (num_tokens, input_dim)
+        tokens : ndarray of float32 or float16, shape (num_tokens, input_dim)
+            Converted to the token store's dtype (the targets are computed
+            over the values stored).
         counts : array-like of int, shape (num_new_docs,)
             Tokens per document, each at least 1.
         ids : array-like of int, optional
@@ -580,6 +585,8 @@ class Index:
         else:
             new_ids = self._check_new_ids(ids, documents.num_docs, existing, name="ids")
         tokens = self._model.centred(documents.tokens, threads)
+        if self.has_documents and tokens.dtype != self._store.tokens.dtype:
+            tokens = tokens.astype(self._store.tokens.dtype)  # fitted on the values stored
         W = fitting.fit_rows(self._model, self._sample, tokens, documents.offsets,
                              num_threads=threads, progress=progress)
         self._store = self._store.appended(
@@ -699,7 +706,8 @@ def fit_elm(
 
     Parameters
     ----------
-    doc_tokens : ndarray of float32, shape (num_doc_tokens, d)
+    doc_tokens : ndarray of float32 or float16, shape (num_doc_tokens, d)
+        float16 is kept as it is in the index's token store.
     doc_counts : array-like of int, shape (num_docs,)
     hidden_dim : int, default 2048
     activation : str, default "gelu"
@@ -738,14 +746,14 @@ def fit_elm(
         learn_subset_size, name="learn_subset_size")]
     subset = documents.subset(chosen)
     mean, std = fitting.target_statistics(
-        np.ascontiguousarray(learn[subset_learn]), subset.tokens, subset.offsets, threads)
+        np.ascontiguousarray(learn[subset_learn], dtype=np.float32), subset.tokens, subset.offsets, threads)
     model = Model(layers, kind="elm", activation=activation, output_mean=mean, output_std=std)
     index = Index(
         model,
         np.empty((0, hidden_dim), dtype=np.float32),
-        np.empty((0, documents.dim), dtype=np.float32) if keep_tokens else None,
+        np.empty((0, documents.dim), dtype=documents.tokens.dtype) if keep_tokens else None,
         np.empty(0, dtype=np.int64) if keep_tokens else None,
     )
-    index._sample = fitting.OLSSample.draw(learn, size=sample_size, seed=random)
+    index._sample = fitting.OLSSample.draw(np.asarray(learn, dtype=np.float32), size=sample_size, seed=random)
     index.add_documents(documents.tokens, documents.counts, progress=progress, num_threads=threads)
     return index.with_precision(precision, num_threads=threads) if precision != "float32" else index

@@ -31,15 +31,17 @@ class MaxSim:
     Parameters
     ----------
     train : array-like, shape (num_train_tokens, dim)
-        The documents' token vectors, one document after the other (cast to
-        float32 and kept).
+        The documents' token vectors, one document after the other: a
+        float16 array is kept as it is (MaxSim widens its values in
+        registers), anything else cast to float32 and kept.
     train_counts : array-like of int, shape (num_docs,)
         Tokens per document, each at least 1.
     """
 
     def __init__(self, train: object, train_counts: object) -> None:
+        half = isinstance(train, np.ndarray) and train.dtype == np.float16
         self._documents = Documents.check(
-            np.ascontiguousarray(train, dtype=np.float32),
+            np.ascontiguousarray(train, dtype=np.float16 if half else np.float32),
             train_counts,
             name="train",
             counts_name="train_counts",

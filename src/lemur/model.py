@@ -268,12 +268,13 @@ class Model:
         )
 
     def centred(self, tokens: np.ndarray, num_threads: int) -> np.ndarray:
-        """The tokens as the model sees them (validated float32 rows): centred
-        copies if the model has a centre, else `tokens` itself."""
+        """The tokens as the model sees them (validated float32 or float16
+        rows): centred float32 copies if the model has a centre, else
+        `tokens` themselves."""
         if self._center is None or tokens.shape[0] == 0:
             return tokens
         out = aligned_empty(tokens.shape, np.float32)
-        kernels.center_tokens(tokens, self._center, out, num_threads)
+        kernels.center_tokens(np.ascontiguousarray(tokens, dtype=np.float32), self._center, out, num_threads)
         return out
 
     # -- computation -------------------------------------------------------

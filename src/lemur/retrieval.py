@@ -44,9 +44,9 @@ class Documents:
         allow_empty: bool = False,
         num_threads: int | None = None,
     ) -> Documents:
-        """Check tokens (float32, C order, finite, `dim` columns) and counts
-        (each at least 1, summing to the rows)."""
-        tokens = check_vectors(tokens, name=name, dim=dim, num_threads=num_threads)
+        """Check tokens (float32 or float16, C order, finite, `dim` columns)
+        and counts (each at least 1, summing to the rows)."""
+        tokens = check_vectors(tokens, name=name, dim=dim, num_threads=num_threads, half=True)
         offsets = counts_to_offsets(
             counts, name=counts_name, total=tokens.shape[0], total_name=name, allow_empty=allow_empty
         )
@@ -69,6 +69,11 @@ class Documents:
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def kernel_tokens(self) -> np.ndarray:
+        """The tokens as the kernels take them: float32, or float16 as its bits."""
+        return self.tokens.view(np.uint16) if self.tokens.dtype == np.float16 else self.tokens
 
     def subset(self, keep: np.ndarray) -> Documents:
         """The documents where `keep` (bool, (num_docs,)) is True, in their order,
@@ -163,7 +168,7 @@ def maxsim_unchecked(
     """:func:`maxsim_scores` on validated arguments."""
     out = np.empty(candidates.shape, dtype=np.float32)
     kernels.maxsim_scores(
-        query_tokens, query_offsets, documents.tokens, documents.offsets, candidates, out, num_threads
+        query_tokens, query_offsets, documents.kernel_tokens, documents.offsets, candidates, out, num_threads
     )
     return out
 
@@ -267,7 +272,9 @@ def maxsim_scores(
     query_tokens : ndarray of float32, shape (num_query_tokens, d)
     query_counts : array-like of int, shape (num_queries,)
         Tokens per query (0 allowed: its scores are 0).
-    doc_tokens : ndarray of float32, shape (num_doc_tokens, d)
+    doc_tokens : ndarray of float32 or float16, shape (num_doc_tokens, d)
+        float16 values are widened in registers: the scores equal float32's
+        on the widened tokens.
     doc_counts : array-like of int, shape (num_docs,)
         Tokens per document, each at least 1.
     candidates : array-like of int, shape (num_queries, num_candidates)
