@@ -178,3 +178,40 @@ def test_update_errors(capsys, tmp_path, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)
     assert main(arguments) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_convert_to_a_precision_then_info_and_search_the_mapped_file(capsys, tmp_path, precision):
+    save_queries(tmp_path)
+    source = tmp_path / "float32.npz"
+    target = tmp_path / f"{precision}.npz"
+    assert main(["convert", str(DATA / "mlp1_gelu_d128_h2048"), str(source)]) == 0
+    assert main(["convert", str(source), str(target), "--precision", precision]) == 0
+    assert f"lemur index ({precision})" in capsys.readouterr().out
+    assert main(["info", str(target)]) == 0
+    info = capsys.readouterr().out
+    assert f"first stage:       {precision} (compact copy of W: " in info and "results bitwise float32's" in info
+    outputs = []
+    for path in (source, target):
+        assert main(["search", str(path), "--queries", str(tmp_path / "queries.npy"),
+                     "--counts", str(tmp_path / "counts.npy"), "--docs", str(tmp_path / "docs.npy"),
+                     "--doc-counts", str(tmp_path / "doc_counts.npy"), "--candidates", "50"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    with pytest.raises(ValueError, match="holds a model, not an index"):
+        lemur.formats.convert(DATA / "elm_gelu_d128_h512" / "mlp.pt", tmp_path / "m.npz", precision=precision)
+
+
+def test_build_at_a_precision_with_a_float16_token_store(capsys, tmp_path):
+    random = np.random.default_rng(0)
+    counts = random.integers(3, 20, 80)
+    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float16))
+    np.save(tmp_path / "counts.npy", counts)
+    index = str(tmp_path / "index.npz")
+    assert main(["build", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
+                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress",
+                 "--precision", "int8"]) == 0
+    built = lemur.load(index)
+    assert built.precision == "int8" and built.doc_tokens.dtype == np.float16
+    assert main(["info", index]) == 0
+    assert "float16" in capsys.readouterr().out

@@ -23,6 +23,9 @@ def test_show_config_as_dicts():
     facts = lemur.show_config(mode="dicts")
     assert facts["lemur"]["kernel variant"].split(" ")[0] == _dispatch.variant
     assert facts["blas"]["core type"]
+    scans = facts["first stage"]
+    assert scans["int8 scan"] in ("AVX512-VNNI", "AVX-VNNI", "vector code")
+    assert scans["bfloat16 scan"] == "AVX512_BF16" or scans["bfloat16 scan"].startswith("widened to float32")
     with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts'"):
         lemur.show_config(mode="json")
 

@@ -178,3 +178,18 @@ def test_top_k_far_beyond_the_documents_is_clamped():
     features = lemur.compute_features(np.ones((3, 8), np.float32), [3])
     indices, scores = lemur.top_k(features, k=10**12)
     assert indices.shape == scores.shape == (1, 20)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_a_compact_precision_gives_the_float32_top_k(precision):
+    plain = create_synthetic_model(embed_dim=32, hidden_dim=256, num_docs=3000, seed=1)
+    compact = LemurNumPy(precision=precision)
+    compact.W_proj, compact.b_proj, compact.ln_w, compact.ln_b = plain.W_proj, plain.b_proj, plain.ln_w, plain.ln_b
+    compact.W_out = plain.W_out
+    tokens = np.random.default_rng(2).standard_normal((50 * 8, 32)).astype(np.float32)
+    features = plain.compute_features(tokens, [8] * 50)
+    for k in (1, 10, 100):
+        for ours, theirs in zip(compact.top_k(features, k), plain.top_k(features, k)):
+            np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LemurNumPy(precision="float16")

@@ -40,6 +40,9 @@ def config() -> dict[str, dict[str, object]]:
             "OpenMP": "enabled" if openmp["enabled"] else "disabled (kernels run on one thread)",
             "OpenMP max threads": openmp["max_threads"],
         },
+        "first stage": {
+            f"{precision} scan": used for precision, used in kernels.compact_instructions().items()
+        },
         "blas": {
             "library": f"scipy-openblas32 {_build_info.OPENBLAS_VERSION} (bundled)",
             "core type": blas["corename"],

@@ -656,7 +656,7 @@ def compact_instructions():
         "int8": ("AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
                  else "vector code"),
         "bfloat16": ("AVX512_BF16" if COMPACT_CPU.bf16_dot else
-                     "widened to float32 (AVX512_BF16 is slower than that on this CPU)"
+                     "widened to float32 (AVX512_BF16 runs at half that rate on Intel CPUs)"
                      if COMPACT_CPU.bf16_512 else "widened to float32"),
     }
 

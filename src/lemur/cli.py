@@ -34,18 +34,33 @@ def _load_array(path: str, what: str) -> np.ndarray:
     return array
 
 
-def _load_vectors(path: str, what: str) -> np.ndarray:
-    """Token vectors from .npy, as float32 (other float dtypes are converted)."""
+def _load_vectors(path: str, what: str, half: bool = False) -> np.ndarray:
+    """Token vectors from .npy, as float32 (other float dtypes are converted;
+    with `half`, float16 is kept: a token store)."""
     array = _load_array(path, what)
     if array.dtype.kind != "f":
         raise TypeError(f"{path}: {what} must hold floating-point values, got {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    keep = half and array.dtype == np.float16
+    return np.ascontiguousarray(array, dtype=np.float16 if keep else np.float32)
+
+
+def _read_record(path: str):
+    """The file's record; lemur's own files mapped (nothing large is read)."""
+    from lemur import formats
+
+    if formats.detect(path) == "lemur":
+        try:
+            return formats.read(path, mmap=True)
+        except ValueError:  # a member that cannot be mapped (compressed): read it
+            pass
+    return formats.read(path)
 
 
 def _info(arguments: argparse.Namespace) -> int:
     from lemur import formats
+    from lemur._dispatch import kernels
 
-    record = formats.read(arguments.path)
+    record = _read_record(arguments.path)
     model = formats.model_of(record, path=arguments.path, activation=arguments.activation)
     dims = " -> ".join([str(model.input_dim)] + [str(layer.weight.shape[0]) for layer in model.layers])
     lines = [
@@ -75,6 +90,17 @@ def _info(arguments: argparse.Namespace) -> int:
     if record.sample is not None:
         lines.append(("OLS sample", f"{record.sample.shape[0]:,} tokens (documents can be added)"))
         total += record.sample.nbytes
+    if record.is_index:
+        first_stage = record.precision
+        if record.precision != "float32":
+            used = kernels.compact_instructions()[record.precision]
+            if record.compact is None:
+                first_stage += " (its compact copy is built from W on opening)"
+            else:
+                size = sum(array.nbytes for array in record.compact)
+                first_stage += f" (compact copy of W: {_megabytes(size)}; here: {used})"
+                total += size
+        lines.append(("first stage", first_stage + ", results bitwise float32's"))
     lines.append(("in memory", _megabytes(total)))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
@@ -82,10 +108,17 @@ def _info(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _open(path: str, activation: str | None, num_threads: int | None):
-    """The Index in `path` (ValueError for a bare model)."""
-    from lemur import Index
+def _open(path: str, activation: str | None, num_threads: int | None, mmap: bool = False):
+    """The Index in `path` (ValueError for a bare model); with `mmap`, a lemur
+    file is mapped (opening takes milliseconds) where it can be."""
+    from lemur import Index, formats
 
+    if mmap and formats.detect(path) == "lemur":
+        try:
+            return Index.load(path, mmap=True, num_threads=num_threads)
+        except ValueError as exc:
+            if "cannot be mapped" not in str(exc):
+                raise
     return Index.load(path, activation=activation, num_threads=num_threads)
 
 
@@ -93,7 +126,7 @@ def _convert(arguments: argparse.Namespace) -> int:
     from lemur import formats
 
     record, written = formats.convert(arguments.source, arguments.destination, format=arguments.format,
-                                      activation=arguments.activation)
+                                      activation=arguments.activation, precision=arguments.precision)
     documents = "" if record.W is None else f", {record.W.shape[0]:,} documents"
     print(f"wrote {arguments.destination}: {written} ({record.kind}, activation "
           f"{record.activation or arguments.activation or 'gelu'}{documents}), from {record.file_format}")
@@ -101,15 +134,13 @@ def _convert(arguments: argparse.Namespace) -> int:
 
 
 def _search(arguments: argparse.Namespace) -> int:
-    from lemur import Index
-
-    index = _open(arguments.index, arguments.activation, arguments.threads)
+    index = _open(arguments.index, arguments.activation, arguments.threads, mmap=True)
     if (arguments.docs is None) != (arguments.doc_counts is None):
         raise ValueError("pass --docs and --doc-counts together")
     if arguments.docs is not None:
-        index = Index(index.model, index.W, _load_vectors(arguments.docs, "document tokens"),
-                      _load_array(arguments.doc_counts, "document counts"), doc_ids=index.doc_ids,
-                      sample=index.sample, num_threads=arguments.threads)
+        index = index.with_documents(_load_vectors(arguments.docs, "document tokens", half=True),
+                                     _load_array(arguments.doc_counts, "document counts"),
+                                     num_threads=arguments.threads)
     queries = _load_vectors(arguments.queries, "query tokens")
     counts = _load_array(arguments.counts, "query counts")
     start = time.perf_counter()
@@ -147,7 +178,7 @@ def _write_index(index, path: str, what: str) -> None:
 def _build(arguments: argparse.Namespace) -> int:
     from lemur import fit_elm
 
-    doc_tokens = _load_vectors(arguments.docs, "document tokens")
+    doc_tokens = _load_vectors(arguments.docs, "document tokens", half=True)
     doc_counts = _load_array(arguments.doc_counts, "document counts")
     learn = None if arguments.learn is None else _load_vectors(arguments.learn, "learn tokens")
     start = time.perf_counter()
@@ -155,8 +186,8 @@ def _build(arguments: argparse.Namespace) -> int:
         doc_tokens, doc_counts, hidden_dim=arguments.hidden, activation=arguments.activation,
         sample_size=arguments.sample_size, learn_tokens=learn, seed=arguments.seed,
         train_subset_size=arguments.train_subset, learn_subset_size=arguments.learn_subset,
-        keep_tokens=not arguments.no_tokens, progress=None if arguments.progress else False,
-        num_threads=arguments.threads,
+        keep_tokens=not arguments.no_tokens, precision=arguments.precision,
+        progress=None if arguments.progress else False, num_threads=arguments.threads,
     )
     elapsed = time.perf_counter() - start
     _write_index(index, arguments.out, f"built in {elapsed:.1f} s, {index.num_docs / elapsed:,.0f} documents/s")
@@ -179,7 +210,7 @@ def _add(arguments: argparse.Namespace) -> int:
     if arguments.learn is not None:
         index.attach_sample(_load_vectors(arguments.learn, "learn tokens"),
                             size=arguments.sample_size, seed=arguments.seed)
-    tokens = _load_vectors(arguments.docs, "document tokens")
+    tokens = _load_vectors(arguments.docs, "document tokens", half=True)
     counts = _load_array(arguments.doc_counts, "document counts")
     ids = None if arguments.ids is None else _load_array(arguments.ids, "document ids")
     start = time.perf_counter()
@@ -331,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--format", choices=("lemur", "original", "txtai"), default="lemur",
                          help="the format to write (default lemur)")
     convert.add_argument("--activation", help=activation_help)
+    convert.add_argument("--precision", choices=("float32", "bfloat16", "int8"),
+                         help="an index's first-stage precision to write (lemur's format keeps it; "
+                         "default: the source's). bfloat16 and int8 keep a compact copy of W and "
+                         "return bitwise the float32 results, faster")
     convert.set_defaults(handler=_convert)
 
     search = subcommands.add_parser(
@@ -373,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learn vectors for the target statistics (default 100000)")
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     build.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
+    build.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                       help="the first stage's precision (default float32; the results are the same)")
     build.add_argument("--threads", type=_positive_int, help=threads_help)
     build.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
     build.set_defaults(handler=_build)

@@ -283,6 +283,23 @@ class Index:
         """The compact copy of W the first stage scans (None at float32)."""
         return self._store.scan.rows
 
+    def with_documents(self, doc_tokens: np.ndarray, doc_counts: object, *, doc_tokens_centered: bool = False,
+                       num_threads: int | None = None) -> Index:
+        """A new index over the same model, W (and its compact copy), ids and
+        sample, with this token store for the exact rerank (the documents in
+        W's row order; float32 or float16, see :class:`Index`)."""
+        threads = resolve_num_threads(num_threads)
+        documents = Documents.check(doc_tokens, doc_counts, dim=self._model.input_dim, allow_empty=True,
+                                    num_threads=threads)
+        if documents.num_docs != self.num_docs:
+            raise ValueError(f"doc_counts describes {documents.num_docs} documents, but the index has "
+                             f"{self.num_docs}")
+        tokens = documents.tokens if doc_tokens_centered else self._model.centred(documents.tokens, threads)
+        other = object.__new__(Index)
+        other.__dict__.update(self.__dict__)
+        other._store = replace(self._store, tokens=tokens, offsets=documents.offsets)
+        return other
+
     def with_precision(self, precision: str, *, num_threads: int | None = None) -> Index:
         """A new index over the same model, documents and sample (shared,
         not copied) whose first stage runs at `precision`; results stay

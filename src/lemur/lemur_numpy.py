@@ -20,6 +20,8 @@ import numpy as np
 from lemur import formats, retrieval
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_vectors
+from lemur.first_stage import compact
+from lemur.index import Index
 from lemur.model import Layer, Model, check_activation
 from lemur.retrieval import check_k
 
@@ -38,6 +40,10 @@ class LemurNumPy:
     num_threads : int, optional
         Threads for every computation; default ``OMP_NUM_THREADS`` if set,
         else all cores.
+    precision : {"float32", "bfloat16", "int8"}, default "float32"
+        How :meth:`top_k` scans W_out: "bfloat16" and "int8" keep a compact
+        copy of it (made once per W_out) and return bitwise the float32
+        results, faster (see :class:`lemur.Index`).
 
     Attributes
     ----------
@@ -51,7 +57,8 @@ class LemurNumPy:
         Feature dimension h and token dimension d.
     """
 
-    def __init__(self, activation: str = "gelu", num_threads: int | None = None) -> None:
+    def __init__(self, activation: str = "gelu", num_threads: int | None = None,
+                 precision: str = "float32") -> None:
         self.W_proj: np.ndarray | None = None
         self.b_proj: np.ndarray | None = None
         self.ln_w: np.ndarray | None = None
@@ -66,6 +73,8 @@ class LemurNumPy:
         self._W: np.ndarray | None = None
         self._model: Model | None = None
         self._model_parts: tuple[object, ...] = ()
+        self.precision = compact.check_precision(precision)
+        self._first_stage: tuple[object, object, str, Index] | None = None
 
     def load_npz(self, path: str | os.PathLike[str], activation: str | None = None) -> LemurNumPy:
         """Load a model from a fork export (or a lemur ``.npz`` with W).
@@ -174,9 +183,21 @@ class LemurNumPy:
         """
         W = self._checked_W()
         features = self._checked_features(query_features, W)
-        return retrieval.top_k_unchecked(
-            features, W, check_k(k, at_most=W.shape[0]), resolve_num_threads(self.num_threads)
-        )
+        threads = resolve_num_threads(self.num_threads)
+        k = check_k(k, at_most=W.shape[0])
+        if self.precision == "float32":
+            return retrieval.top_k_unchecked(features, W, k, threads)
+        return self._compact_index(W, threads).top_k(features, k, num_threads=threads)
+
+    def _compact_index(self, W: np.ndarray, num_threads: int) -> Index:
+        """An Index over W at this object's precision, kept while W_out, the
+        model and the precision stay the same."""
+        model = self._current_model()
+        kept = self._first_stage
+        if kept is None or kept[0] is not W or kept[1] is not model or kept[2] != self.precision:
+            index = Index(model, W, precision=compact.check_precision(self.precision), num_threads=num_threads)
+            self._first_stage = kept = (W, model, self.precision, index)
+        return kept[3]
 
     def exact_maxsim(
         self,
