@@ -11,6 +11,14 @@ the first stage (features + top-k'), the rerank (exact MaxSim of k'
 candidates -> 10), end to end, single-query latency p50/p90, and the first
 stage's peak memory (its peak RSS above the RSS before it, beside W's size).
 
+lemur runs in several configurations, each a column: the first stage's
+precision (float32; bfloat16 and int8, which return bitwise the float32
+results), a float16 token store ("-f16"), and an int8 index with a float16
+token store memory-mapped from a saved file ("-mmap": its opening time, and its
+resident memory after loading and after 100 single-query searches, the file's
+mapped pages counted). For the compact precisions the fraction of (query,
+document) pairs rescored in float32 is printed too.
+
 Each implementation runs in a process of its own (no shared thread pools, a
 clean memory peak) on the same data, which is generated once into --data-dir
 and reused. Each OPENBLAS_CORETYPE setting asked for (default: unset, as users
@@ -41,7 +49,16 @@ import numpy as np
 
 DIM, HIDDEN, QUERY_TOKENS, BATCH, FINAL_K = 128, 2048, 32, 100, 10
 CANDIDATES = (100, 200)
-IMPLEMENTATIONS = ("lemur", "original", "fork")
+#: lemur's configurations: name -> (precision, token store dtype, mapped from a file)
+LEMUR_CONFIGURATIONS = {
+    "lemur": ("float32", "float32", False),
+    "lemur-bf16": ("bfloat16", "float32", False),
+    "lemur-int8": ("int8", "float32", False),
+    "lemur-int8-f16": ("int8", "float16", False),
+    "lemur-int8-mmap": ("int8", "float16", True),
+}
+PEERS = ("original", "fork")
+IMPLEMENTATIONS = (*LEMUR_CONFIGURATIONS, *PEERS)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -140,16 +157,68 @@ class Pipeline:
         return self.rerank(tokens, counts, self.first_stage(tokens, counts, k_candidates))
 
 
-class LemurPipeline(Pipeline):
-    name = "lemur"
+def mapped_index_file(folder: Path) -> Path:
+    """The int8 index with a float16 token store that "-mmap" opens, saved once."""
+    return folder / "index_int8_f16.npz"
 
-    def __init__(self, data, threads):
+
+def save_mapped_index(folder: Path) -> None:
+    import lemur
+
+    path = mapped_index_file(folder)
+    if not path.exists():
+        model = lemur.Model.load(folder / "model.npz")
+        tokens = np.load(folder / "doc_tokens.npy").astype(np.float16)
+        lemur.Index(model, np.load(folder / "W.npy"), tokens, np.load(folder / "doc_counts.npy"),
+                    precision="int8").save(path)
+
+
+def mapped_resident_bytes(path: Path) -> int:
+    """Bytes of the file's mapped pages resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+                inside = len(fields) >= 6 and os.path.realpath(fields[-1]) == os.path.realpath(path)
+            elif inside and fields and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+class LemurPipeline(Pipeline):
+    def __init__(self, data, threads, configuration):
         import lemur
 
         self.version = lemur.__version__
         self.threads = threads
+        precision, token_dtype, mapped = LEMUR_CONFIGURATIONS[configuration]
+        if mapped:
+            path = mapped_index_file(data["folder"])
+            start = time.perf_counter()
+            self.index = lemur.load(path, mmap=True)
+            self.open_ms = 1e3 * (time.perf_counter() - start)
+            self.mapped_path = path
+            return
         model = lemur.Model.load(data["folder"] / "model.npz")
-        self.index = lemur.Index(model, data["W"], data["doc_tokens"], data["doc_counts"])
+        tokens = data["doc_tokens"].astype(np.float16) if token_dtype == "float16" else data["doc_tokens"]
+        self.index = lemur.Index(model, data["W"], tokens, data["doc_counts"], precision=precision,
+                                 num_threads=threads)
+
+    def rescored_fractions(self, tokens, counts) -> dict[str, float]:
+        """The fraction of (query, document) pairs the compact first stage
+        rescores in float32: for the top-100 (scores needed) and for the
+        k'=200 candidate set of a search (only the set needed)."""
+        scan = self.index._store.scan  # the first stage behind the index
+        if scan.rows is None:
+            return {}
+        features = self.index.features(tokens, counts, num_threads=self.threads)
+        pairs = features.shape[0] * self.index.num_docs
+        report_top, report_set = {}, {}
+        scan.top_k(features, 100, self.threads, report_top)
+        scan.best_rows(features, CANDIDATES[-1], self.threads, report_set)
+        return {"rescored_top_100": report_top.get("rescored", 0) / pairs,
+                "rescored_set_200": report_set.get("rescored", 0) / pairs}
 
     def first_stage(self, tokens, counts, k):
         features = self.index.features(tokens, counts, num_threads=self.threads)
@@ -223,27 +292,54 @@ class ForkPipeline(Pipeline):
         return np.take_along_axis(candidates, order, axis=1)
 
 
+def single_latencies(pipeline, folder: Path, single_repeat: int) -> list[float]:
+    singles = np.load(folder / "single_queries.npy").reshape(-1, QUERY_TOKENS, DIM)
+    one = np.array([QUERY_TOKENS], dtype=np.int32)
+    pipeline.end_to_end(singles[0], one, CANDIDATES[-1])
+    latencies = []
+    for query in singles[:single_repeat]:
+        start = time.perf_counter()
+        pipeline.end_to_end(query, one, CANDIDATES[-1])
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 def measure(implementation: str, folder: Path, threads: int, repeat: int, single_repeat: int) -> dict:
-    if implementation != "lemur":
+    if implementation in PEERS:
         problem = peer_import_problem(implementation)
         if problem:
             return {"skipped": problem}
-    data = {
+    mapped = implementation in LEMUR_CONFIGURATIONS and LEMUR_CONFIGURATIONS[implementation][2]
+    rss_empty = rss_bytes("VmRSS")
+    W_bytes = int(np.load(folder / "W.npy", mmap_mode="r").nbytes)
+    data = {"folder": folder} if mapped else {
         "folder": folder,
         "W": np.load(folder / "W.npy"),
         "doc_tokens": np.load(folder / "doc_tokens.npy"),
         "doc_counts": np.load(folder / "doc_counts.npy"),
     }
-    pipeline = {"lemur": LemurPipeline, "original": OriginalPipeline, "fork": ForkPipeline}[
-        implementation
-    ](data, threads)
+    if implementation in LEMUR_CONFIGURATIONS:
+        pipeline = LemurPipeline(data, threads, implementation)
+    else:
+        pipeline = {"original": OriginalPipeline, "fork": ForkPipeline}[implementation](data, threads)
+    # (data stays referenced: the original's MaxSim keeps raw pointers into its arrays)
     queries = np.load(folder / "queries.npy")
     counts = np.full(BATCH, QUERY_TOKENS, dtype=np.int32)
     results: dict[str, object] = {
         "version": pipeline.version,
-        "W_bytes": int(data["W"].nbytes),
+        "W_bytes": W_bytes,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        "rss_after_load": rss_bytes("VmRSS") - rss_empty,
     }
+    if mapped:
+        # resident memory after exactly 100 searches, before the batch workloads touch more
+        results["open_ms"] = pipeline.open_ms
+        results["mapped_resident_after_load"] = mapped_resident_bytes(pipeline.mapped_path)
+        latencies = single_latencies(pipeline, folder, max(single_repeat, 100))
+        results["rss_after_100_searches"] = rss_bytes("VmRSS") - rss_empty
+        results["mapped_resident_after_100_searches"] = mapped_resident_bytes(pipeline.mapped_path)
+    if isinstance(pipeline, LemurPipeline):
+        results.update(pipeline.rescored_fractions(queries, counts))
     rss_before = rss_bytes("VmRSS")
     peak_reset = reset_peak_rss()
     for k in CANDIDATES:
@@ -257,14 +353,8 @@ def measure(implementation: str, folder: Path, threads: int, repeat: int, single
             lambda candidates=candidates: pipeline.rerank(queries, counts, candidates), repeat)
         results[f"end_to_end_{k}"] = 1e3 * median_seconds(
             lambda k=k: pipeline.end_to_end(queries, counts, k), repeat)
-    singles = np.load(folder / "single_queries.npy").reshape(-1, QUERY_TOKENS, DIM)
-    one = np.array([QUERY_TOKENS], dtype=np.int32)
-    pipeline.end_to_end(singles[0], one, CANDIDATES[-1])
-    latencies = []
-    for query in singles[:single_repeat]:
-        start = time.perf_counter()
-        pipeline.end_to_end(query, one, CANDIDATES[-1])
-        latencies.append(time.perf_counter() - start)
+    if not mapped:
+        latencies = single_latencies(pipeline, folder, single_repeat)
     results["single_p50"] = float(np.percentile(latencies, 50) * 1e3)
     results["single_p90"] = float(np.percentile(latencies, 90) * 1e3)
     return results
@@ -289,7 +379,7 @@ def run_worker_process(script: str, implementation: str, peer: str | None, peer_
     {"skipped": why} when the peer was not given or the worker failed."""
     environment = coretype_environment(coretype)
     python = sys.executable
-    if implementation != "lemur":
+    if implementation in PEERS:
         if not peer:
             return {"skipped": f"no --{implementation} checkout given"}
         python = peer_python or sys.executable
@@ -321,32 +411,66 @@ ROWS = [
     ("single query end to end (k'=200), p50", "single_p50", "ms"),
     ("single query end to end (k'=200), p90", "single_p90", "ms"),
     ("first stage peak memory above RSS before it", "first_stage_peak_extra_bytes", "MB"),
+    ("resident memory after loading (RSS growth)", "rss_after_load", "MB"),
+    ("pairs rescored in float32, top-100", "rescored_top_100", "%"),
+    ("pairs rescored in float32, k'=200 set", "rescored_set_200", "%"),
+]
+#: rows of the mapped configuration only
+MAPPED_ROWS = [
+    ("opening the mapped index", "open_ms", "ms"),
+    ("its file's pages resident after opening", "mapped_resident_after_load", "MB"),
+    ("... after 100 single-query searches", "mapped_resident_after_100_searches", "MB"),
+    ("RSS growth after 100 single-query searches", "rss_after_100_searches", "MB"),
 ]
 
 
 def report(num_docs, coretype, results, threads):
-    lemur = results["lemur"]
+    base = results["lemur"]
     print(
         f"\n== {num_docs:,} documents, OPENBLAS_CORETYPE={coretype}, {threads} threads "
-        f"(W: {lemur['W_bytes'] / 2**20:.0f} MB) =="
+        f"(W: {base['W_bytes'] / 2**20:.0f} MB) =="
     )
     names = [name for name in IMPLEMENTATIONS if "skipped" not in results[name]]
     for name in IMPLEMENTATIONS:
         if "skipped" in results[name]:
             print(f"  ({name}: skipped, {results[name]['skipped']})")
-    header = f"  {'':48s}" + "".join(f"{name:>12s}" for name in names)
-    header += "".join(f"{'vs ' + name:>14s}" for name in names[1:])
+    ours = [name for name in names if name in LEMUR_CONFIGURATIONS]
+    reference = "original" if "original" in names else None
+    header = f"  {'':44s}" + "".join(f"{name:>16s}" for name in names)
+    if reference:
+        header += "".join(f"{'orig/' + name[6:] if name != 'lemur' else 'orig/lemur':>16s}" for name in ours)
     print(header + "\n  " + "-" * (len(header) - 2))
     for label, key, unit in ROWS:
         values = [results[name].get(key) for name in names]
-        if unit == "MB":
-            cells = "".join(f"{(v or 0) / 2**20:10.0f}MB" for v in values)
-            ratios = ""
-        else:
-            cells = "".join(f"{v:10.2f}ms" for v in values)
-            ratios = "".join(f"{v / values[0]:13.2f}x" for v in values[1:])
-        print(f"  {label:48s}{cells}{ratios}")
-    print("  (ratios: the peer's time / lemur's, so > 1 means lemur is faster)")
+        if all(value is None for value in values):
+            continue
+        print(f"  {label:44s}" + "".join(cell(value, unit) for value in values) + (
+            "".join(ratio(results[reference].get(key), results[name].get(key), unit) for name in ours)
+            if reference else ""))
+    mapped = [name for name in names if name in LEMUR_CONFIGURATIONS and LEMUR_CONFIGURATIONS[name][2]]
+    for name in mapped:
+        print(f"  {name}:")
+        for label, key, unit in MAPPED_ROWS:
+            value = results[name].get(key)
+            share = f"  ({value / base['W_bytes']:.2f}x W)" if unit == "MB" and value is not None else ""
+            print(f"    {label:42s}{cell(value, unit)}{share}")
+    print("  (ratios: the original's time / lemur's, so > 1 means lemur is faster)")
+
+
+def cell(value, unit: str) -> str:
+    if value is None:
+        return f"{'-':>16s}"
+    if unit == "MB":
+        return f"{value / 2**20:14.0f}MB"
+    if unit == "%":
+        return f"{100 * value:15.2f}%"
+    return f"{value:14.2f}ms"
+
+
+def ratio(theirs, ours, unit: str) -> str:
+    if unit != "ms" or theirs is None or ours is None:
+        return f"{'':16s}"
+    return f"{theirs / ours:15.2f}x"
 
 
 def main() -> None:
@@ -361,19 +485,28 @@ def main() -> None:
     parser.add_argument("--coretype", action="append", help="OPENBLAS_CORETYPE ('unset' for none); repeatable")
     parser.add_argument("--data-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "lemur-bench"))
     parser.add_argument("--json", help="also write all results to this file")
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS,
+                        help="run these implementations only (default: all; lemur's float32 always runs)")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
     if arguments.worker:
         print(json.dumps(measure(arguments.worker, Path(arguments.data), arguments.threads,
                                  arguments.repeat, arguments.single)))
         return
+    if arguments.prepare:
+        save_mapped_index(Path(arguments.data))
+        return
     everything = []
     for num_docs in arguments.docs:
         folder = make_data(Path(arguments.data_dir), num_docs, arguments.single)
+        subprocess.run([sys.executable, __file__, "--prepare", "--data", str(folder)], check=True)
         for coretype in arguments.coretype or ["unset", "Haswell"]:
-            results = {name: run_worker(name, folder, arguments, coretype) for name in IMPLEMENTATIONS}
+            chosen = set(arguments.only or IMPLEMENTATIONS) | {"lemur"}
+            results = {name: run_worker(name, folder, arguments, coretype) if name in chosen
+                       else {"skipped": "not asked for (--only)"} for name in IMPLEMENTATIONS}
             if "skipped" in results["lemur"]:
                 raise SystemExit(f"lemur failed: {results['lemur']['skipped']}")
             report(num_docs, coretype, results, arguments.threads)

@@ -54,6 +54,7 @@ from lemur._half cimport half_to_float
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
     DOC_ROWS,
+    QUERY_LANES,
     TILE_DOCS,
     TILE_QUERIES,
     VECTOR_FLOATS,
@@ -1020,11 +1021,11 @@ def select_certified(const int64_t[::1] rows, const int32_t[::1] queries, const 
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # Query tokens per chunk: queries are stored transposed, chunk by chunk.
-    QUERY_LANES = 16
+    # (QUERY_LANES, _simd.h: query tokens per chunk; queries are stored
+    # transposed, chunk by chunk.)
     # Values of a float16 document widened at a time (256 KiB of float32).
     PIECE_VALUES = 65536
-    # Chunks whose running maxima are kept at once (64 query tokens): each
+    # Chunks whose running maxima are kept at once (64 or 128 query tokens): each
     # block of document rows is loaded once for all of them.
     CHUNK_BATCH = 4
     # Vector registers per chunk row; the largest value, for the array sizes.
@@ -1034,7 +1035,7 @@ cdef enum:
 
 # Running maxima over a document's tokens of <query token, document token>,
 # for query chunks [first_chunk, end_chunk) (at most CHUNK_BATCH). A chunk is
-# (dim, QUERY_LANES): 16 query tokens transposed. Register blocking: for
+# (dim, QUERY_LANES): 16 or 32 query tokens transposed. Register blocking: for
 # DOC_ROWS document tokens at a time, each chunk row is loaded once into
 # vector registers and multiplied by each of the DOC_ROWS values, into
 # DOC_ROWS x (QUERY_LANES / VECTOR_FLOATS) accumulators. best holds

@@ -8,9 +8,10 @@
  * of 4 floats handled lane by lane.
  *
  * Register blocks, sized to the register file (32 zmm with AVX-512, else 16):
- * LEMUR_DOC_ROWS: document tokens per block of the MaxSim kernel, which keeps
- *   LEMUR_DOC_ROWS x (16 / LEMUR_VECTOR_FLOATS) accumulators (8 zmm, 12 ymm,
- *   12 xmm).
+ * LEMUR_DOC_ROWS x LEMUR_QUERY_LANES: document tokens per block of the MaxSim
+ *   kernel, and query tokens (transposed) per chunk: LEMUR_DOC_ROWS x
+ *   (LEMUR_QUERY_LANES / LEMUR_VECTOR_FLOATS) accumulators (16 zmm, 12 ymm,
+ *   12 xmm), so that each broadcast document value feeds two vectors.
  * LEMUR_TILE_QUERIES x LEMUR_TILE_DOCS: the tile of the first-stage scoring
  *   kernel, one accumulator per (query, document) plus one register per query
  *   and one for the document (24 + 5 zmm, 12 + 4 ymm, 8 + 3 xmm).
@@ -22,16 +23,19 @@
 
 #if defined(__AVX512F__)
 #define LEMUR_VECTOR_FLOATS 16
+#define LEMUR_QUERY_LANES 32
 #define LEMUR_DOC_ROWS 8
 #define LEMUR_TILE_QUERIES 4
 #define LEMUR_TILE_DOCS 6
 #elif defined(__AVX__)
 #define LEMUR_VECTOR_FLOATS 8
+#define LEMUR_QUERY_LANES 16
 #define LEMUR_DOC_ROWS 6
 #define LEMUR_TILE_QUERIES 3
 #define LEMUR_TILE_DOCS 4
 #else
 #define LEMUR_VECTOR_FLOATS 4
+#define LEMUR_QUERY_LANES 16
 #define LEMUR_DOC_ROWS 3
 #define LEMUR_TILE_QUERIES 2
 #define LEMUR_TILE_DOCS 4

@@ -7,8 +7,10 @@ cdef extern from "_simd.h" nogil:
     enum:
         # floats per vector register (16 with AVX-512, 8 with AVX, else 4)
         VECTOR_FLOATS "LEMUR_VECTOR_FLOATS"
-        # document tokens per register block of the MaxSim kernel
+        # document tokens per register block of the MaxSim kernel, and query
+        # tokens per transposed chunk
         DOC_ROWS "LEMUR_DOC_ROWS"
+        QUERY_LANES "LEMUR_QUERY_LANES"
         # the register tile of the first-stage scoring kernel
         TILE_QUERIES "LEMUR_TILE_QUERIES"
         TILE_DOCS "LEMUR_TILE_DOCS"
