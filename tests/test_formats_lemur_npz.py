@@ -248,11 +248,7 @@ def test_a_float32_file_with_a_compact_copy_is_refused(tmp_path):
 
 
 def is_mapped(array: np.ndarray) -> bool:
-    while array is not None:
-        if isinstance(array, np.memmap):
-            return True
-        array = array.base if isinstance(array, np.ndarray) else None
-    return False
+    return archive.mapping_of(array) is not None
 
 
 def test_a_mapped_index_reads_nothing_at_opening_and_copies_on_write(tmp_path):
@@ -297,3 +293,33 @@ def test_an_index_with_a_centre_keeps_its_centred_tokens_through_a_round_trip(tm
     for mmap in (False, True):
         np.testing.assert_array_equal(lemur.load(tmp_path / "centred.npz", mmap=mmap).doc_tokens,
                                       index.doc_tokens)
+
+
+def resident_bytes_of(path: pathlib.Path) -> int:
+    """This process's resident bytes of the mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:
+                inside = len(fields) >= 6 and os.path.realpath(fields[-1]) == os.path.realpath(path)
+            elif inside and fields[:1] == ["Rss:"]:
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_a_mapped_index_lets_go_of_what_it_reads_through_the_mapping(tmp_path, monkeypatch):
+    index = compact_index("float32", num_docs=3000)  # the float32 scan reads all of W
+    index.save(tmp_path / "index.npz")
+    mapped = lemur.load(tmp_path / "index.npz", mmap=True)
+    queries = np.random.default_rng(8).standard_normal((40, 12)).astype(np.float32)
+    monkeypatch.setattr(lemur.Index, "MAPPED_READS_BYTES", 2**40)  # never let go
+    mapped.search(queries, [4] * 10, k=5, candidates=20)
+    kept = resident_bytes_of(tmp_path / "index.npz")
+    assert kept >= mapped.W.nbytes
+    monkeypatch.setattr(lemur.Index, "MAPPED_READS_BYTES", 0)  # let go after every call
+    results = mapped.search(queries, [4] * 10, k=5, candidates=20)
+    assert resident_bytes_of(tmp_path / "index.npz") < kept - mapped.W.nbytes // 2
+    assert_same = index.search(queries, [4] * 10, k=5, candidates=20)
+    np.testing.assert_array_equal(results[0], assert_same[0])

@@ -4,6 +4,7 @@ documents added and removed without a rebuild."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, replace
 
@@ -46,6 +47,9 @@ class _Store:
     tokens: np.ndarray | None = None  # (token capacity, d), the first num_tokens rows filled
     offsets: np.ndarray | None = None  # (num_docs + 1,) int64
     owned: bool = False  # whether the buffers are lemur's own (else: the caller's arrays)
+    #: file mappings W and the token store are read through (a mapped index):
+    #: what the index lets go of as it reads them (see Index._read_from_mappings)
+    mappings: tuple = ()
 
     @property
     def num_tokens(self) -> int:
@@ -65,7 +69,7 @@ class _Store:
         grown = _room(self.W, self.num_docs, num_docs, self.owned)
         grown[self.num_docs : num_docs] = W
         store = replace(self, W=grown, ids=_room(self.ids, self.num_docs, num_docs, self.owned),
-                        num_docs=num_docs, owned=True,
+                        num_docs=num_docs, owned=True, mappings=(),
                         scan=self.scan.appended(grown[:num_docs], W, num_threads))
         store.ids[self.num_docs : num_docs] = ids
         if self.tokens is not None:
@@ -85,6 +89,10 @@ class _Store:
             return store
         kept = self.documents().subset(keep)
         return replace(store, tokens=kept.tokens, offsets=kept.offsets)
+
+
+#: what the kernel maps around a page read through a file mapping (fault-around)
+_MAPPED_WINDOW = 65536
 
 
 def _room(buffer: np.ndarray, filled: int, needed: int, owned: bool) -> np.ndarray:
@@ -185,18 +193,48 @@ class Index:
         if precision != "float32":
             self._store = replace(self._store, scan=self._scan_at(precision, None, threads))
 
+    #: A mapped index reads W's rows (those it rescores) and the candidates'
+    #: tokens through the file's mappings; the kernel maps a 64 KiB window
+    #: around every page touched. Once about this many bytes may have been
+    #: mapped so, they are let go (madvise MADV_DONTNEED: they stay in the page
+    #: cache, shared with other processes, out of this one's resident memory),
+    #: so that what stays resident is the compact copy the first stage scans.
+    MAPPED_READS_BYTES = 64 * 2**20
+
+    def _read_from_mappings(self, store: _Store, touched: int) -> None:
+        """Count `touched` bytes read through the store's mappings; let them
+        all go when the count passes MAPPED_READS_BYTES."""
+        if not store.mappings:
+            return
+        self._mapped_reads = getattr(self, "_mapped_reads", 0) + touched
+        if self._mapped_reads > self.MAPPED_READS_BYTES:
+            self._mapped_reads = 0
+            for mapping in store.mappings:
+                if hasattr(mapping, "madvise"):  # not on Windows
+                    mapping.madvise(mmap.MADV_DONTNEED)
+
+    @staticmethod
+    def _first_stage_reads(store: _Store, report: dict) -> int:
+        """Bytes of W a first stage may have mapped: all of it for a float32
+        scan, a window per pair rescored for a compact one."""
+        if "rescored" not in report:
+            return store.W.nbytes
+        return report["rescored"] * _MAPPED_WINDOW
+
     @classmethod
     def _from_mapped(cls, model: Model, W: np.ndarray, doc_tokens: np.ndarray | None, doc_counts: object,
                      *, doc_ids: object, sample: np.ndarray | None, precision: str,
-                     compact_rows: compact.CompactRows | None, num_threads: int | None) -> Index:
+                     compact_rows: compact.CompactRows | None, mappings: tuple,
+                     num_threads: int | None) -> Index:
         """An index over arrays mapped from a file whose headers the format
         checked: W and the token store are taken as they are (their values
-        are not read); counts, ids and the sample are checked as usual."""
+        are not read); counts, ids and the sample are checked as usual.
+        `mappings`: the file mappings of W and the token store."""
         threads = resolve_num_threads(num_threads)
         index = cls(model, np.empty((0, W.shape[1]), np.float32), sample=sample, num_threads=threads)
         ids = np.arange(W.shape[0], dtype=np.int64) if doc_ids is None else cls._check_new_ids(
             doc_ids, W.shape[0], existing=np.empty(0, dtype=np.int64))
-        store = _Store(W, ids, W.shape[0], ExhaustiveScan(W))
+        store = _Store(W, ids, W.shape[0], ExhaustiveScan(W), mappings=mappings)
         if doc_tokens is not None:
             offsets = counts_to_offsets(doc_counts, name="doc_counts", total=doc_tokens.shape[0],
                                         total_name="doc_tokens", allow_empty=True)
@@ -250,12 +288,13 @@ class Index:
             raise ValueError(f"{name} has {ids.size} ids, but there are {count} documents")
         if ids.size and ids.min() < 0:
             raise ValueError(f"{name} must be non-negative (-1 marks padding in results)")
-        unique = np.unique(ids)
-        if unique.size != ids.size:
+        ordered = np.sort(ids)
+        if ordered.size > 1 and not np.all(ordered[1:] != ordered[:-1]):
             raise ValueError(f"{name} holds the same id more than once")
-        clash = np.intersect1d(unique, existing)
-        if clash.size:
-            raise ValueError(f"{name}: the index already has a document with id {int(clash[0])}")
+        if existing.size:
+            clash = np.intersect1d(ordered, existing, assume_unique=True)
+            if clash.size:
+                raise ValueError(f"{name}: the index already has a document with id {int(clash[0])}")
         return ids.copy()
 
     # -- description -------------------------------------------------------
@@ -297,7 +336,8 @@ class Index:
         tokens = documents.tokens if doc_tokens_centered else self._model.centred(documents.tokens, threads)
         other = object.__new__(Index)
         other.__dict__.update(self.__dict__)
-        other._store = replace(self._store, tokens=tokens, offsets=documents.offsets)
+        other._store = replace(self._store, tokens=tokens, offsets=documents.offsets,
+                               mappings=self._store.mappings[:1])
         return other
 
     def with_precision(self, precision: str, *, num_threads: int | None = None) -> Index:
@@ -414,7 +454,9 @@ class Index:
         store = self._store
         k = check_k(k, at_most=store.num_docs)
         self._require_some_documents()
-        rows, scores = store.scan.top_k(self._check_features(features, threads), k, threads)
+        report: dict = {}
+        rows, scores = store.scan.top_k(self._check_features(features, threads), k, threads, report)
+        self._read_from_mappings(store, self._first_stage_reads(store, report))
         return self._ids_of(store, rows), scores
 
     def maxsim_scores(
@@ -457,6 +499,7 @@ class Index:
         k = check_k(k, at_most=max(self.num_docs, rows.shape[1]))
         found, scores = rerank_unchecked(self._model.centred(tokens, threads), offsets, documents,
                                          rows, k, threads)
+        self._read_from_mappings(store, rows.size * _MAPPED_WINDOW)
         return self._ids_of(store, found), scores
 
     def search(
@@ -504,14 +547,17 @@ class Index:
         tokens = self._model.centred(tokens, threads)
         features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
         documents = store.documents()
+        report: dict = {}
         if documents is None:
-            rows, scores = store.scan.top_k(features, k, threads)
+            rows, scores = store.scan.top_k(features, k, threads, report)
         else:
             if np.all(offsets[1:] > offsets[:-1]):  # the rerank needs only the set of candidates
-                found = store.scan.best_rows(features, candidates, threads)
+                found = store.scan.best_rows(features, candidates, threads, report)
             else:  # a query without tokens keeps its first candidates, in order
-                found = store.scan.top_k(features, candidates, threads)[0]
+                found = store.scan.top_k(features, candidates, threads, report)[0]
             rows, scores = rerank_unchecked(tokens, offsets, documents, found, k, threads)
+            report["tokens"] = found.size * _MAPPED_WINDOW
+        self._read_from_mappings(store, self._first_stage_reads(store, report) + report.get("tokens", 0))
         return self._ids_of(store, rows), scores
 
     # -- adding and removing documents ---------------------------------------

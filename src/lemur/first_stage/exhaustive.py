@@ -60,7 +60,7 @@ class ExhaustiveScan:
             raise ValueError(f"the compact copy ({rows.num_docs} x {rows.h}) does not match W {W.shape}")
         self.W = W
         self.rows = rows
-        self._max_row_norm = (float(compact.flat_params(rows)[:, 0].max(initial=0.0))
+        self._max_row_norm = (float(rows.params[:, 0].max(initial=0.0))  # padding lanes are 0
                               if rows is not None else 0.0)
 
     @property

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import mmap
 import os
 import secrets
 import struct
@@ -266,8 +267,12 @@ class Archive:
                              "be mapped; rewrite the file with lemur.save")
         if member.nbytes == 0:
             return np.empty(member.shape, member.dtype)
-        return np.asarray(np.memmap(self.path, dtype=member.dtype, mode="r", shape=member.shape,
-                                    offset=self.data_offset(info) + member.header_bytes))
+        start = self.data_offset(info) + member.header_bytes
+        page = start - start % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(self._file.fileno(), start - page + member.nbytes, access=mmap.ACCESS_READ,
+                            offset=page)
+        array = np.frombuffer(mapping, dtype=member.dtype, count=math.prod(member.shape), offset=start - page)
+        return array.reshape(member.shape)
 
     def npy_array(self, member: NpyMember) -> np.ndarray:
         """The data of a member whose header :meth:`npy_header` checked: a new,
@@ -290,6 +295,16 @@ DATA_ALIGNMENT = 64
 
 #: The zip extra-field id of the padding that aligns a member's data.
 _PADDING_ID = 0x4C4D
+
+
+def mapping_of(array: np.ndarray) -> mmap.mmap | None:
+    """The file mapping an array made by :meth:`Archive.mapped_array` views, or None."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from lemur.first_stage import compact
+from lemur.formats.archive import mapping_of
 from lemur.index import Index
 from lemur.model import DEFAULT_QUERY_SCALE, Layer, Model, check_activation
 
@@ -128,8 +129,11 @@ def index_of(record: Record, model: Model, *, path: str, num_threads: int | None
         if record.compact is not None:
             rows = compact.CompactRows.check(record.precision, W.shape[0], *record.compact)
         if record.mapped:
+            mappings = tuple(mapping for mapping in (mapping_of(W), None if tokens is None else mapping_of(tokens))
+                             if mapping is not None)
             return Index._from_mapped(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
-                                      precision=record.precision, compact_rows=rows, num_threads=num_threads)
+                                      precision=record.precision, compact_rows=rows, mappings=mappings,
+                                      num_threads=num_threads)
         index = Index(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
                       doc_tokens_centered=True, num_threads=num_threads)
         if rows is not None:
