@@ -98,7 +98,7 @@ def bounds_of_every_pair(rows: compact.CompactRows, features: np.ndarray, num_th
     """The scan with k = num_docs - 1: L, U and the kept pairs' bounds."""
     codes, params = compact.encode_queries(features, rows, num_threads)
     return kernels.compact_scan(rows.codes, rows.params, compact.KINDS[rows.precision], rows.num_docs, rows.h,
-                                rows.basis.shape[0], codes, params, rows.num_docs - 1, 2**24, num_threads)
+                                rows.basis.shape[0], codes, params, rows.num_docs - 1, True, 2**24, num_threads)
 
 
 def assert_bounds_hold(rows: compact.CompactRows, W: np.ndarray, features: np.ndarray) -> None:

@@ -931,18 +931,22 @@ static inline int lemur_survivors_room(lemur_survivors *survivors, const float *
 
 /* One thread's state of a scan over a batch of num_queries queries. */
 typedef struct {
-    float *lower_heaps;      /* (num_queries, k): the k largest lower bounds seen, or NULL */
-    ptrdiff_t *lower_sizes;  /* (num_queries,) */
-    float *thresholds;       /* (num_queries,): what an upper bound must reach to be kept */
-    void *dots;              /* scratch: tile queries x LEMUR_COMPACT_BLOCK values */
+    float *heaps;            /* (num_queries, k): min-heaps of the k largest lower bounds above
+                              * the threshold */
+    ptrdiff_t *sizes;        /* (num_queries,) */
+    float *thresholds;       /* (num_queries,): what a lower bound must beat to enter a heap
+                              * that is not full, and an upper bound must reach to be kept: the
+                              * k-th largest of some k rows' lower bounds, so at most the k-th
+                              * largest over all rows */
+    void *dots;              /* tile queries x LEMUR_COMPACT_BLOCK values */
     lemur_survivors survivors;
 } lemur_scan_state;
 
-/* The block of rows [d0, d0 + width) against every query: the pairs whose
- * upper bound reaches the query's threshold are kept. With heaps (the first
- * phase of a scan), the lower bounds also go into the thread's heaps and
- * the threshold rises with the k-th largest of them; without (the second
- * phase), the thresholds are fixed. Returns 0 when out of room. */
+/* The block of rows [d0, d0 + width) against every query: the lower bounds
+ * above the threshold (the heap not full) or the heap's root go into the
+ * thread's heaps, the threshold rising to the root of a full heap; the pairs
+ * whose upper bound reaches the threshold are kept. A block whose bounds all
+ * lie below costs one comparison per query. Returns 0 when out of room. */
 static inline int lemur_compact_scan_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
                                            ptrdiff_t k, ptrdiff_t d0, ptrdiff_t width, lemur_scan_state *state)
 {
@@ -958,26 +962,25 @@ static inline int lemur_compact_scan_block(const lemur_compact_rows *rows, const
         tile = (int)(count - q0 < tile_queries ? count - q0 : tile_queries);
         kernel(rows, queries, block, q0, tile, state->dots);
         for (i = 0; i < tile; i++) {
-            float best_low, best_high;
+            float *heap, bar;
+            ptrdiff_t size;
             q = q0 + i;
             lemur_compact_bounds(rows, queries, q, d0, width,
                                  (const char *)state->dots + (size_t)i * LEMUR_COMPACT_BLOCK * 4, lower, upper);
-            best_high = lemur_block_max(upper);
-            if (state->lower_heaps != NULL) {
-                float *heap = state->lower_heaps + q * k;
-                best_low = lemur_block_max(lower);
-                if (state->lower_sizes[q] < k || best_low > heap[0]) {
-                    mask = state->lower_sizes[q] < k ? lemur_reaching(lower, -INFINITY) : lemur_reaching(lower, heap[0]);
-                    for (; mask; mask &= mask - 1) {
-                        d = lemur_lowest_bit(mask);
-                        if (state->lower_sizes[q] < k || lower[d] > heap[0])
-                            state->lower_sizes[q] = lemur_push_largest(heap, state->lower_sizes[q], k, lower[d]);
-                    }
-                    if (state->lower_sizes[q] == k)
-                        state->thresholds[q] = heap[0];
+            heap = state->heaps + q * k;
+            size = state->sizes[q];
+            bar = size < k ? state->thresholds[q] : heap[0];
+            if (lemur_block_max(lower) > bar) {
+                for (mask = lemur_reaching(lower, bar); mask; mask &= mask - 1) {
+                    d = lemur_lowest_bit(mask);
+                    if (lower[d] > (size < k ? state->thresholds[q] : heap[0]))
+                        size = lemur_push_largest(heap, size, k, lower[d]);
                 }
+                state->sizes[q] = size;
+                if (size == k && heap[0] > state->thresholds[q])
+                    state->thresholds[q] = heap[0];
             }
-            if (best_high < state->thresholds[q])
+            if (lemur_block_max(upper) < state->thresholds[q])
                 continue;
             for (mask = lemur_reaching(upper, state->thresholds[q]); mask; mask &= mask - 1) {
                 d = lemur_lowest_bit(mask);

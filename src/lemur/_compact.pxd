@@ -39,8 +39,8 @@ cdef extern from "_compact.h" nogil:
         Py_ssize_t capacity
         int status
     ctypedef struct scan_state "lemur_scan_state":
-        float *lower_heaps
-        Py_ssize_t *lower_sizes
+        float *heaps
+        Py_ssize_t *sizes
         float *thresholds
         void *dots
         survivors_list survivors
@@ -53,8 +53,6 @@ cdef extern from "_compact.h" nogil:
     void encode_query "lemur_compact_encode_query"(const compact_rows *rows, const float *basis,
                                                    double score_depth, const float *f, uint8_t *codes,
                                                    float *params, double *exact, float *perp)
-    Py_ssize_t push_largest "lemur_push_largest"(float *heap, Py_ssize_t size, Py_ssize_t capacity,
-                                                 float value)
     float kth_largest "lemur_kth_largest"(float *values, Py_ssize_t n, Py_ssize_t k, float *heap)
     int survivors_reset "lemur_survivors_reset"(survivors_list *survivors, Py_ssize_t capacity,
                                                 Py_ssize_t limit)

@@ -42,7 +42,6 @@ from lemur._compact cimport (
     encode_query,
     encode_row,
     kth_largest,
-    push_largest,
     query_step_bytes,
     scan_block,
     scan_state,
@@ -723,17 +722,6 @@ def compact_encode_queries(const float[:, ::1] features, const float[:, ::1] bas
                          &exact[threadid(), 0], &perp[threadid(), 0])
 
 
-# The k-th largest of the values in the threads' heaps of one query
-# (heaps[t, q, :sizes[t, q]]), -inf when they hold fewer; `merged` has room for k.
-cdef float kth_largest_of_heaps(const float[:, :, ::1] heaps, const Py_ssize_t[:, ::1] sizes, Py_ssize_t q,
-                                Py_ssize_t k, float *merged) noexcept nogil:
-    cdef Py_ssize_t size = 0, thread, i
-    for thread in range(heaps.shape[0]):
-        for i in range(sizes[thread, q]):
-            size = push_largest(merged, size, k, heaps[thread, q, i])
-    return merged[0] if size == k else -INFINITY
-
-
 # Survivor lists kept per Python thread from one scan to the next, so that
 # their room is reused (allocated anew on every call, its page faults cost
 # more than a small scan); a list that grew past RETAINED_SURVIVORS pairs is
@@ -782,9 +770,8 @@ cdef _SurvivorLists survivor_lists(Py_ssize_t count):
     return lists
 
 
-# The rows a compact scan reads first, with heaps, to learn each query's
-# threshold: about 2 sqrt(num_docs k) of them, at least SAMPLE_ROWS, in
-# every stride-th block (so that the order of W's rows matters little).
+# The blocks a compact scan reads first: about 2 sqrt(num_docs k) rows (at
+# least SAMPLE_ROWS), in every stride-th block.
 cdef enum:
     SAMPLE_ROWS = 2048
 
@@ -792,73 +779,72 @@ cdef enum:
 cdef Py_ssize_t sample_stride(Py_ssize_t num_docs, Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t blocks = (num_docs + COMPACT_BLOCK - 1) // COMPACT_BLOCK
     cdef double rows = max(<double>SAMPLE_ROWS, 2 * sqrt(<double>num_docs * k))
-    cdef Py_ssize_t sampled = max(1, <Py_ssize_t>(rows / COMPACT_BLOCK))
-    return max(1, blocks // sampled)
+    return max(1, blocks // max(1, <Py_ssize_t>(rows / COMPACT_BLOCK)))
 
 
 # The compact scan of a batch of queries over every row: per query the k-th
-# largest lower bound L and the (k + 1)-th largest upper bound U over all
-# rows, and the pairs (row, query, lower, upper) whose upper bound reaches L,
-# grouped by query: the only rows that can be among the query's k best.
-# None when one thread's pairs would pass `limit` (the caller then scans in
-# float32).
+# largest lower bound L and, with_upper, the (k + 1)-th largest upper bound
+# U over all rows, and the pairs (row, query, lower, upper) whose upper bound
+# reaches L, grouped by query: the only rows that can be among the query's k
+# best. None when one thread's pairs would pass `limit` (the caller then
+# scans in float32).
 #   codes, params, kind, num_docs, h, m: the compact rows (_compact.h); num_docs > k
 #   query_codes, query_params: from compact_encode_queries
-# Two phases, each parallel over blocks (dynamic), pairs kept per thread:
-# the sampled blocks with per-thread heaps of lower bounds, whose merged
-# k-th largest T is then every query's threshold for the other blocks (any
-# k rows' lower bounds bound L from below, so no pair the final filter keeps
-# is lost). L is the k-th largest lower bound among the kept pairs (they
-# hold every row whose lower bound reaches it), U the larger of T and the
-# (k + 1)-th largest kept upper bound (rows not kept have upper bounds
-# below T).
+# Parallel over blocks of COMPACT_BLOCK rows (dynamic): every stride-th
+# block first (a sample spread over W, so that the thresholds rise early
+# whatever W's order), then the others. Each thread keeps, per query, a heap
+# of the k largest lower bounds above its threshold (which rises to the root
+# of the full heap) and the pairs whose upper bound reaches the threshold;
+# after the sample every thread takes the highest threshold. A threshold
+# never passes L (it is the k-th largest of some k rows' lower bounds), so
+# nothing the final filter keeps is lost; the heaps together hold k values at
+# least L, so L is their k-th largest; U is the larger of L and the
+# (k + 1)-th largest kept upper bound (rows not kept have upper bounds below
+# L).
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, int kind, Py_ssize_t num_docs,
                  Py_ssize_t h, Py_ssize_t m, const uint8_t[:, ::1] query_codes, const float[:, ::1] query_params,
-                 Py_ssize_t k, Py_ssize_t limit, int num_threads):
+                 Py_ssize_t k, bint with_upper, Py_ssize_t limit, int num_threads):
     cdef Py_ssize_t nq = query_params.shape[0]
     cdef compact_rows rows = compact_rows_of(codes, params, kind, num_docs, h, m)
     cdef compact_queries queries
     cdef Py_ssize_t blocks = (num_docs + COMPACT_BLOCK - 1) // COMPACT_BLOCK, stride = sample_stride(num_docs, k)
-    cdef Py_ssize_t block, thread, q, i, total, start, position
-    cdef float[:, :, ::1] lower_heaps = scratch("compact lower heaps", (num_threads, nq, k), np.float32)
-    cdef Py_ssize_t[:, ::1] lower_sizes = scratch("compact lower sizes", (num_threads, nq), np.intp)
+    cdef Py_ssize_t block, thread, q, i, total, start, position, gathered
+    cdef float[:, :, ::1] heaps = scratch("compact heaps", (num_threads, nq, k), np.float32)
+    cdef Py_ssize_t[:, ::1] sizes = scratch("compact heap sizes", (num_threads, nq), np.intp)
     cdef float[:, ::1] thresholds = scratch("compact thresholds", (num_threads, nq), np.float32)
+    cdef float[:, ::1] work = scratch("compact selection", (num_threads, num_threads * k + k + 1), np.float32)
     cdef float[:, ::1] dots = scratch("compact dots", (num_threads, 8 * COMPACT_BLOCK), np.float32)
-    cdef float[:, ::1] merged = scratch("compact merged heap", (num_threads, k + 1), np.float32)
-    cdef float[::1] sampled = np.empty(nq, np.float32)
     cdef float[::1] lower_k = np.empty(nq, np.float32)
     cdef float[::1] upper_k1 = np.empty(nq, np.float32)
     cdef _SurvivorLists lists = survivor_lists(num_threads)
     cdef scan_state *states = <scan_state *>calloc(num_threads, sizeof(scan_state))
     cdef int status = 0
     cdef survivors_list *found
-    cdef int64_t[::1] all_rows, offsets, order, fill
-    cdef int32_t[::1] all_queries
-    cdef float[::1] all_lower, all_upper, selection
+    cdef int64_t[::1] offsets, fill
+    cdef float[::1] selection
     cdef int64_t[::1] out_rows
     cdef int32_t[::1] out_queries
     cdef float[::1] out_lower, out_upper
-    cdef int64_t[::1] alive_offsets = np.zeros(nq + 1, np.int64)
     if states == NULL:
         raise MemoryError()
     queries.codes = &query_codes[0, 0]
     queries.params = &query_params[0, 0]
     queries.num_queries = nq
-    np.asarray(lower_sizes)[...] = 0
+    np.asarray(sizes)[...] = 0
     np.asarray(thresholds)[...] = -np.inf
     try:
         for thread in range(num_threads):
-            states[thread].lower_heaps = &lower_heaps[thread, 0, 0]
-            states[thread].lower_sizes = &lower_sizes[thread, 0]
+            states[thread].heaps = &heaps[thread, 0, 0]
+            states[thread].sizes = &sizes[thread, 0]
             states[thread].thresholds = &thresholds[thread, 0]
             states[thread].dots = &dots[thread, 0]
             if not survivors_reset(&lists.lists[thread], min(limit, nq * 4 * (k + 64)), limit):
                 raise MemoryError()
             states[thread].survivors = lists.lists[thread]
         with nogil:
-            # phase 1: the sampled blocks, with heaps
+            # the sampled blocks first, every thread then starting from the best threshold
             for block in prange(0, blocks, stride, num_threads=num_threads, schedule='dynamic'):
                 thread = threadid()
                 if states[thread].survivors.status == 0:
@@ -866,83 +852,68 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
                     scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
                                &states[thread])
             for q in prange(nq, num_threads=num_threads, schedule='static'):
-                sampled[q] = kth_largest_of_heaps(lower_heaps, lower_sizes, q, k, &merged[threadid(), 0])
-            for thread in range(num_threads):
-                states[thread].lower_heaps = NULL
-                for q in range(nq):
-                    thresholds[thread, q] = sampled[q]
-            # phase 2: the other blocks, against the fixed thresholds
+                for thread in range(1, num_threads):
+                    thresholds[0, q] = max(thresholds[0, q], thresholds[thread, q])
+                for thread in range(1, num_threads):
+                    thresholds[thread, q] = thresholds[0, q]
             for block in prange(blocks, num_threads=num_threads, schedule='dynamic'):
                 thread = threadid()
                 if block % stride != 0 and states[thread].survivors.status == 0:
                     start = block * COMPACT_BLOCK
                     scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
                                &states[thread])
-        total = 0
+            # L: the k-th largest of the threads' lower bounds together
+            for q in prange(nq, num_threads=num_threads, schedule='static'):
+                gathered = 0
+                for thread in range(num_threads):
+                    for i in range(sizes[thread, q]):
+                        work[threadid(), gathered] = heaps[thread, q, i]
+                        gathered = gathered + 1
+                lower_k[q] = kth_largest(&work[threadid(), 0], gathered, k,
+                                         &work[threadid(), num_threads * k]) if gathered >= k else -INFINITY
         for thread in range(num_threads):
             lists.lists[thread] = states[thread].survivors  # its room, perhaps grown, is kept
             status = max(status, states[thread].survivors.status)
-            total += states[thread].survivors.count
         if status == 1:
             raise MemoryError()
         if status == 2:
             return None
-        # every kept pair, bucketed by query (a counting sort)
-        all_rows = np.empty(total, np.int64)
-        all_queries = np.empty(total, np.int32)
-        all_lower = np.empty(total, np.float32)
-        all_upper = np.empty(total, np.float32)
+        # the kept pairs that reach L, bucketed by query (a counting sort)
         offsets = np.zeros(nq + 1, np.int64)
-        order = np.empty(max(1, total), np.int64)
-        fill = np.empty(nq, np.int64)
-        position = 0
         for thread in range(num_threads):
             found = &states[thread].survivors
             for i in range(found.count):
-                all_rows[position] = found.rows[i]
-                all_queries[position] = found.queries[i]
-                all_lower[position] = found.lower[i]
-                all_upper[position] = found.upper[i]
-                offsets[found.queries[i] + 1] += 1
-                position += 1
+                if found.upper[i] >= lower_k[found.queries[i]]:
+                    offsets[found.queries[i] + 1] += 1
         for q in range(nq):
             offsets[q + 1] += offsets[q]
-            fill[q] = offsets[q]
-        for i in range(total):
-            order[fill[all_queries[i]]] = i
-            fill[all_queries[i]] += 1
-        selection = np.empty(max(1, total), np.float32)
-        with nogil:
-            for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
-                for i in range(offsets[q], offsets[q + 1]):
-                    selection[i] = all_lower[order[i]]
-                lower_k[q] = kth_largest(&selection[offsets[q]], offsets[q + 1] - offsets[q], k,
-                                         &merged[threadid(), 0]) if offsets[q + 1] - offsets[q] >= k else -INFINITY
-                upper_k1[q] = sampled[q]
-                if offsets[q + 1] - offsets[q] > k:
-                    for i in range(offsets[q], offsets[q + 1]):
-                        selection[i] = all_upper[order[i]]
-                    upper_k1[q] = max(sampled[q], kth_largest(&selection[offsets[q]], offsets[q + 1] - offsets[q],
-                                                              k + 1, &merged[threadid(), 0]))
-                for i in range(offsets[q], offsets[q + 1]):
-                    if all_upper[order[i]] >= lower_k[q]:
-                        alive_offsets[q + 1] += 1
-        for q in range(nq):
-            alive_offsets[q + 1] += alive_offsets[q]
-        out_rows = np.empty(alive_offsets[nq], np.int64)
-        out_queries = np.empty(alive_offsets[nq], np.int32)
-        out_lower = np.empty(alive_offsets[nq], np.float32)
-        out_upper = np.empty(alive_offsets[nq], np.float32)
-        with nogil:
-            for q in prange(nq, num_threads=num_threads, schedule='static'):
-                position = alive_offsets[q]
-                for i in range(offsets[q], offsets[q + 1]):
-                    if all_upper[order[i]] >= lower_k[q]:
-                        out_rows[position] = all_rows[order[i]]
-                        out_queries[position] = <int32_t>q
-                        out_lower[position] = all_lower[order[i]]
-                        out_upper[position] = all_upper[order[i]]
-                        position = position + 1
+        total = offsets[nq]
+        fill = np.asarray(offsets).copy()
+        out_rows = np.empty(total, np.int64)
+        out_queries = np.empty(total, np.int32)
+        out_lower = np.empty(total, np.float32)
+        out_upper = np.empty(total, np.float32)
+        for thread in range(num_threads):
+            found = &states[thread].survivors
+            for i in range(found.count):
+                q = found.queries[i]
+                if found.upper[i] >= lower_k[q]:
+                    position = fill[q]
+                    out_rows[position] = found.rows[i]
+                    out_queries[position] = <int32_t>q
+                    out_lower[position] = found.lower[i]
+                    out_upper[position] = found.upper[i]
+                    fill[q] = position + 1
+        upper_k1[:] = lower_k
+        if with_upper:
+            selection = np.empty(max(1, total), np.float32)
+            with nogil:
+                for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
+                    if offsets[q + 1] - offsets[q] > k:
+                        for i in range(offsets[q], offsets[q + 1]):
+                            selection[i] = out_upper[i]
+                        upper_k1[q] = max(lower_k[q], kth_largest(
+                            &selection[offsets[q]], offsets[q + 1] - offsets[q], k + 1, &work[threadid(), 0]))
     finally:
         free(states)
         lists.release_large()

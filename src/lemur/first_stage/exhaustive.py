@@ -131,7 +131,7 @@ class ExhaustiveScan:
             part = slice(start, start + chunk)
             codes, params = compact.encode_queries(features[part], rows, num_threads)
             scan = kernels.compact_scan(rows.codes, rows.params, compact.KINDS[rows.precision], rows.num_docs,
-                                        rows.h, m, codes, params, k, SURVIVOR_LIMIT, num_threads)
+                                        rows.h, m, codes, params, k, sets, SURVIVOR_LIMIT, num_threads)
             if scan is None:  # too many pairs to keep: a degenerate W
                 found[part], scores[part] = top_k_unchecked(features[part], self.W, k, num_threads)
                 continue
