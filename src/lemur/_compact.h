@@ -191,18 +191,21 @@ static inline double lemur_partials_total(const double *partial)
     return total;
 }
 
-/* sum_i a[i] b[i] in float64 */
+/* sum_i a[i] b[i] in float64, in 32 partial sums (four vectors of eight:
+ * enough independent chains to keep the multiply-adds busy) */
 static inline double lemur_dot64(const float *a, const float *b, ptrdiff_t n)
 {
-    double partial[LEMUR_PARTIALS] = {0};
-    ptrdiff_t i, full = n / LEMUR_PARTIALS * LEMUR_PARTIALS;
+    double partial[32] = {0}, total = 0;
+    ptrdiff_t i, full = n / 32 * 32;
     int j;
-    for (i = 0; i < full; i += LEMUR_PARTIALS)
-        for (j = 0; j < LEMUR_PARTIALS; j++)
+    for (i = 0; i < full; i += 32)
+        for (j = 0; j < 32; j++)
             partial[j] += (double)a[i + j] * (double)b[i + j];
     for (i = full; i < n; i++)
         partial[0] += (double)a[i] * (double)b[i];
-    return lemur_partials_total(partial);
+    for (j = 0; j < 32; j++)
+        total += partial[j];
+    return total;
 }
 
 /* max_i |a[i]| */
@@ -231,27 +234,32 @@ static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int shift, voi
 {
     double partial_residual[LEMUR_PARTIALS] = {0}, partial_compact[LEMUR_PARTIALS] = {0};
     double partial_codes[LEMUR_PARTIALS] = {0};
-    float largest = lemur_largest_magnitude(x, n), scale;
-    ptrdiff_t i0, i;
+    float largest = lemur_largest_magnitude(x, n), scale, inverse;
+    ptrdiff_t i0, i, full = n / LEMUR_PARTIALS * LEMUR_PARTIALS;
     int j;
     scale = largest > 0 ? (float)((double)largest / 127.0) : 1.0f;
     if (!(scale > 0))  /* largest / 127 underflowed */
         scale = 0x1p-149f;
+    /* any code is exact for the bound (its error is measured); the nearest
+     * one, near enough, from a product */
+    inverse = 1.0f / scale;
     for (i0 = 0; i0 < n; i0 += LEMUR_PARTIALS)
         for (j = 0; j < LEMUR_PARTIALS; j++) {
-            double code, value;
+            float code;
+            double value, error;
             i = i0 + j;
-            if (i >= n)
+            if (i0 >= full && i >= n)
                 break;
-            code = nearbyint((double)x[i] / (double)scale);
+            code = nearbyintf(x[i] * inverse);
             code = code > 127 ? 127 : code < -127 ? -127 : code;
             if (shift)
-                ((uint8_t *)codes)[i] = (uint8_t)(code + shift);
+                ((uint8_t *)codes)[i] = (uint8_t)(int)(code + (float)shift);
             else
                 ((int8_t *)codes)[i] = (int8_t)code;
-            value = (double)scale * code;
-            partial_codes[j] += code;
-            partial_residual[j] += ((double)x[i] - value) * ((double)x[i] - value);
+            value = (double)scale * (double)code;
+            error = (double)x[i] - value;
+            partial_codes[j] += (double)code;
+            partial_residual[j] += error * error;
             partial_compact[j] += value * value;
         }
     *residual = lemur_partials_total(partial_residual);
@@ -343,7 +351,7 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
         exact[i] -= (double)perp[i];  /* the split's error f - g - f_perp, exactly */
     }
     for (i = 0; i < h; i++)
-        partial_split[i % LEMUR_PARTIALS] += exact[i] * exact[i];
+        partial_split[i & (LEMUR_PARTIALS - 1)] += exact[i] * exact[i];
     f_norm = sqrt(lemur_dot64(f, f, h));
     c_norm = sqrt(c_norm);
     perp_norm = sqrt(lemur_dot64(perp, perp, h));

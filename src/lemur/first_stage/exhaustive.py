@@ -147,14 +147,15 @@ def _decide(features, W, scan, found, scores, sets, num_threads) -> int:
     """Rescore what the bounds of one chunk leave open and write its result;
     returns the number of pairs rescored."""
     _, ceiling, rows, queries, lower, _ = scan
+    num_queries = features.shape[0]
     if sets:
         sure = lower > ceiling[queries]  # certainly among the k best
         sure_rows, sure_queries = rows[sure], queries[sure]
         rows, queries = rows[~sure], queries[~sure]
     else:
         sure_rows, sure_queries = np.empty(0, np.int64), np.empty(0, np.int32)
-    order = np.argsort(rows, kind="stable")  # by row (then query): each row read once
-    rows, queries = rows[order], queries[order]
+    keys = np.sort(rows * num_queries + queries)  # by row (then query): each row read once
+    rows, queries = keys // num_queries, (keys % num_queries).astype(np.int32)
     exact = np.empty(rows.shape[0], np.float32)
     kernels.score_pairs(features, W, rows, queries, exact, num_threads)
     kernels.select_certified(rows, queries, exact, sure_rows, sure_queries, found, scores, num_threads)
