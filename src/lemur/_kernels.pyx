@@ -717,7 +717,7 @@ def compact_encode_queries(const float[:, ::1] features, const float[:, ::1] bas
                                              kind, 0, h, m)
     cdef double depth = score_depth(h)
     with nogil:
-        for q in prange(nq, num_threads=num_threads, schedule='static'):
+        for q in prange(nq, num_threads=min(num_threads, nq), schedule='static'):
             encode_query(&rows, &basis[0, 0], depth, &features[q, 0], &codes[q, 0], &params[q, 0],
                          &exact[threadid(), 0], &perp[threadid(), 0])
 
@@ -851,7 +851,7 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
                     start = block * COMPACT_BLOCK
                     scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
                                &states[thread])
-            for q in prange(nq, num_threads=num_threads, schedule='static'):
+            for q in prange(nq, num_threads=min(num_threads, nq), schedule='static'):
                 for thread in range(1, num_threads):
                     thresholds[0, q] = max(thresholds[0, q], thresholds[thread, q])
                 for thread in range(1, num_threads):
@@ -863,7 +863,7 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
                     scan_block(&rows, &queries, k, start, min(<Py_ssize_t>COMPACT_BLOCK, num_docs - start),
                                &states[thread])
             # L: the k-th largest of the threads' lower bounds together
-            for q in prange(nq, num_threads=num_threads, schedule='static'):
+            for q in prange(nq, num_threads=min(num_threads, nq), schedule='static'):
                 gathered = 0
                 for thread in range(num_threads):
                     for i in range(sizes[thread, q]):
@@ -908,7 +908,7 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
         if with_upper:
             selection = np.empty(max(1, total), np.float32)
             with nogil:
-                for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
+                for q in prange(nq, num_threads=min(num_threads, nq), schedule='dynamic'):
                     if offsets[q + 1] - offsets[q] > k:
                         for i in range(offsets[q], offsets[q + 1]):
                             selection[i] = out_upper[i]
@@ -921,70 +921,84 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
             np.asarray(out_lower), np.asarray(out_upper))
 
 
-# out[i] = score(features[queries[i]], W[rows[i]]) by the rule of _tiles.h,
-# for pairs sorted by row: each run of one row is scored with the row read
-# once. Parallel over runs (dynamic).
-#   rows (n,) int64 sorted, queries (n,) int32, out (n,)
+# The exact result of a batch of queries from the pairs its compact scan kept
+# (rows, queries, lower: compact_scan's, the pairs that reach L): per query,
+# with `ceiling` (its U; candidate sets) the pairs whose lower bound is above
+# it are certainly among the k best and are not scored; the others are
+# scored in float32 by the rule of _tiles.h, and the k - (certain ones) best
+# by score (ties: smaller row) are taken, best first, then the certain rows
+# (their scores NaN: not computed). Without `ceiling` (a top-k with scores)
+# every pair is scored. Returns the number of pairs scored.
+#   features (nq, h); W (num_docs, h); out_rows, out_scores (nq, k)
+# The pairs to score are sorted by row, and each run of one row is scored
+# with the row read once (parallel over runs, dynamic); the selection runs
+# over queries.
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def score_pairs(const float[:, ::1] features, const float[:, ::1] W, const int64_t[::1] rows,
-                const int32_t[::1] queries, float[::1] out, int num_threads):
-    cdef Py_ssize_t h = features.shape[1], run
-    cdef int64_t[::1] starts
-    if rows.shape[0] == 0:
-        return
-    starts = np.flatnonzero(np.diff(np.asarray(rows), prepend=-1, append=-1)).astype(np.int64)
-    with nogil:
-        for run in prange(starts.shape[0] - 1, num_threads=num_threads, schedule='dynamic', chunksize=4):
-            score_row_pairs(&features[0, 0], &W[rows[starts[run]], 0], h, &queries[starts[run]],
-                            starts[run + 1] - starts[run], &out[starts[run]])
-
-
-# The certified result of each query: of its open pairs (rows, queries,
-# scores: float32 scores, any order), the k - (its sure rows) best by score
-# (ties: smaller row), best first, then its sure rows (rows whose lower
-# bound already places them among the k best; none for a full top-k).
-#   out_rows, out_scores (nq, k); scores of sure rows are NaN (unknown)
-# Pairs are bucketed by query (a counting sort), then parallel over queries.
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def select_certified(const int64_t[::1] rows, const int32_t[::1] queries, const float[::1] scores,
-                     const int64_t[::1] sure_rows, const int32_t[::1] sure_queries,
+def certified_result(const float[:, ::1] features, const float[:, ::1] W, const int64_t[::1] rows,
+                     const int32_t[::1] queries, const float[::1] lower, object ceiling,
                      int64_t[:, ::1] out_rows, float[:, ::1] out_scores, int num_threads):
-    cdef Py_ssize_t nq = out_rows.shape[0], k = out_rows.shape[1], n = rows.shape[0], i, q, size, take
-    cdef int64_t[::1] offsets = np.zeros(nq + 1, np.int64)
-    cdef int64_t[::1] sure_offsets = np.zeros(nq + 1, np.int64)
-    cdef int64_t[::1] order = np.empty(max(1, n), np.int64)
-    cdef int64_t[::1] sure_order = np.empty(max(1, sure_rows.shape[0]), np.int64)
-    cdef int64_t[::1] fill = np.empty(nq, np.int64)
+    cdef Py_ssize_t nq = out_rows.shape[0], k = out_rows.shape[1], n = rows.shape[0], h = features.shape[1]
+    cdef Py_ssize_t i, q, size, take, run, count = 0, sure_count = 0
+    cdef const float[::1] ceilings = ceiling if ceiling is not None else np.empty(0, np.float32)
+    cdef bint sets = ceiling is not None
+    cdef int64_t[::1] keys = np.empty(n, np.int64)
+    cdef int64_t[::1] sure = np.empty(n, np.int64)
+    cdef int64_t[::1] open_rows, offsets, sure_offsets, order, sure_order, fill, starts
+    cdef int32_t[::1] open_queries
+    cdef float[::1] exact
     for i in range(n):
-        offsets[queries[i] + 1] += 1
-    for i in range(sure_rows.shape[0]):
-        sure_offsets[sure_queries[i] + 1] += 1
+        if sets and lower[i] > ceilings[queries[i]]:
+            sure[sure_count] = i
+            sure_count += 1
+        else:
+            keys[count] = rows[i] * nq + queries[i]
+            count += 1
+    sorted_keys = np.sort(np.asarray(keys)[:count])  # by row, then query
+    open_rows = sorted_keys // nq
+    open_queries = (sorted_keys % nq).astype(np.int32)
+    exact = np.empty(count, np.float32)
+    if count:
+        starts = np.flatnonzero(np.diff(np.asarray(open_rows), prepend=-1, append=-1)).astype(np.int64)
+        with nogil:
+            for run in prange(starts.shape[0] - 1, num_threads=num_threads, schedule='dynamic', chunksize=4):
+                score_row_pairs(&features[0, 0], &W[open_rows[starts[run]], 0], h, &open_queries[starts[run]],
+                                starts[run + 1] - starts[run], &exact[starts[run]])
+    # bucket the scored and the certain pairs by query (counting sorts)
+    offsets = np.zeros(nq + 1, np.int64)
+    sure_offsets = np.zeros(nq + 1, np.int64)
+    order = np.empty(max(1, count), np.int64)
+    sure_order = np.empty(max(1, sure_count), np.int64)
+    fill = np.empty(nq, np.int64)
+    for i in range(count):
+        offsets[open_queries[i] + 1] += 1
+    for i in range(sure_count):
+        sure_offsets[queries[sure[i]] + 1] += 1
     for q in range(nq):
         offsets[q + 1] += offsets[q]
         sure_offsets[q + 1] += sure_offsets[q]
     for q in range(nq):
         fill[q] = offsets[q]
-    for i in range(n):
-        order[fill[queries[i]]] = i
-        fill[queries[i]] += 1
+    for i in range(count):
+        order[fill[open_queries[i]]] = i
+        fill[open_queries[i]] += 1
     for q in range(nq):
         fill[q] = sure_offsets[q]
-    for i in range(sure_rows.shape[0]):
-        sure_order[fill[sure_queries[i]]] = i
-        fill[sure_queries[i]] += 1
+    for i in range(sure_count):
+        sure_order[fill[queries[sure[i]]]] = sure[i]
+        fill[queries[sure[i]]] += 1
     with nogil:
-        for q in prange(nq, num_threads=num_threads, schedule='dynamic'):
+        for q in prange(nq, num_threads=min(num_threads, nq), schedule='dynamic'):
             take = k - (sure_offsets[q + 1] - sure_offsets[q])
             size = 0
             for i in range(offsets[q], offsets[q + 1]):
-                size = push_pair(&out_scores[q, 0], &out_rows[q, 0], size, take, scores[order[i]],
-                                 rows[order[i]])
+                size = push_pair(&out_scores[q, 0], &out_rows[q, 0], size, take, exact[order[i]],
+                                 open_rows[order[i]])
             sort_best_first(&out_scores[q, 0], &out_rows[q, 0], size)
             for i in range(sure_offsets[q], sure_offsets[q + 1]):
-                out_rows[q, take + i - sure_offsets[q]] = sure_rows[sure_order[i]]
+                out_rows[q, take + i - sure_offsets[q]] = rows[sure_order[i]]
                 out_scores[q, take + i - sure_offsets[q]] = NAN
+    return count
 
 
 # --------------------------------------------------------------------------
@@ -1171,7 +1185,7 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
     num_groups = group_starts.shape[0] - 1
     flat_out = np.asarray(out).reshape(-1)
     with nogil:
-        for query in prange(num_queries, num_threads=num_threads, schedule='static'):
+        for query in prange(num_queries, num_threads=min(num_threads, num_queries), schedule='static'):
             num_tokens = query_offsets[query + 1] - query_offsets[query]
             if num_tokens > 0:
                 transpose_query(&query_tokens[query_offsets[query], 0], num_tokens, dim,
@@ -1229,7 +1243,7 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
     cdef Py_ssize_t query, position, size
     cdef int64_t doc
     with nogil:
-        for query in prange(num_queries, num_threads=num_threads, schedule='static'):
+        for query in prange(num_queries, num_threads=min(num_threads, num_queries), schedule='static'):
             size = 0
             if query_offsets[query + 1] == query_offsets[query]:
                 for position in range(min(k, num_candidates)):

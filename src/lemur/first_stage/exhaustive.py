@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from lemur._dispatch import kernels
-from lemur._scratch import aligned
 from lemur.first_stage import compact
 from lemur.retrieval import top_k_unchecked
 
@@ -117,12 +116,12 @@ class ExhaustiveScan:
     def _in_float32(self, features: np.ndarray, k: int) -> bool:
         if self.rows is None or k > self.certified_fraction * self.W.shape[0] or k >= self.W.shape[0]:
             return True
-        largest = float(np.sqrt(np.einsum("ij,ij->i", features, features, dtype=np.float64)).max())
+        # max |f_i| sqrt(h) >= ||f||, a cheaper bound on the largest feature norm
+        largest = float(np.abs(features).max()) * np.sqrt(features.shape[1])
         return not largest * self._max_row_norm < OVERFLOW_GUARD
 
     def _certified(self, features: np.ndarray, k: int, num_threads: int, report: dict | None, sets: bool):
         rows, m = self.rows, self.rows.basis.shape[0]
-        features = aligned(features)
         chunk = max(1, HEAP_BUDGET_BYTES // (num_threads * (k + 2) * 4))
         found = np.empty((features.shape[0], k), np.int64)
         scores = np.empty((features.shape[0], k), np.float32)
@@ -135,7 +134,10 @@ class ExhaustiveScan:
             if scan is None:  # too many pairs to keep: a degenerate W
                 found[part], scores[part] = top_k_unchecked(features[part], self.W, k, num_threads)
                 continue
-            rescored += _decide(features[part], self.W, scan, found[part], scores[part], sets, num_threads)
+            _, ceiling, kept_rows, kept_queries, lower, _ = scan
+            rescored += kernels.certified_result(features[part], self.W, kept_rows, kept_queries, lower,
+                                                 ceiling if sets else None, found[part], scores[part],
+                                                 num_threads)
         if report is not None:
             report["rescored"] = report.get("rescored", 0) + rescored
         if sets:
@@ -143,20 +145,3 @@ class ExhaustiveScan:
         return found, scores
 
 
-def _decide(features, W, scan, found, scores, sets, num_threads) -> int:
-    """Rescore what the bounds of one chunk leave open and write its result;
-    returns the number of pairs rescored."""
-    _, ceiling, rows, queries, lower, _ = scan
-    num_queries = features.shape[0]
-    if sets:
-        sure = lower > ceiling[queries]  # certainly among the k best
-        sure_rows, sure_queries = rows[sure], queries[sure]
-        rows, queries = rows[~sure], queries[~sure]
-    else:
-        sure_rows, sure_queries = np.empty(0, np.int64), np.empty(0, np.int32)
-    keys = np.sort(rows * num_queries + queries)  # by row (then query): each row read once
-    rows, queries = keys // num_queries, (keys % num_queries).astype(np.int32)
-    exact = np.empty(rows.shape[0], np.float32)
-    kernels.score_pairs(features, W, rows, queries, exact, num_threads)
-    kernels.select_certified(rows, queries, exact, sure_rows, sure_queries, found, scores, num_threads)
-    return int(rows.shape[0])
