@@ -1036,6 +1036,7 @@ cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t e
     cdef lemur_vector top
     cdef Py_ssize_t parts = QUERY_LANES // VECTOR_FLOATS
     cdef Py_ssize_t token = 0, block_rows, row, part, i, chunk, offset
+    cdef Py_ssize_t row_start[DOC_ROWS]
     cdef const float *chunk_data
     cdef const float *doc_rows
     cdef float *chunk_best
@@ -1045,7 +1046,13 @@ cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t e
             best[i] = -INFINITY
     while token < num_doc_tokens:
         doc_rows = doc + token * dim
-        block_rows = DOC_ROWS if token + DOC_ROWS <= num_doc_tokens else 1
+        # a block of DOC_ROWS rows; a shorter last one (of 3 rows or more)
+        # repeats its last row, which leaves the maxima as they are
+        block_rows = min(<Py_ssize_t>DOC_ROWS, num_doc_tokens - token)
+        if block_rows < 3 and block_rows < DOC_ROWS:
+            block_rows = 1
+        for row in range(DOC_ROWS):
+            row_start[row] = min(row, block_rows - 1) * dim
         if next_doc != NULL:
             offset = token * dim * sizeof(float)
             while offset < min((token + block_rows) * dim * sizeof(float), next_doc_bytes):
@@ -1054,14 +1061,14 @@ cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t e
         for chunk in range(first_chunk, end_chunk):
             chunk_data = chunks + chunk * dim * QUERY_LANES
             chunk_best = best + (chunk - first_chunk) * QUERY_LANES
-            if block_rows == DOC_ROWS:
+            if block_rows > 1:
                 for part in range(DOC_ROWS * parts):
                     accumulators[part] = vector_zero()
                 for i in range(dim):
                     for part in range(parts):
                         query_row[part] = vector_load(chunk_data + i * QUERY_LANES + part * VECTOR_FLOATS)
                     for row in range(DOC_ROWS):
-                        value = doc_rows[row * dim + i]
+                        value = doc_rows[row_start[row] + i]
                         for part in range(parts):
                             accumulators[row * parts + part] = vector_fma(
                                 accumulators[row * parts + part], query_row[part], value)
@@ -1076,7 +1083,7 @@ cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t e
                             vector_load(chunk_data + i * QUERY_LANES + part * VECTOR_FLOATS), value)
             for part in range(parts):
                 top = vector_load(chunk_best + part * VECTOR_FLOATS)
-                for row in range(block_rows):
+                for row in range(DOC_ROWS if block_rows > 1 else 1):
                     top = vector_max(accumulators[row * parts + part], top)
                 vector_store(chunk_best + part * VECTOR_FLOATS, top)
         token += block_rows
