@@ -322,7 +322,8 @@ def measure(implementation: str, folder: Path, threads: int, repeat: int, single
         pipeline = LemurPipeline(data, threads, implementation)
     else:
         pipeline = {"original": OriginalPipeline, "fork": ForkPipeline}[implementation](data, threads)
-    # (data stays referenced: the original's MaxSim keeps raw pointers into its arrays)
+    if implementation != "original":  # whose MaxSim keeps raw pointers into its arrays
+        data.clear()
     queries = np.load(folder / "queries.npy")
     counts = np.full(BATCH, QUERY_TOKENS, dtype=np.int32)
     results: dict[str, object] = {

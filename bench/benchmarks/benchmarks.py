@@ -30,41 +30,83 @@ class Features:
 
 
 class _Index:
-    params = (data.NUM_DOCS, data.BATCHES, data.THREADS)
-    param_names = ["num_docs", "batch", "threads"]
+    """An index at each first-stage precision (the results are the same)."""
 
-    def setup(self, folder, num_docs, batch, threads):
+    params = (data.NUM_DOCS, data.BATCHES, data.THREADS, data.PRECISIONS)
+    param_names = ["num_docs", "batch", "threads", "precision"]
+
+    def setup(self, folder, num_docs, batch, threads, precision):
         import lemur
 
         model, (W, tokens, counts), queries = data.load(folder, num_docs)
-        self.index = lemur.Index(model, W, tokens, counts, num_threads=threads)
+        self.index = lemur.Index(model, W, tokens, counts, precision=precision, num_threads=threads)
         self.tokens, self.counts = data.batch(queries, batch)
         self.features = self.index.features(self.tokens, self.counts, num_threads=threads)
         self.candidates = self.index.top_k(self.features, 100, num_threads=threads)[0]
 
 
 class TopK(_Index):
-    def time_top_k(self, folder, num_docs, batch, threads):
+    def time_top_k(self, folder, num_docs, batch, threads, precision):
         self.index.top_k(self.features, 100, num_threads=threads)
 
-    def peakmem_top_k(self, folder, num_docs, batch, threads):
+    def peakmem_top_k(self, folder, num_docs, batch, threads, precision):
         self.index.top_k(self.features, 100, num_threads=threads)
-
-
-class Rerank(_Index):
-    def time_rerank(self, folder, num_docs, batch, threads):
-        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
-
-    def peakmem_rerank(self, folder, num_docs, batch, threads):
-        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
 
 
 class Search(_Index):
-    def time_search(self, folder, num_docs, batch, threads):
+    def time_search(self, folder, num_docs, batch, threads, precision):
         self.index.search(self.tokens, self.counts, k=10, candidates=100, num_threads=threads)
 
-    def peakmem_search(self, folder, num_docs, batch, threads):
+    def peakmem_search(self, folder, num_docs, batch, threads, precision):
         self.index.search(self.tokens, self.counts, k=10, candidates=100, num_threads=threads)
+
+
+class Rerank:
+    """The exact rerank over a float32 and a float16 token store."""
+
+    params = (data.NUM_DOCS, data.BATCHES, data.THREADS, data.TOKEN_DTYPES)
+    param_names = ["num_docs", "batch", "threads", "tokens"]
+
+    def setup(self, folder, num_docs, batch, threads, token_dtype):
+        import lemur
+
+        model, (W, tokens, counts), queries = data.load(folder, num_docs)
+        tokens = np.ascontiguousarray(tokens, dtype=token_dtype)
+        self.index = lemur.Index(model, W, tokens, counts, num_threads=threads)
+        self.tokens, self.counts = data.batch(queries, batch)
+        features = self.index.features(self.tokens, self.counts, num_threads=threads)
+        self.candidates = self.index.top_k(features, 100, num_threads=threads)[0]
+
+    def time_rerank(self, folder, num_docs, batch, threads, token_dtype):
+        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
+
+    def peakmem_rerank(self, folder, num_docs, batch, threads, token_dtype):
+        self.index.rerank(self.tokens, self.counts, self.candidates, 10, num_threads=threads)
+
+
+class Mapped:
+    """An int8 index with a float16 token store, opened with mmap=True: the
+    opening, and a single-query search (what stays resident: bench/compare.py)."""
+
+    params = (data.NUM_DOCS,)
+    param_names = ["num_docs"]
+    timeout = 300
+
+    def setup(self, folder, num_docs):
+        import lemur
+
+        self.path = data.index_file(folder, num_docs, "int8", np.float16)
+        self.index = lemur.load(self.path, mmap=True)
+        _, _, queries = data.load(folder, num_docs)
+        self.tokens, self.counts = data.batch(queries, 1)
+
+    def time_open(self, folder, num_docs):
+        import lemur
+
+        lemur.load(self.path, mmap=True)
+
+    def time_search(self, folder, num_docs):
+        self.index.search(self.tokens, self.counts, k=10, candidates=200)
 
 
 class Indexing:

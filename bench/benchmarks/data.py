@@ -15,6 +15,8 @@ DIM, HIDDEN, QUERY_TOKENS = 128, 2048, 32
 NUM_DOCS = (10_000, 100_000)
 BATCHES = (1, 100)
 THREADS = (1, 2)
+PRECISIONS = ("float32", "bfloat16", "int8")
+TOKEN_DTYPES = ("float32", "float16")
 
 
 def _unit(random: np.random.Generator, rows: int) -> np.ndarray:
@@ -62,3 +64,16 @@ def load(folder: str, num_docs: int):
 
 def batch(queries: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(queries[: size * QUERY_TOKENS]), np.full(size, QUERY_TOKENS)
+
+
+def index_file(folder: str, num_docs: int, precision: str, token_dtype: type) -> str:
+    """A saved index of the num_docs corpus at `precision` with its token store
+    as `token_dtype`, written on first use."""
+    import lemur
+
+    path = os.path.join(folder, f"index_{num_docs}_{precision}_{np.dtype(token_dtype).name}.npz")
+    if not os.path.exists(path):
+        model, (W, tokens, counts), _ = load(folder, num_docs)
+        lemur.Index(model, np.ascontiguousarray(W), np.ascontiguousarray(tokens, dtype=token_dtype), counts,
+                    precision=precision).save(path)
+    return path
