@@ -20,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLOURS = {"lemur": "#1b7837", "original": "#762a83", "fork": "#e08214"}
+COLOURS = {"lemur": "#1b7837", "lemur-int8": "#5aae61", "lemur-bf16": "#a6dba0", "original": "#762a83",
+           "fork": "#e08214"}
 BATCH = 100
 
 
