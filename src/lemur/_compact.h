@@ -752,12 +752,26 @@ static inline float lemur_block_max(const float *values)
  * threshold of -inf), for the LEMUR_COMPACT_BLOCK lanes */
 static inline uint64_t lemur_reaching(const float *values, float threshold)
 {
-    uint32_t words[2] = {0, 0};
-    int d, half;
-    for (half = 0; half < 2; half++)
-        for (d = 0; d < 32; d++)
-            words[half] |= (uint32_t)(values[32 * half + d] >= threshold && values[32 * half + d] > -INFINITY) << d;
-    return (uint64_t)words[0] | ((uint64_t)words[1] << 32);
+    uint64_t mask = 0;
+    int d;
+#if defined(LEMUR_X86_INTRINSICS) && defined(__AVX512F__)
+    __m512 bar = _mm512_set1_ps(threshold), floor = _mm512_set1_ps(-INFINITY);
+    for (d = 0; d < LEMUR_COMPACT_BLOCK; d += 16) {
+        __m512 v = _mm512_loadu_ps(values + d);
+        mask |= (uint64_t)(_mm512_cmp_ps_mask(v, bar, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, floor, _CMP_GT_OQ)) << d;
+    }
+#elif defined(LEMUR_X86_INTRINSICS) && defined(__AVX__)
+    __m256 bar = _mm256_set1_ps(threshold), floor = _mm256_set1_ps(-INFINITY);
+    for (d = 0; d < LEMUR_COMPACT_BLOCK; d += 8) {
+        __m256 v = _mm256_loadu_ps(values + d);
+        __m256 both = _mm256_and_ps(_mm256_cmp_ps(v, bar, _CMP_GE_OQ), _mm256_cmp_ps(v, floor, _CMP_GT_OQ));
+        mask |= (uint64_t)(uint32_t)_mm256_movemask_ps(both) << d;
+    }
+#else
+    for (d = 0; d < LEMUR_COMPACT_BLOCK; d++)
+        mask |= (uint64_t)(values[d] >= threshold && values[d] > -INFINITY) << d;
+#endif
+    return mask;
 }
 
 static inline int lemur_lowest_bit(uint64_t mask)
