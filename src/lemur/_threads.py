@@ -1,9 +1,12 @@
-"""The one `num_threads` knob shared by every compute call."""
+"""The one `num_threads` knob shared by every compute call, and the lock of
+structures that searches share and changes replace."""
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
+import threading
 
 
 def available_cores() -> int:
@@ -36,3 +39,45 @@ def resolve_num_threads(num_threads: int | None) -> int:
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (or None for the default), got {num_threads}")
     return int(num_threads)
+
+
+class ReadWriteLock:
+    """Many readers at once, or one writer: what a structure that searches
+    share and changes take in turn needs (a writer waits for the readers
+    inside to leave; readers arriving while a writer waits queue behind it,
+    so a writer is never starved)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._condition:
+            while self._writing or self._writers_waiting:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        with self._condition:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._condition.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()

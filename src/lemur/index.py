@@ -12,10 +12,16 @@ import numpy as np
 
 from lemur import fitting
 from lemur._scratch import aligned_empty
-from lemur.first_stage import compact
-from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur._threads import resolve_num_threads
-from lemur._validation import check_integer_array, check_positive_int, check_vectors, counts_to_offsets
+from lemur._validation import (
+    check_integer_array,
+    check_positive_int,
+    check_vectors,
+    counts_to_offsets,
+)
+from lemur.first_stage import FirstStage, compact, live_top_k
+from lemur.first_stage.ann import AnnSettings, AnnStage
+from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur.model import Model, check_activation
 from lemur.retrieval import (
     Documents,
@@ -31,8 +37,10 @@ from lemur.retrieval import (
 
 @dataclass(frozen=True)
 class _Store:
-    """The index's documents: rows of W, ids, the token store (optional) and
-    the first stage over W (its compact copy, at the index's precision).
+    """The index's documents: rows of W, ids, the token store (optional),
+    the first stages over W (the exhaustive scan at the index's precision,
+    and the embedded ANN if one was built) and the tombstones of removed
+    rows.
 
     The buffers may have room past the filled part; appending writes there and
     returns a new _Store, so that an index whose update is interrupted keeps
@@ -50,6 +58,19 @@ class _Store:
     #: file mappings W and the token store are read through (a mapped index):
     #: what the index lets go of as it reads them (see Index._read_from_mappings)
     mappings: tuple = ()
+    ann: AnnStage | None = None  # over W[:num_docs]
+    #: (num_docs,) bool, True for the rows of removed documents (tombstones:
+    #: the first stages still hold them, the results never do); None: none
+    removed: np.ndarray | None = None
+    num_removed: int = 0
+
+    @property
+    def first_stage(self) -> FirstStage:
+        return self.ann if self.ann is not None else self.scan
+
+    @property
+    def num_live(self) -> int:
+        return self.num_docs - self.num_removed
 
     @property
     def num_tokens(self) -> int:
@@ -70,7 +91,10 @@ class _Store:
         grown[self.num_docs : num_docs] = W
         store = replace(self, W=grown, ids=_room(self.ids, self.num_docs, num_docs, self.owned),
                         num_docs=num_docs, owned=True, mappings=(),
-                        scan=self.scan.appended(grown[:num_docs], W, num_threads))
+                        scan=self.scan.appended(grown[:num_docs], W, num_threads),
+                        ann=None if self.ann is None else self.ann.appended(grown[:num_docs], W, num_threads),
+                        removed=None if self.removed is None else np.concatenate(
+                            [self.removed, np.zeros(W.shape[0], bool)]))
         store.ids[self.num_docs : num_docs] = ids
         if self.tokens is not None:
             num_tokens = self.num_tokens + tokens.shape[0]
@@ -79,12 +103,21 @@ class _Store:
             store.tokens[self.num_tokens : num_tokens] = tokens
         return store
 
-    def without(self, rows: np.ndarray) -> _Store:
-        keep = np.ones(self.num_docs, dtype=bool)
-        keep[rows] = False
+    def with_removed(self, rows: np.ndarray) -> _Store:
+        """The store with tombstones on these rows too."""
+        removed = np.zeros(self.num_docs, bool) if self.removed is None else self.removed.copy()
+        removed[rows] = True
+        return replace(self, removed=removed, num_removed=int(np.count_nonzero(removed)))
+
+    def compacted(self) -> _Store:
+        """The store without the tombstoned rows (new arrays of the live ones)."""
+        if not self.num_removed:
+            return self
+        keep = ~self.removed
         W = aligned_empty((int(keep.sum()), self.W.shape[1]), np.float32)
         W[...] = self.rows_of_W()[keep]
-        store = _Store(W, self.ids[: self.num_docs][keep], W.shape[0], self.scan.subset(W, keep), owned=True)
+        store = _Store(W, self.ids[: self.num_docs][keep], W.shape[0], self.scan.subset(W, keep), owned=True,
+                       ann=None if self.ann is None else self.ann.subset(W, keep))
         if self.tokens is None:
             return store
         kept = self.documents().subset(keep)
@@ -201,6 +234,12 @@ class Index:
     #: so that what stays resident is the compact copy the first stage scans.
     MAPPED_READS_BYTES = 64 * 2**20
 
+    #: Removed documents stay in W, the token store and the first stages as
+    #: tombstones (every result skips them) until they pass this fraction of
+    #: the rows; then, and when the index is saved or its arrays are read,
+    #: the live rows are compacted into new arrays (one copy).
+    REMOVED_FRACTION = 0.2
+
     def _read_from_mappings(self, store: _Store, touched: int) -> None:
         """Count `touched` bytes read through the store's mappings; let them
         all go when the count passes MAPPED_READS_BYTES."""
@@ -251,6 +290,14 @@ class Index:
         """This index with the first stage over a compact copy of its W made
         earlier (a file's)."""
         self._store = replace(self._store, scan=ExhaustiveScan(self._store.rows_of_W(), rows))
+        return self
+
+    def _with_ann_arrays(self, arrays: dict[str, np.ndarray], mapped: bool) -> Index:
+        """This index with the embedded ANN saved as `arrays` (a file's;
+        see :meth:`AnnStage.arrays`), the graph viewed in place if `mapped`."""
+        ann = AnnStage.open(self._store.rows_of_W(), arrays["ann_graph"], arrays["ann_basis"],
+                            arrays["ann_keys"], arrays["ann_settings"], mapped=mapped)
+        self._store = replace(self._store, ann=ann)
         return self
 
     def _scan_at(self, precision: str, basis: np.ndarray | None, num_threads: int) -> ExhaustiveScan:
@@ -306,11 +353,19 @@ class Index:
     @property
     def W(self) -> np.ndarray:
         """The document matrix, ``(num_docs, feature_dim)`` float32, row i for ``doc_ids[i]``."""
-        return self._store.rows_of_W()
+        return self._compacted().rows_of_W()
 
     @property
     def num_docs(self) -> int:
-        return self._store.num_docs
+        return self._store.num_live
+
+    def _compacted(self) -> _Store:
+        """The store without tombstones (compacted now if it has some)."""
+        store = self._store
+        if store.num_removed:
+            store = store.compacted()
+            self._store, self._id_lookup = store, None
+        return store
 
     @property
     def precision(self) -> str:
@@ -320,7 +375,73 @@ class Index:
     @property
     def compact(self) -> compact.CompactRows | None:
         """The compact copy of W the first stage scans (None at float32)."""
-        return self._store.scan.rows
+        return self._compacted().scan.rows
+
+    @property
+    def ann(self) -> AnnStage | None:
+        """The embedded ANN first stage (:meth:`build_ann`), or None."""
+        return self._store.ann
+
+    @property
+    def first_stage(self) -> FirstStage:
+        """What finds the candidates: the embedded ANN if one is built, else
+        the exhaustive scan at :attr:`precision` (see :mod:`lemur.first_stage`)."""
+        return self._store.first_stage
+
+    def build_ann(
+        self,
+        *,
+        dims: int = AnnSettings.dims,
+        connectivity: int = AnnSettings.connectivity,
+        expansion_add: int = AnnSettings.expansion_add,
+        candidates_factor: int = AnnSettings.candidates_factor,
+        min_candidates: int = AnnSettings.min_candidates,
+        progress: bool | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        """Build an HNSW graph (usearch) over W's rows and use it as the
+        first stage: :meth:`search` and :meth:`top_k` then take the graph's
+        best rows for each query, rescored exactly (see
+        :mod:`lemur.first_stage.ann`). Needs ``pip install
+        'lemur-retrieval[ann]'``.
+
+        The graph is saved with the index (and mapped when it is opened with
+        ``mmap=True``), follows :meth:`add_documents` and
+        :meth:`remove_documents`, and :meth:`drop_ann` goes back to the
+        exhaustive scan. A document the graph misses costs recall only: the
+        rows it returns are scored exactly and the rerank stays exact.
+
+        Parameters
+        ----------
+        dims : int, default 256
+            Directions W's rows are projected on for the graph (the leading
+            directions of the model's query features; at most the feature
+            dimension).
+        connectivity : int, default 16
+            HNSW's M (neighbours per node).
+        expansion_add : int, default 128
+            HNSW's ef_construction.
+        candidates_factor : int, default 10
+            Rows taken from the graph for each row asked (k of
+            :meth:`top_k`, `candidates` of :meth:`search`), rescored in
+            float32: more is better recall and slower.
+        min_candidates : int, default 100
+            At least this many rows are taken from the graph.
+        progress : bool, optional
+            A progress line on stderr; default: when stderr is a terminal.
+        num_threads : int, optional
+        """
+        threads = resolve_num_threads(num_threads)
+        store = self._compacted()
+        settings = AnnSettings(dims, connectivity, expansion_add, candidates_factor,
+                               min_candidates).checked(self._model.feature_dim)
+        basis = compact.subspace(self._typical_features(threads, num_queries=4096), settings.dims)
+        ann = AnnStage.build(store.rows_of_W(), basis, settings, threads, progress=progress)
+        self._store = replace(self._store, ann=ann) if self._store is store else replace(store, ann=ann)
+
+    def drop_ann(self) -> None:
+        """Go back to the exhaustive scan (and forget the graph)."""
+        self._store = replace(self._store, ann=None)
 
     def with_documents(self, doc_tokens: np.ndarray, doc_counts: object, *, doc_tokens_centered: bool = False,
                        num_threads: int | None = None) -> Index:
@@ -334,10 +455,10 @@ class Index:
             raise ValueError(f"doc_counts describes {documents.num_docs} documents, but the index has "
                              f"{self.num_docs}")
         tokens = documents.tokens if doc_tokens_centered else self._model.centred(documents.tokens, threads)
+        store = self._compacted()
         other = object.__new__(Index)
         other.__dict__.update(self.__dict__)
-        other._store = replace(self._store, tokens=tokens, offsets=documents.offsets,
-                               mappings=self._store.mappings[:1])
+        other._store = replace(store, tokens=tokens, offsets=documents.offsets, mappings=store.mappings[:1])
         return other
 
     def with_precision(self, precision: str, *, num_threads: int | None = None) -> Index:
@@ -346,17 +467,19 @@ class Index:
         bitwise the same."""
         precision = compact.check_precision(precision)
         threads = resolve_num_threads(num_threads)
+        store = self._compacted()
         other = object.__new__(Index)
         other.__dict__.update(self.__dict__)
-        current = self._store.scan.rows
+        current = store.scan.rows
         basis = current.basis if current is not None else None
-        other._store = replace(self._store, scan=self._scan_at(precision, basis, threads))
+        other._store = replace(store, scan=other._scan_at(precision, basis, threads))
         return other
 
     @property
     def doc_ids(self) -> np.ndarray:
         """The documents' ids, in the order of W's rows (a read-only view)."""
-        ids = self._store.ids[: self._store.num_docs].view()
+        store = self._compacted()
+        ids = store.ids[: store.num_docs].view()
         ids.flags.writeable = False
         return ids
 
@@ -367,12 +490,13 @@ class Index:
 
     @property
     def doc_tokens(self) -> np.ndarray | None:
-        documents = self._store.documents()
+        documents = self._compacted().documents()
         return None if documents is None else documents.tokens
 
     @property
     def doc_counts(self) -> np.ndarray | None:
-        return None if self._store.offsets is None else np.diff(self._store.offsets)
+        store = self._compacted()
+        return None if store.offsets is None else np.diff(store.offsets)
 
     @property
     def sample(self) -> np.ndarray | None:
@@ -381,17 +505,24 @@ class Index:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the model, W, its compact copy, the token store and the sample."""
-        tokens = self.doc_tokens
-        return (self._model.nbytes + self.W.nbytes + self._store.scan.nbytes
+        """Bytes held by the model, W, its compact copy, the ANN graph, the
+        token store and the sample."""
+        store = self._store
+        documents = store.documents()
+        tokens = None if documents is None else documents.tokens
+        return (self._model.nbytes + store.rows_of_W().nbytes + store.scan.nbytes
+                + (0 if store.ann is None else store.ann.nbytes)
                 + (0 if tokens is None else tokens.nbytes)
                 + (0 if self._sample is None else self._sample.rows.nbytes))
 
     def __repr__(self) -> str:
-        tokens = self.doc_tokens
+        documents = self._store.documents()
+        tokens = None if documents is None else documents.tokens
         parts = [repr(self._model), f"num_docs={self.num_docs}"]
         if self.precision != "float32":
             parts.append(f"precision={self.precision!r}")
+        if self._store.ann is not None:
+            parts.append(f"ann=HNSW({self._store.ann.settings.dims} dims)")
         if tokens is not None:
             parts.append(f"doc_tokens={tokens.shape[0]}x{tokens.shape[1]}")
         if self._sample is not None:
@@ -403,8 +534,10 @@ class Index:
     def _rows_of(self, ids: np.ndarray, name: str) -> np.ndarray:
         """Rows of W for document ids (-1 stays -1); an unknown id is an error."""
         if self._id_lookup is None:
-            all_ids = self._store.ids[: self.num_docs]
-            order = np.argsort(all_ids, kind="stable")
+            store = self._store
+            all_ids = store.ids[: store.num_docs]
+            live = np.arange(store.num_docs) if store.removed is None else np.flatnonzero(~store.removed)
+            order = live[np.argsort(all_ids[live], kind="stable")]
             self._id_lookup = (order, all_ids[order])
         order, sorted_ids = self._id_lookup
         position = np.searchsorted(sorted_ids, ids)
@@ -452,12 +585,24 @@ class Index:
         """
         threads = resolve_num_threads(num_threads)
         store = self._store
-        k = check_k(k, at_most=store.num_docs)
+        k = check_k(k, at_most=store.num_live)
         self._require_some_documents()
         report: dict = {}
-        rows, scores = store.scan.top_k(self._check_features(features, threads), k, threads, report)
+        rows, scores = self._best(store, self._check_features(features, threads), k, threads, report, sets=False)
         self._read_from_mappings(store, self._first_stage_reads(store, report))
         return self._ids_of(store, rows), scores
+
+    @staticmethod
+    def _best(store: _Store, features: np.ndarray, k: int, num_threads: int, report: dict, sets: bool):
+        """The first stage's k best rows: (rows, scores), or with `sets` the
+        rows only, each query's increasing; tombstones skipped."""
+        stage = store.first_stage
+        if store.num_removed:
+            rows, scores = live_top_k(stage, store.removed, store.num_live, features, k, num_threads, report)
+            return np.sort(rows, axis=1) if sets else (rows, scores)
+        if sets:
+            return stage.best_rows(features, k, num_threads, report)
+        return stage.top_k(features, k, num_threads, report)
 
     def maxsim_scores(
         self,
@@ -542,19 +687,20 @@ class Index:
         candidates = check_positive_int(candidates, name="candidates")
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
-        k, candidates = min(k, store.num_docs), min(candidates, store.num_docs)
+        k, candidates = min(k, store.num_live), min(candidates, store.num_live)
         tokens, offsets = self._check_queries(query_tokens, query_counts, threads)
         tokens = self._model.centred(tokens, threads)
         features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
         documents = store.documents()
         report: dict = {}
         if documents is None:
-            rows, scores = store.scan.top_k(features, k, threads, report)
+            rows, scores = self._best(store, features, k, threads, report, sets=False)
         else:
-            if np.all(offsets[1:] > offsets[:-1]):  # the rerank needs only the set of candidates
-                found = store.scan.best_rows(features, candidates, threads, report)
-            else:  # a query without tokens keeps its first candidates, in order
-                found = store.scan.top_k(features, candidates, threads, report)[0]
+            # the rerank needs only the set of candidates, unless a query
+            # without tokens keeps its first candidates, in order
+            ordered = not np.all(offsets[1:] > offsets[:-1])
+            found = self._best(store, features, candidates, threads, report, sets=not ordered)
+            found = found[0] if ordered else found
             rows, scores = rerank_unchecked(tokens, offsets, documents, found, k, threads)
             report["tokens"] = found.size * _MAPPED_WINDOW
         self._read_from_mappings(store, self._first_stage_reads(store, report) + report.get("tokens", 0))
@@ -641,7 +787,7 @@ class Index:
         documents = Documents.check(tokens, counts, name="tokens", counts_name="counts",
                                     dim=self._model.input_dim, allow_empty=True,
                                     num_threads=threads)
-        existing = self._store.ids[: self.num_docs]
+        existing = self._live_ids(self._store)
         if ids is None:
             start = int(existing.max()) + 1 if existing.size else 0
             new_ids = np.arange(start, start + documents.num_docs, dtype=np.int64)
@@ -658,16 +804,26 @@ class Index:
         return new_ids
 
     def remove_documents(self, ids: object) -> None:
-        """Remove the documents with these ids (their rows of W and tokens).
+        """Remove the documents with these ids.
 
+        Their rows become tombstones: no result holds them from now on, and
+        nothing is copied; once they pass :attr:`REMOVED_FRACTION` of the
+        rows (or when the index is saved, or its arrays are read) the live
+        rows of W, the token store and the first stages are compacted.
         Raises ValueError, and removes nothing, if an id is not in the index.
         """
         ids = check_integer_array(ids, name="ids")
         if np.any(ids == -1):
             raise ValueError("ids: -1 is not a document id")
-        rows = self._rows_of(ids, "ids")
-        self._store = self._store.without(rows)
-        self._id_lookup = None
+        store = self._store.with_removed(self._rows_of(ids, "ids"))
+        if store.num_removed > self.REMOVED_FRACTION * store.num_docs:
+            store = store.compacted()
+        self._store, self._id_lookup = store, None
+
+    @staticmethod
+    def _live_ids(store: _Store) -> np.ndarray:
+        ids = store.ids[: store.num_docs]
+        return ids if store.removed is None else ids[~store.removed]
 
     # -- checks ----------------------------------------------------------------
 

@@ -145,11 +145,11 @@ def subspace(features: np.ndarray, m: int = DIRECTIONS, seed: int = 0) -> np.nda
     return np.ascontiguousarray(np.linalg.qr(top)[0].T, dtype=np.float32)
 
 
-def check_basis(basis: np.ndarray, h: int, name: str = "basis") -> np.ndarray:
-    """A stored basis: float32 (m, h), 1 <= m <= MAX_DIRECTIONS, finite,
+def check_basis(basis: np.ndarray, h: int, name: str = "basis", most: int = MAX_DIRECTIONS) -> np.ndarray:
+    """A stored basis: float32 (m, h), 1 <= m <= `most`, finite,
     orthonormal rows (within BASIS_TOLERANCE)."""
-    if basis.dtype != np.float32 or basis.ndim != 2 or basis.shape[1] != h or not 1 <= basis.shape[0] <= MAX_DIRECTIONS:
-        raise ValueError(f"{name} must be float32 of shape (m, {h}) with 1 <= m <= {MAX_DIRECTIONS}, "
+    if basis.dtype != np.float32 or basis.ndim != 2 or basis.shape[1] != h or not 1 <= basis.shape[0] <= most:
+        raise ValueError(f"{name} must be float32 of shape (m, {h}) with 1 <= m <= {most}, "
                          f"got {basis.dtype} {basis.shape}")
     wide = basis.astype(np.float64)
     if not np.isfinite(wide).all():

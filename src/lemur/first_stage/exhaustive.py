@@ -66,6 +66,13 @@ class ExhaustiveScan:
     def precision(self) -> str:
         return "float32" if self.rows is None else self.rows.precision
 
+    @property
+    def description(self) -> str:
+        if self.rows is None:
+            return f"exhaustive scan of {self.W.shape[0]:,} float32 rows"
+        return (f"exhaustive scan of a {self.precision} copy of {self.W.shape[0]:,} rows, "
+                "certified float32 rescoring (bitwise the float32 results)")
+
     @classmethod
     def build(cls, W: np.ndarray, precision: str, basis: np.ndarray | None, num_threads: int) -> ExhaustiveScan:
         """The scan of W at `precision`, making the compact copy (with the

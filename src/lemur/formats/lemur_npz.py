@@ -42,7 +42,16 @@ key                  dtype     shape            meaning
 ``compact_params``   float32   (blocks, 5 + m,  its row parameters
                                64)
 ``compact_basis``    float32   (m, h)           its exact directions
+``ann_graph``        uint8     (bytes,)         optional: the embedded ANN's HNSW graph,
+                                                as usearch serialises it
+``ann_basis``        float32   (dims, h)        the directions its rows are projected on
+``ann_keys``         int64     (num_docs,)      each row's key in the graph
+``ann_settings``     int64     (5,)             dims, connectivity, expansion_add,
+                                                candidates_factor, min_candidates
 ==================== ========= ================ =====================================
+
+The ``ann_*`` members (with lemur 0.2; a version-3 reader without them
+ignores them and scans W) come together or not at all.
 
 A file of version 3 with a compact precision but no compact copy (written by
 hand) gets one built from W when it is opened.
@@ -50,8 +59,8 @@ hand) gets one built from W when it is opened.
 Members are stored uncompressed, each array's data on a 64-byte boundary of
 the file (:func:`lemur.formats.archive.write_npz`). Reading checks every
 member's header against this table and against the other members before any
-array is read. Mapped (``mmap=True``), W, the compact copy and the token
-store are views of the file's pages: nothing of them is read at opening
+array is read. Mapped (``mmap=True``), W, the compact copy, the ANN graph
+and the token store are views of the file's pages: nothing of them is read at opening
 (their values are not checked, nor their CRCs), and processes that map the
 same file share its pages.
 """
@@ -73,7 +82,9 @@ NAME = "lemur"
 FORMAT_NAME = "lemur-retrieval"
 FORMAT_VERSION = 3
 #: Members that may be mapped rather than read.
-MAPPED = ("W", "doc_tokens", "compact_codes", "compact_params")
+MAPPED = ("W", "doc_tokens", "compact_codes", "compact_params", "ann_graph")
+#: The embedded ANN's members (see :meth:`lemur.first_stage.ann.AnnStage.arrays`).
+ANN_MEMBERS = ("ann_graph", "ann_basis", "ann_keys", "ann_settings")
 
 
 def holds(members: NpzMembers) -> bool:
@@ -160,6 +171,19 @@ def _check_documents(members: NpzMembers, input_dim: int, feature_dim: int, mmap
             readers["compact"] = lambda: (members.array("compact_codes", "u", "", mapped=mmap),
                                           members.array("compact_params", "f", "", mapped=mmap),
                                           members.floats("compact_basis", 2))
+    present = [key for key in ANN_MEMBERS if key in members.keys]
+    if present:
+        if len(present) != len(ANN_MEMBERS):
+            missing = sorted(set(ANN_MEMBERS) - set(present))
+            raise members.error(f"the embedded ANN's members come together; {', '.join(missing)} missing")
+        members.header("ann_graph", "u", "must hold bytes (uint8)", 1)
+        members.float_header("ann_basis", 2, (None, feature_dim))
+        members.header("ann_keys", "i", "must hold int64 keys", 1, (num_docs,))
+        members.header("ann_settings", "i", "must hold 5 int64 settings", 1, (5,))
+        readers["ann"] = lambda: {"ann_graph": members.array("ann_graph", "u", "", mapped=mmap),
+                                  "ann_basis": members.floats("ann_basis", 2),
+                                  "ann_keys": members.array("ann_keys", "i", ""),
+                                  "ann_settings": members.array("ann_settings", "i", "")}
     return readers
 
 
@@ -197,6 +221,8 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
         arrays["precision"] = np.array(record.precision)
     if record.compact is not None:
         optional.update(zip(("compact_codes", "compact_params", "compact_basis"), record.compact))
+    if record.ann is not None:
+        optional.update(record.ann)
     arrays.update({key: value for key, value in optional.items() if value is not None})
     if record.doc_tokens is not None:
         arrays["doc_counts"] = np.asarray(record.doc_counts, dtype=np.int64)

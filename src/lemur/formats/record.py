@@ -47,6 +47,9 @@ class Record:
     #: :class:`lemur.first_stage.compact.CompactRows` (None: built from W)
     precision: str = "float32"
     compact: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: the embedded ANN as lemur keeps it: the arrays of
+    #: :meth:`lemur.first_stage.ann.AnnStage.arrays` (None: none built)
+    ann: dict[str, np.ndarray] | None = None
     #: whether W, the compact copy and the token store are mapped from the
     #: file (their values then are not checked: that would read them all)
     mapped: bool = False
@@ -77,7 +80,7 @@ def record_of(source: Model | Index) -> Record:
         model = source.model
         arrays = dict(W=source.W, doc_ids=source.doc_ids, doc_tokens=source.doc_tokens,
                       doc_counts=source.doc_counts, sample=source.sample, precision=source.precision,
-                      compact=compact_arrays(source))
+                      compact=compact_arrays(source), ann=None if source.ann is None else source.ann.arrays())
     elif isinstance(source, Model):
         model, arrays = source, {}
     else:
@@ -131,13 +134,14 @@ def index_of(record: Record, model: Model, *, path: str, num_threads: int | None
         if record.mapped:
             mappings = tuple(mapping for mapping in (mapping_of(W), None if tokens is None else mapping_of(tokens))
                              if mapping is not None)
-            return Index._from_mapped(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
-                                      precision=record.precision, compact_rows=rows, mappings=mappings,
-                                      num_threads=num_threads)
-        index = Index(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
-                      doc_tokens_centered=True, num_threads=num_threads)
-        if rows is not None:
-            return index._with_compact_rows(rows)
-        return index.with_precision(record.precision, num_threads=num_threads)
+            index = Index._from_mapped(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
+                                       precision=record.precision, compact_rows=rows, mappings=mappings,
+                                       num_threads=num_threads)
+        else:
+            index = Index(model, W, tokens, counts, doc_ids=record.doc_ids, sample=record.sample,
+                          doc_tokens_centered=True, num_threads=num_threads)
+            index = (index._with_compact_rows(rows) if rows is not None
+                     else index.with_precision(record.precision, num_threads=num_threads))
+        return index if record.ann is None else index._with_ann_arrays(record.ann, mapped=record.mapped)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{path}: {exc}") from None

@@ -1,0 +1,559 @@
+"""A whole lemur index in PostgreSQL + pgvector.
+
+Any client that can reach the database can search the index and add or
+remove documents; lemur computes the features, fits new documents' rows of W
+and runs the exact MaxSim rerank locally, and the database keeps the
+documents and finds the candidates with pgvector's HNSW index. Needs
+``pip install 'lemur-retrieval[postgres]'`` (psycopg 3 and pgvector's
+adapter) and a server with the ``vector`` extension (0.7 or later, for
+``halfvec``)::
+
+    lemur.postgres.export(index, "postgresql://...", table="articles")
+    remote = lemur.postgres.open("postgresql://...", table="articles")
+    ids, scores = remote.search(query_tokens, query_counts, k=10, candidates=200)
+
+Tables, for ``table="articles"`` (a plain or schema-qualified name):
+
+``articles``: one row per document: ``id bigint PRIMARY KEY``, ``w
+halfvec(h)`` (W's row, rounded to float16; h <= 4000, pgvector's limit for
+an HNSW index of halfvec) with an HNSW index on ``halfvec_ip_ops``, and
+``tokens bytea``: the document's token vectors in the model's space,
+float16, little-endian, one after the other (count x d x 2 bytes).
+
+``articles_lemur``: the metadata, ``(key text PRIMARY KEY, value bytea,
+number bigint)``: ``format`` (number: this module's version), ``model``
+(value: the model and the OLS sample as a lemur ``.npz``, read back with
+lemur's own strict reader), ``generation`` (number: bumped by every change,
+so clients can tell that the documents changed).
+
+``articles_id_seq``: the default ids of added documents.
+
+The candidates' scores are pgvector's inner products of the float16 rows
+with the float16-rounded features; the rerank is exact MaxSim over the
+stored float16 tokens (widened in registers, as for a local float16 token
+store). SQL is never built from user data: values are bound parameters and
+the table's name is checked and quoted as an identifier.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import re
+import sys
+import tempfile
+import threading
+
+import numpy as np
+
+from lemur import fitting
+from lemur._threads import resolve_num_threads
+from lemur._validation import check_integer_array, check_positive_int
+from lemur.index import Index
+from lemur.model import Model
+from lemur.retrieval import (
+    Documents,
+    check_features,
+    check_k,
+    check_queries,
+    rerank_unchecked,
+)
+
+FORMAT_NAME = "lemur-postgres"
+FORMAT_VERSION = 1
+#: pgvector indexes halfvec columns of up to this many dimensions.
+MAX_DIMS = 4000
+#: pgvector's largest hnsw.ef_search; more candidates come from its iterative scan.
+MAX_EF_SEARCH = 1000
+DEFAULT_TABLE = "lemur_documents"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: PostgreSQL's identifier limit, less the longest suffix added ("_id_seq").
+_MAX_NAME = 63 - len("_id_seq")
+
+
+def _driver():
+    """psycopg, its sql module, and pgvector's adapter (an ImportError that
+    names the extra when they are missing)."""
+    try:
+        import psycopg
+        from pgvector import HalfVector
+        from pgvector.psycopg import register_vector
+        from psycopg import sql
+    except ImportError:
+        raise ImportError("lemur.postgres needs psycopg 3 and pgvector: pip install 'lemur-retrieval[postgres]'") from None
+    return psycopg, sql, HalfVector, register_vector
+
+
+class _Names:
+    """The checked, quoted identifiers of a table's objects."""
+
+    def __init__(self, table: object) -> None:
+        _, sql, _, _ = _driver()
+        if not isinstance(table, str):
+            raise TypeError(f"table must be a str, got {type(table).__name__}")
+        parts = table.split(".")
+        if len(parts) > 2 or not all(_NAME.match(part) and len(part) <= _MAX_NAME for part in parts):
+            raise ValueError(f"table must be a name (letters, digits, _; not starting with a digit; at most "
+                             f"{_MAX_NAME} characters) or schema.name, got {table!r}")
+        *schema, name = parts
+        self.table = table
+
+        def qualified(suffix: str = ""):
+            return sql.Identifier(*schema, name + suffix)
+
+        self.documents = qualified()
+        self.metadata = qualified("_lemur")
+        self.sequence = qualified("_id_seq")
+        self.hnsw = sql.Identifier(name + "_w_hnsw")
+        self.sequence_name = ".".join([*schema, name + "_id_seq"])
+
+
+def _connect(dsn: object):
+    """A connection to `dsn` (a libpq connection string or URI) with
+    pgvector's types registered; a psycopg connection is used as it is."""
+    psycopg, _, _, register_vector = _driver()
+    if isinstance(dsn, psycopg.Connection):
+        connection = dsn
+    elif isinstance(dsn, str):
+        connection = psycopg.connect(dsn)
+    else:
+        raise TypeError(f"dsn must be a connection string or a psycopg.Connection, got {type(dsn).__name__}")
+    try:
+        register_vector(connection)
+    except psycopg.ProgrammingError:
+        raise ValueError("the database has no 'vector' extension: CREATE EXTENSION vector (pgvector >= 0.7), "
+                         "or let lemur.postgres.export create it") from None
+    connection.commit()
+    return connection
+
+
+def _model_bytes(model: Model, sample: np.ndarray | None) -> bytes:
+    """The model and the OLS sample as a lemur .npz (no documents)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.npz")
+        Index(model, np.empty((0, model.feature_dim), np.float32), sample=sample).save(path)
+        with builtins.open(path, "rb") as file:
+            return file.read()
+
+
+def _model_of(data: bytes) -> tuple[Model, np.ndarray | None]:
+    from lemur import formats
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.npz")
+        with builtins.open(path, "wb") as file:
+            file.write(data)
+        loaded = formats.load(path)
+    if isinstance(loaded, Index):
+        return loaded.model, loaded.sample
+    return loaded, None
+
+
+class PgvectorStage:
+    """pgvector's HNSW index over the table's rows of W: the first stage of
+    a :class:`PostgresIndex` (see :mod:`lemur.first_stage`; its keys are
+    document ids). A batch of queries is one statement (a lateral join over
+    the array of their features): one round trip, whatever its size.
+
+    Parameters
+    ----------
+    connection : psycopg.Connection
+    names : the table's identifiers
+    ef_search : int, optional
+        pgvector's ``hnsw.ef_search`` (its candidate list; at most 1000);
+        default: twice the rows asked, within pgvector's range. Asked for
+        more rows than ef_search, pgvector's iterative scan goes on in
+        order (``hnsw.iterative_scan = strict_order``).
+    """
+
+    def __init__(self, connection: object, names: _Names, ef_search: int | None = None) -> None:
+        self._connection, self._names, self.ef_search = connection, names, ef_search
+
+    @property
+    def description(self) -> str:
+        return f"pgvector HNSW (halfvec_ip_ops) over {self._names.table}"
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def top_k(self, features: np.ndarray, k: int, num_threads: int = 1,
+              report: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """For each query, the ids of the k rows pgvector finds and their
+        inner products (float16 row and features), best first; -1/-inf
+        padding where it finds fewer."""
+        _, sql, HalfVector, _ = _driver()
+        ef_search = self.ef_search or min(MAX_EF_SEARCH, max(40, 2 * k))
+        query = sql.SQL(
+            "SELECT q.n, c.id, c.score FROM unnest(%s::halfvec[]) WITH ORDINALITY AS q(v, n) "
+            "CROSS JOIN LATERAL (SELECT id, -(w <#> q.v) AS score FROM {} ORDER BY w <#> q.v LIMIT %s) AS c"
+        ).format(self._names.documents)
+        with self._connection.transaction(), self._connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                           "set_config('hnsw.iterative_scan', 'strict_order', true)", (str(ef_search),))
+            cursor.execute(query, ([HalfVector(row) for row in features], k))
+            found = cursor.fetchall()
+        ids = np.full((features.shape[0], k), -1, np.int64)
+        scores = np.full((features.shape[0], k), -np.inf, np.float32)
+        if found:
+            numbers, doc_ids, doc_scores = (np.array(column) for column in zip(*found))
+            query_rows = numbers.astype(np.int64) - 1
+            # the rows arrive grouped by query, best first
+            starts = np.searchsorted(query_rows, np.arange(features.shape[0]))
+            positions = np.arange(query_rows.size) - starts[query_rows]
+            ids[query_rows, positions] = doc_ids
+            scores[query_rows, positions] = doc_scores
+        return ids, scores
+
+    def best_rows(self, features: np.ndarray, k: int, num_threads: int = 1, report: dict | None = None) -> np.ndarray:
+        return np.sort(self.top_k(features, k, num_threads, report)[0], axis=1)
+
+
+class PostgresIndex:
+    """A lemur index kept in PostgreSQL: :meth:`search`, :meth:`top_k`,
+    :meth:`add_documents` and :meth:`remove_documents` as on
+    :class:`lemur.Index`. Made by :func:`open`.
+
+    One connection; calls from several Python threads take turns on it
+    (open one PostgresIndex per thread to run them at once). Use it as a
+    context manager, or :meth:`close` it.
+
+    Attributes
+    ----------
+    model : Model
+    first_stage : PgvectorStage
+        Its `ef_search` may be set (None: twice the candidates).
+    """
+
+    def __init__(self, connection: object, names: _Names, model: Model, sample: np.ndarray | None,
+                 ef_search: int | None) -> None:
+        self._connection, self._names, self._model, self._sample = connection, names, model, sample
+        self.first_stage = PgvectorStage(connection, names, ef_search)
+        self._lock = threading.RLock()
+        if sample is not None:
+            self._ols = fitting.OLSSample(sample)
+
+    # -- description -------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def table(self) -> str:
+        return self._names.table
+
+    @property
+    def num_docs(self) -> int:
+        _, sql, _, _ = _driver()
+        with self._lock:
+            count = self._connection.execute(sql.SQL("SELECT count(*) FROM {}").format(self._names.documents))
+            value = count.fetchone()[0]
+            self._connection.commit()
+        return int(value)
+
+    @property
+    def generation(self) -> int:
+        """A number that every change of the documents (by any client) increases."""
+        _, sql, _, _ = _driver()
+        with self._lock:
+            row = self._connection.execute(sql.SQL("SELECT number FROM {} WHERE key = 'generation'").format(
+                self._names.metadata)).fetchone()
+            self._connection.commit()
+        return int(row[0])
+
+    def __repr__(self) -> str:
+        return f"PostgresIndex({self._model!r}, table={self.table!r})"
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> PostgresIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- searching -------------------------------------------------------------
+
+    def features(self, query_tokens: np.ndarray, query_counts: object = None, *,
+                 num_threads: int | None = None) -> np.ndarray:
+        return self._model.features(query_tokens, query_counts, num_threads=num_threads)
+
+    def top_k(self, features: np.ndarray, k: int, *, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` documents pgvector finds for each query's features: ids
+        (int64) and pgvector's inner products (float32), best first, padded
+        with -1/-inf where it finds fewer."""
+        threads = resolve_num_threads(num_threads)
+        features = check_features(features, dim=self._model.feature_dim,
+                                  dim_name="the model's feature dimension", num_threads=threads)
+        k = check_k(k, at_most=2**31)
+        with self._lock:
+            return self.first_stage.top_k(features, k, threads)
+
+    def search(self, query_tokens: np.ndarray, query_counts: object, k: int = 10, candidates: int = 100, *,
+               num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The whole pipeline, as :meth:`lemur.Index.search`: features here,
+        the `candidates` best by pgvector (one statement for the batch),
+        their tokens (one statement), the exact MaxSim rerank here.
+
+        Returns ids (int64) and scores (float32), ``(num_queries, k)``, best
+        first, padded with -1/-inf when fewer documents are found.
+        """
+        threads = resolve_num_threads(num_threads)
+        k = check_positive_int(k, name="k")
+        candidates = check_positive_int(candidates, name="candidates")
+        if candidates < k:
+            raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
+        tokens, offsets = check_queries(query_tokens, query_counts, dim=self._model.input_dim,
+                                        dim_name="the model's input dimension", num_threads=threads)
+        tokens = self._model.centred(tokens, threads)
+        features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
+        with self._lock:
+            found, _ = self.first_stage.top_k(features, candidates, threads)
+            documents, rows = self._documents_of(found)
+        if documents is None:
+            return np.full((found.shape[0], k), -1, np.int64), np.full((found.shape[0], k), -np.inf, np.float32)
+        best, scores = rerank_unchecked(tokens, offsets, documents, rows, min(k, candidates), threads)
+        ids = np.where(best >= 0, self._fetched_ids[np.maximum(best, 0)], -1)
+        return ids, scores
+
+    def _documents_of(self, found: np.ndarray) -> tuple[Documents | None, np.ndarray]:
+        """The token store of the distinct ids in `found` (one statement) and
+        `found` as rows of it (-1: padding, or a document removed meanwhile)."""
+        _, sql, _, _ = _driver()
+        wanted = np.unique(found[found >= 0])
+        fetched = []
+        if wanted.size:
+            fetched = self._connection.execute(
+                sql.SQL("SELECT id, tokens FROM {} WHERE id = ANY(%s) AND tokens IS NOT NULL ORDER BY id").format(
+                    self._names.documents), (wanted.tolist(),)).fetchall()
+            self._connection.commit()
+        if not fetched:
+            self._fetched_ids = np.empty(0, np.int64)
+            return None, found
+        ids = np.array([row[0] for row in fetched], np.int64)
+        width = 2 * self._model.input_dim
+        blobs = [bytes(row[1]) for row in fetched]
+        if any(len(blob) == 0 or len(blob) % width for blob in blobs):
+            raise ValueError(f"{self.table}: a document's tokens are not a whole number of float16 vectors of "
+                             f"dimension {self._model.input_dim}")
+        counts = np.array([len(blob) // width for blob in blobs], np.int64)
+        tokens = np.frombuffer(b"".join(blobs), dtype="<f2").reshape(-1, self._model.input_dim)
+        tokens = np.ascontiguousarray(tokens, dtype=np.float16)
+        if not np.isfinite(tokens).all():
+            raise ValueError(f"{self.table}: a document's tokens hold NaN or infinite values")
+        position = np.searchsorted(ids, found)
+        present = (found >= 0) & (position < ids.size)
+        present[present] = ids[position[present]] == found[present]
+        rows = np.where(present, position, -1).astype(np.int64)
+        self._fetched_ids = ids
+        return Documents(tokens, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)), rows
+
+    # -- changing the documents ---------------------------------------------------
+
+    def add_documents(self, tokens: np.ndarray, counts: object, *, ids: object = None,
+                      progress: bool | None = None, num_threads: int | None = None) -> np.ndarray:
+        """Fit W's rows for new documents here (against the stored OLS sample,
+        as :meth:`lemur.Index.add_documents`) and insert them, rows and
+        float16 tokens, in one transaction: all of them or, if anything fails
+        (an id already there, a dropped connection), none.
+
+        Returns the new documents' ids (`ids`, or the next ones of the
+        table's sequence).
+        """
+        psycopg, sql, HalfVector, _ = _driver()
+        if self._sample is None:
+            raise ValueError(f"{self.table}: the stored model has no OLS sample to fit new documents against")
+        threads = resolve_num_threads(num_threads)
+        documents = Documents.check(tokens, counts, name="tokens", counts_name="counts",
+                                    dim=self._model.input_dim, allow_empty=True, num_threads=threads)
+        stored = self._model.centred(documents.tokens, threads).astype(np.float16)
+        if not np.isfinite(stored).all():
+            raise ValueError("tokens overflow float16 (the database stores tokens as float16)")
+        new_ids = None
+        if ids is not None:
+            new_ids = Index._check_new_ids(ids, documents.num_docs, existing=np.empty(0, np.int64), name="ids")
+        W = fitting.fit_rows(self._model, self._ols, stored, documents.offsets, num_threads=threads,
+                             progress=progress)
+        with self._lock:
+            try:
+                with self._connection.transaction(), self._connection.cursor() as cursor:
+                    if new_ids is None:
+                        cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)",
+                                       (self._names.sequence_name, documents.num_docs))
+                        new_ids = np.array([row[0] for row in cursor.fetchall()], np.int64)
+                    report = fitting.Progress(new_ids.size, "writing documents", progress)
+                    _copy_rows(cursor, self._names, new_ids, W, stored, documents.offsets, report)
+                    report.close()
+                    if ids is not None and new_ids.size:  # the sequence goes past explicit ids
+                        cursor.execute(sql.SQL("SELECT setval(%s, GREATEST(%s, (SELECT last_value FROM {})))").format(
+                            self._names.sequence), (self._names.sequence_name, int(new_ids.max())))
+                    _bump_generation(cursor, self._names)
+            except psycopg.errors.UniqueViolation:
+                raise ValueError(f"ids: {self.table} already has a document with one of these ids") from None
+        return new_ids
+
+    def remove_documents(self, ids: object) -> None:
+        """Delete the documents with these ids, in one transaction; raises
+        ValueError, and deletes nothing, if an id is not in the table."""
+        _, sql, _, _ = _driver()
+        ids = np.unique(check_integer_array(ids, name="ids"))
+        with self._lock, self._connection.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s) RETURNING id").format(self._names.documents),
+                           (ids.tolist(),))
+            deleted = np.array([row[0] for row in cursor.fetchall()], np.int64)
+            if deleted.size != ids.size:
+                missing = np.setdiff1d(ids, deleted)  # raised inside the transaction: it rolls back
+                raise ValueError(f"ids: {int(missing[0])} is not a document id of {self.table}")
+            _bump_generation(cursor, self._names)
+
+
+def _bump_generation(cursor: object, names: _Names) -> None:
+    _, sql, _, _ = _driver()
+    cursor.execute(sql.SQL("UPDATE {} SET number = number + 1 WHERE key = 'generation'").format(names.metadata))
+
+
+def _copy_rows(cursor: object, names: _Names, ids: np.ndarray, W: np.ndarray, tokens: np.ndarray | None,
+               offsets: np.ndarray | None, report: fitting.Progress) -> None:
+    """COPY (binary) the documents' ids, rows of W (as halfvec) and float16
+    token blobs (NULL without tokens) into the table."""
+    _, sql, HalfVector, _ = _driver()
+    statement = sql.SQL("COPY {} (id, w, tokens) FROM STDIN WITH (FORMAT BINARY)").format(names.documents)
+    with cursor.copy(statement) as copy:
+        copy.set_types(["int8", "halfvec", "bytea"])
+        for i in range(ids.size):
+            blob = None if tokens is None else tokens[offsets[i] : offsets[i + 1]].astype("<f2").tobytes()
+            copy.write_row((int(ids[i]), HalfVector(W[i]), blob))
+            report.update(1)
+
+
+def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivity: int = 16,
+           ef_construction: int = 64, batch_size: int = 1000, replace: bool = False,
+           maintenance_work_mem: str = "1GB", progress: bool | None = None,
+           num_threads: int | None = None) -> None:
+    """Write a whole index into PostgreSQL: its documents (ids, W's rows as
+    halfvec, float16 tokens) in batches, the HNSW index over W's rows, and
+    the model with its OLS sample; all in one transaction, so an
+    interrupted export leaves nothing behind.
+
+    Parameters
+    ----------
+    index : lemur.Index
+        Its W's width (the feature dimension) must be at most 4000. Its
+        tokens are stored as float16 (rounded, when they are float32).
+    dsn : str or psycopg.Connection
+        Where: a libpq connection string or URI. The ``vector`` extension is
+        created if it is not there (which needs the right to).
+    table : str, default "lemur_documents"
+        The table's name (``name`` or ``schema.name``); its metadata table
+        and id sequence are named after it.
+    connectivity, ef_construction : int
+        pgvector's HNSW ``m`` and ``ef_construction``.
+    batch_size : int, default 1000
+        Documents per COPY batch (the progress line's step).
+    replace : bool, default False
+        Drop a table of that name first; otherwise one is an error.
+    maintenance_work_mem : str, default "1GB"
+        For the HNSW build (pgvector builds fastest when the graph fits).
+    progress : bool, optional
+        Progress lines on stderr; default: when stderr is a terminal.
+    num_threads : int, optional
+        Parallel workers for the HNSW build (``max_parallel_maintenance_workers``
+        = num_threads - 1).
+    """
+    psycopg, sql, _, register_vector = _driver()
+    if not isinstance(index, Index):
+        raise TypeError(f"index must be a lemur.Index, got {type(index).__name__}")
+    names = _Names(table)
+    h = index.model.feature_dim
+    if h > MAX_DIMS:
+        raise ValueError(f"pgvector's HNSW indexes halfvec of up to {MAX_DIMS} dimensions; the model has {h}")
+    connectivity = check_positive_int(connectivity, name="connectivity")
+    ef_construction = check_positive_int(ef_construction, name="ef_construction")
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    if not isinstance(maintenance_work_mem, str) or not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
+        raise ValueError(f"maintenance_work_mem must be like '512MB' or '2GB', got {maintenance_work_mem!r}")
+    threads = resolve_num_threads(num_threads)
+    connection = psycopg.connect(dsn) if isinstance(dsn, str) else dsn
+    if not isinstance(connection, psycopg.Connection):
+        raise TypeError(f"dsn must be a connection string or a psycopg.Connection, got {type(dsn).__name__}")
+    try:
+        with connection.transaction():
+            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(connection)
+        W, ids = index.W, index.doc_ids
+        tokens = index.doc_tokens
+        offsets = None if tokens is None else np.concatenate([[0], np.cumsum(index.doc_counts)])
+        with connection.transaction(), connection.cursor() as cursor:
+            if replace:
+                for drop in ("DROP TABLE IF EXISTS {}", "DROP SEQUENCE IF EXISTS {}"):
+                    for target in ((names.documents, names.metadata) if "TABLE" in drop else (names.sequence,)):
+                        cursor.execute(sql.SQL(drop).format(target))
+            cursor.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, w halfvec({}) NOT NULL, tokens bytea)")
+                           .format(names.documents, sql.Literal(h)))
+            cursor.execute(sql.SQL("CREATE TABLE {} (key text PRIMARY KEY, value bytea, number bigint)")
+                           .format(names.metadata))
+            cursor.execute(sql.SQL("CREATE SEQUENCE {} AS bigint MINVALUE 0 START 0").format(names.sequence))
+            report = fitting.Progress(ids.size, f"exporting to {table}", progress)
+            for start in range(0, ids.size, batch_size):
+                part = slice(start, start + batch_size)
+                part_offsets = None if offsets is None else offsets[start : start + batch_size + 1] - offsets[start]
+                part_tokens = None if tokens is None else tokens[offsets[start] : offsets[min(ids.size, start + batch_size)]]
+                _copy_rows(cursor, names, ids[part], W[part], part_tokens, part_offsets, report)
+            report.close()
+            if ids.size:
+                cursor.execute("SELECT setval(%s, %s)", (names.sequence_name, int(ids.max())))
+            cursor.execute("SELECT set_config('maintenance_work_mem', %s, true), "
+                           "set_config('max_parallel_maintenance_workers', %s, true)",
+                           (maintenance_work_mem, str(threads - 1)))
+            if progress or (progress is None and sys.stderr.isatty()):
+                print(f"building the HNSW index of {table} ...", file=sys.stderr, flush=True)
+            cursor.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (w halfvec_ip_ops) WITH (m = {}, "
+                                   "ef_construction = {})").format(names.hnsw, names.documents,
+                                                                 sql.Literal(connectivity), sql.Literal(ef_construction)))
+            cursor.execute(sql.SQL("INSERT INTO {} (key, value, number) VALUES ('format', %s, %s), "
+                                   "('model', %s, NULL), ('generation', NULL, 0)").format(names.metadata),
+                           (FORMAT_NAME.encode(), FORMAT_VERSION, _model_bytes(index.model, index.sample)))
+    except psycopg.errors.DuplicateTable:
+        raise ValueError(f"the database already has a table {table!r} (pass replace=True to drop it)") from None
+    finally:
+        if isinstance(dsn, str):
+            connection.close()
+
+
+def open(dsn: object, table: str = DEFAULT_TABLE, *, ef_search: int | None = None) -> PostgresIndex:
+    """Open the index a :func:`export` wrote (or any client changed since).
+
+    Parameters
+    ----------
+    dsn : str or psycopg.Connection
+    table : str, default "lemur_documents"
+    ef_search : int, optional
+        pgvector's ``hnsw.ef_search`` for the searches (1 to 1000); default:
+        twice the candidates asked.
+    """
+    psycopg, sql, _, _ = _driver()
+    names = _Names(table)
+    if ef_search is not None and not 1 <= check_positive_int(ef_search, name="ef_search") <= MAX_EF_SEARCH:
+        raise ValueError(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}")
+    connection = _connect(dsn)
+    try:
+        rows = connection.execute(sql.SQL("SELECT key, value, number FROM {}").format(names.metadata)).fetchall()
+        connection.commit()
+    except psycopg.errors.UndefinedTable:
+        connection.close()
+        raise ValueError(f"the database has no lemur table {table!r} (write one with lemur.postgres.export)") from None
+    metadata = {key: (value, number) for key, value, number in rows}
+    try:
+        if metadata.get("format", (None,))[0] != FORMAT_NAME.encode() or "model" not in metadata:
+            raise ValueError(f"{table}_lemur is not a lemur metadata table")
+        version = metadata["format"][1]
+        if version is None or version > FORMAT_VERSION:
+            raise ValueError(f"{table} was written in format version {version} by a newer lemur; this lemur "
+                             f"reads versions up to {FORMAT_VERSION}")
+        model, sample = _model_of(bytes(metadata["model"][0]))
+    except Exception:
+        connection.close()
+        raise
+    return PostgresIndex(connection, names, model, sample, ef_search)
