@@ -105,7 +105,9 @@ class _Names:
         self.metadata = qualified("_lemur")
         self.sequence = qualified("_id_seq")
         self.hnsw = sql.Identifier(name + "_w_hnsw")
-        self.sequence_name = ".".join([*schema, name + "_id_seq"])
+        # nextval() and setval() take the sequence's name as text: quoted, so
+        # that it keeps its case (the parts are checked: no quotes inside)
+        self.sequence_name = ".".join(f'"{part}"' for part in [*schema, name + "_id_seq"])
 
 
 def _connect(dsn: object):
