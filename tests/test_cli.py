@@ -128,7 +128,8 @@ def test_errors_exit_1_with_a_message(capsys, tmp_path, monkeypatch, arguments, 
     assert message in captured.err and "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("command", ["info", "convert", "search", "build", "add", "remove", "demo", "config"])
+@pytest.mark.parametrize("command", ["info", "convert", "search", "build", "add", "remove", "ann", "postgres",
+                                     "demo", "config"])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([sys.executable, "-m", "lemur", command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: lemur {command}")
@@ -215,3 +216,26 @@ def test_build_at_a_precision_with_a_float16_token_store(capsys, tmp_path):
     assert built.precision == "int8" and built.doc_tokens.dtype == np.float16
     assert main(["info", index]) == 0
     assert "float16" in capsys.readouterr().out
+
+
+def test_ann_builds_the_graph_in_place_and_drops_it(capsys, tmp_path):
+    pytest.importorskip("usearch", reason="the embedded ANN needs usearch")
+    random = np.random.default_rng(0)
+    counts = random.integers(3, 20, 300)
+    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", counts)
+    index = str(tmp_path / "index.npz")
+    assert main(["build", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
+                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress"]) == 0
+    assert main(["ann", index, "--dims", "16", "--no-progress"]) == 0
+    assert "ANN graph built" in capsys.readouterr().err
+    assert lemur.load(index).ann.settings.dims == 16
+    assert main(["info", index]) == 0
+    assert "ANN:" in capsys.readouterr().out
+    np.save(tmp_path / "q.npy", random.standard_normal((7, 16)).astype(np.float32))
+    np.save(tmp_path / "qc.npy", np.array([7]))
+    assert main(["search", index, "--queries", str(tmp_path / "q.npy"), "--counts", str(tmp_path / "qc.npy"),
+                 "-k", "3", "--candidates", "30"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["ann", index, "--drop"]) == 0
+    assert lemur.load(index).ann is None

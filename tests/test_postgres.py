@@ -57,7 +57,7 @@ def test_export_and_open_keep_the_model_documents_and_sample(server, local, remo
     assert remote.num_docs == 300 and remote.generation == 0
     features = index.features(local[3], QUERY_COUNTS)
     np.testing.assert_array_equal(remote.features(local[3], QUERY_COUNTS), features)
-    np.testing.assert_array_equal(remote._sample, index.sample)
+    np.testing.assert_array_equal(remote.sample, index.sample)
     assert "table=" in repr(remote)
     with psycopg.connect(server) as connection:
         w, tokens = connection.execute(f'SELECT w::real[], tokens FROM "{remote.table}" WHERE id = 7').fetchone()
@@ -222,3 +222,29 @@ def test_bad_arguments(local, remote):
         remote.add_documents(local[1][:10], [10], ids=[-3])
     with pytest.raises(TypeError, match="dsn"):
         lemur.postgres.open(42)
+
+
+def test_the_command_line(server, local, tmp_path, capsys):
+    from lemur.cli import main
+
+    index, tokens, counts, queries = local
+    path = str(tmp_path / "index.npz")
+    index.save(path)
+    table = ["--table", "cli_documents"]
+    assert main(["postgres", "export", server, path, *table, "--replace", "--no-progress"]) == 0
+    assert "exported 300 documents" in capsys.readouterr().err
+    np.save(tmp_path / "q.npy", queries[:20])
+    np.save(tmp_path / "qc.npy", np.array([20]))
+    assert main(["postgres", "search", server, *table, "--queries", str(tmp_path / "q.npy"),
+                 "--counts", str(tmp_path / "qc.npy"), "-k", "3", "--candidates", "30"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    np.save(tmp_path / "new.npy", tokens[: counts[:2].sum()])
+    np.save(tmp_path / "new_counts.npy", counts[:2])
+    assert main(["postgres", "add", server, *table, "--docs", str(tmp_path / "new.npy"),
+                 "--doc-counts", str(tmp_path / "new_counts.npy"), "--no-progress"]) == 0
+    assert "added 2 documents to cli_documents (ids 300..301)" in capsys.readouterr().err
+    assert main(["postgres", "remove", server, *table, "--ids", "1,2,300"]) == 0
+    assert main(["postgres", "info", server, *table]) == 0
+    assert "documents:  299" in capsys.readouterr().out
+    assert main(["postgres", "info", "host=/nonexistent dbname=x", *table]) == 1
+    assert "lemur postgres: error: PostgreSQL:" in capsys.readouterr().err

@@ -101,6 +101,13 @@ def _info(arguments: argparse.Namespace) -> int:
                 first_stage += f" (compact copy of W: {_megabytes(size)}; here: {used})"
                 total += size
         lines.append(("first stage", first_stage + ", results bitwise float32's"))
+        if record.ann is not None:
+            settings = record.ann["ann_settings"]
+            size = sum(array.nbytes for array in record.ann.values())
+            lines.append(("ANN", f"HNSW graph (usearch) over W's rows projected on {settings[0]} directions, "
+                                 f"M={settings[1]}, ef_construction={settings[2]}, {settings[3]} x k rows "
+                                 f"rescored; {_megabytes(size)} (searches use it: drop it with lemur ann --drop)"))
+            total += size
     lines.append(("in memory", _megabytes(total)))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
@@ -154,7 +161,13 @@ def _search(arguments: argparse.Namespace) -> int:
         f"{how}, {elapsed * 1e3:.1f} ms",
         file=sys.stderr,
     )
-    if arguments.out == "-":
+    _write_results(indices, scores, arguments.out)
+    return 0
+
+
+def _write_results(indices: np.ndarray, scores: np.ndarray, out: str) -> None:
+    """Search results as text on stdout (out "-") or an .npz."""
+    if out == "-":
         lines = ["query\trank\tdocument\tscore"]
         for query, (row_ids, row_scores) in enumerate(zip(indices, scores)):
             lines += [
@@ -164,10 +177,9 @@ def _search(arguments: argparse.Namespace) -> int:
             ]
         print("\n".join(lines))
     else:
-        with open(arguments.out, "wb") as stream:
+        with open(out, "wb") as stream:
             np.savez(stream, indices=indices, scores=scores)
-        print(f"wrote {arguments.out}: indices {indices.shape} int64, scores float32", file=sys.stderr)
-    return 0
+        print(f"wrote {out}: indices {indices.shape} int64, scores float32", file=sys.stderr)
 
 
 def _write_index(index, path: str, what: str) -> None:
@@ -223,19 +235,101 @@ def _add(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _remove(arguments: argparse.Namespace) -> int:
-    index, out = _open_for_update(arguments)
+def _removed_ids(arguments: argparse.Namespace) -> np.ndarray:
+    """The ids of --ids (comma-separated) or --ids-file (.npy)."""
     if (arguments.ids is None) == (arguments.ids_file is None):
         raise ValueError("pass the ids with --ids or --ids-file (one of them)")
-    if arguments.ids is not None:
-        try:
-            ids = np.array([int(part) for part in arguments.ids.split(",") if part.strip()], dtype=np.int64)
-        except ValueError:
-            raise ValueError(f"--ids must be comma-separated integers, got {arguments.ids!r}") from None
-    else:
-        ids = _load_array(arguments.ids_file, "document ids")
+    if arguments.ids_file is not None:
+        return _load_array(arguments.ids_file, "document ids")
+    try:
+        return np.array([int(part) for part in arguments.ids.split(",") if part.strip()], dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"--ids must be comma-separated integers, got {arguments.ids!r}") from None
+
+
+def _remove(arguments: argparse.Namespace) -> int:
+    index, out = _open_for_update(arguments)
+    ids = _removed_ids(arguments)
     index.remove_documents(ids)
     _write_index(index, out, f"removed {ids.size:,} documents")
+    return 0
+
+
+def _ann(arguments: argparse.Namespace) -> int:
+    index, out = _open_for_update(arguments)
+    if arguments.drop:
+        index.drop_ann()
+        _write_index(index, out, "the ANN graph dropped: searches scan W")
+        return 0
+    start = time.perf_counter()
+    index.build_ann(dims=arguments.dims, connectivity=arguments.connectivity,
+                    expansion_add=arguments.expansion_add, candidates_factor=arguments.candidates_factor,
+                    progress=None if arguments.progress else False, num_threads=arguments.threads)
+    _write_index(index, out, f"ANN graph built in {time.perf_counter() - start:.1f} s, "
+                             f"{_megabytes(index.ann.nbytes)}")
+    return 0
+
+
+def _postgres(arguments: argparse.Namespace) -> int:
+    """lemur postgres export|search|add|remove|info: psycopg's errors are reported as the others."""
+    import lemur.postgres
+
+    psycopg = lemur.postgres._driver()[0]
+    try:
+        return arguments.postgres_handler(arguments, lemur.postgres)
+    except psycopg.Error as exc:
+        raise ValueError(f"PostgreSQL: {str(exc).strip()}") from None
+
+
+def _postgres_export(arguments: argparse.Namespace, postgres) -> int:
+    index = _open(arguments.index, arguments.activation, arguments.threads, mmap=True)
+    start = time.perf_counter()
+    postgres.export(index, arguments.dsn, table=arguments.table, connectivity=arguments.connectivity,
+                    ef_construction=arguments.ef_construction, replace=arguments.replace,
+                    progress=None if arguments.progress else False, num_threads=arguments.threads)
+    print(f"exported {index.num_docs:,} documents to {arguments.table} in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def _postgres_search(arguments: argparse.Namespace, postgres) -> int:
+    queries = _load_vectors(arguments.queries, "query tokens")
+    counts = _load_array(arguments.counts, "query counts")
+    with postgres.open(arguments.dsn, table=arguments.table, ef_search=arguments.ef_search) as index:
+        start = time.perf_counter()
+        indices, scores = index.search(queries, counts, k=arguments.k, candidates=arguments.candidates,
+                                       num_threads=arguments.threads)
+        print(f"lemur postgres search: {indices.shape[0]:,} queries, {arguments.table}, k={arguments.k}, "
+              f"{(time.perf_counter() - start) * 1e3:.1f} ms", file=sys.stderr)
+    _write_results(indices, scores, arguments.out)
+    return 0
+
+
+def _postgres_add(arguments: argparse.Namespace, postgres) -> int:
+    tokens = _load_vectors(arguments.docs, "document tokens", half=True)
+    counts = _load_array(arguments.doc_counts, "document counts")
+    ids = None if arguments.ids is None else _load_array(arguments.ids, "document ids")
+    with postgres.open(arguments.dsn, table=arguments.table) as index:
+        new_ids = index.add_documents(tokens, counts, ids=ids, num_threads=arguments.threads,
+                                      progress=None if arguments.progress else False)
+    print(f"added {new_ids.size:,} documents to {arguments.table}" +
+          (f" (ids {new_ids.min()}..{new_ids.max()})" if new_ids.size else ""), file=sys.stderr)
+    return 0
+
+
+def _postgres_remove(arguments: argparse.Namespace, postgres) -> int:
+    ids = _removed_ids(arguments)
+    with postgres.open(arguments.dsn, table=arguments.table) as index:
+        index.remove_documents(ids)
+    print(f"removed {ids.size:,} documents from {arguments.table}", file=sys.stderr)
+    return 0
+
+
+def _postgres_info(arguments: argparse.Namespace, postgres) -> int:
+    with postgres.open(arguments.dsn, table=arguments.table) as index:
+        print(f"table:      {index.table}\nmodel:      {index.model!r}\ndocuments:  {index.num_docs:,}\n"
+              f"generation: {index.generation}\nOLS sample: "
+              f"{'none' if index.sample is None else f'{index.sample.shape[0]:,} tokens'}")
     return 0
 
 
@@ -443,6 +537,69 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--out", help="write the updated index here instead")
     remove.add_argument("--threads", type=_positive_int, help=threads_help)
     remove.set_defaults(handler=_remove)
+
+    ann = subcommands.add_parser(
+        "ann", help="build (or drop) an index's embedded ANN first stage",
+        description="Build an HNSW graph (usearch; pip install 'lemur-retrieval[ann]') over W's rows "
+        "projected on the model's leading feature directions, and keep it in the index: searches "
+        "then take the graph's best rows, rescored exactly, instead of scanning every row. A lemur "
+        ".npz is updated in place, atomically; other formats need --out.",
+    )
+    ann.add_argument("index", help="the index to update")
+    ann.add_argument("--dims", type=_positive_int, default=256, help="projected dimensions (default 256)")
+    ann.add_argument("--connectivity", type=_positive_int, default=16, help="HNSW's M (default 16)")
+    ann.add_argument("--expansion-add", type=_positive_int, default=128, help="HNSW's ef_construction (default 128)")
+    ann.add_argument("--candidates-factor", type=_positive_int, default=10,
+                     help="rows taken from the graph and rescored per row asked (default 10)")
+    ann.add_argument("--drop", action="store_true", help="drop the graph instead (searches scan W)")
+    ann.add_argument("--out", help="write the updated index here instead")
+    ann.add_argument("--threads", type=_positive_int, help=threads_help)
+    ann.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    ann.set_defaults(handler=_ann)
+
+    postgres = subcommands.add_parser(
+        "postgres", help="keep an index in PostgreSQL + pgvector, search and change it there",
+        description="The whole index in a PostgreSQL table (pip install 'lemur-retrieval[postgres]'; "
+        "the server needs the vector extension): export an index, then search it, add and remove "
+        "documents from any client. DSN: a libpq connection string or URI.",
+    )
+    actions = postgres.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    postgres.set_defaults(handler=_postgres)
+
+    def action(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("dsn", help="where the database is: a connection string or URI")
+        parser.add_argument("--table", default="lemur_documents", help="the table (default lemur_documents)")
+        parser.add_argument("--threads", type=_positive_int, help=threads_help)
+        parser.set_defaults(postgres_handler=handler)
+        return parser
+
+    export = action("export", _postgres_export, "write an index into a table (one transaction)")
+    export.add_argument("index", help="the index to export (any format lemur reads)")
+    export.add_argument("--connectivity", type=_positive_int, default=16, help="pgvector HNSW m (default 16)")
+    export.add_argument("--ef-construction", type=_positive_int, default=64,
+                        help="pgvector HNSW ef_construction (default 64)")
+    export.add_argument("--replace", action="store_true", help="drop a table of that name first")
+    export.add_argument("--activation", help=activation_help)
+    export.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    found = action("search", _postgres_search, "search the table with queries from .npy files")
+    found.add_argument("--queries", required=True, help=".npy of query token vectors (total_tokens, d), float")
+    found.add_argument("--counts", required=True, help=".npy of tokens per query (num_queries,), int")
+    found.add_argument("-k", type=_positive_int, default=10, help="results per query (default 10)")
+    found.add_argument("--candidates", type=_positive_int, default=100,
+                       help="candidates per query for the rerank (default 100)")
+    found.add_argument("--ef-search", type=_positive_int, help="pgvector's hnsw.ef_search (default: 2 x candidates)")
+    found.add_argument("--out", default="-", help="an .npz to write (indices, scores), or - for text on stdout")
+    added = action("add", _postgres_add, "fit documents here and insert them (one transaction)")
+    added.add_argument("--docs", required=True, help=".npy of the new documents' token vectors")
+    added.add_argument("--doc-counts", required=True, help=".npy of tokens per new document")
+    added.add_argument("--ids", help=".npy of ids for the new documents (default: the table's sequence)")
+    added.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    removed = action("remove", _postgres_remove, "delete documents by id (one transaction)")
+    removed.add_argument("--ids", help="comma-separated document ids")
+    removed.add_argument("--ids-file", help=".npy of document ids")
+    action("info", _postgres_info, "describe a table: model, documents, generation")
 
     demo = subcommands.add_parser(
         "demo", help="build an index on a synthetic corpus, search it, measure recall",

@@ -242,6 +242,11 @@ class PostgresIndex:
         return self._model
 
     @property
+    def sample(self) -> np.ndarray | None:
+        """The OLS sample new documents are fitted against (stored with the model)."""
+        return self._sample
+
+    @property
     def table(self) -> str:
         return self._names.table
 
