@@ -203,15 +203,20 @@ def test_convert_to_a_precision_then_info_and_search_the_mapped_file(capsys, tmp
         lemur.formats.convert(DATA / "elm_gelu_d128_h512" / "mlp.pt", tmp_path / "m.npz", precision=precision)
 
 
-def test_build_at_a_precision_with_a_float16_token_store(capsys, tmp_path):
+def built_index(tmp_path, num_docs: int, dtype=np.float32, options=()) -> str:
+    """lemur build over random token vectors (16 dimensions); the index's path."""
     random = np.random.default_rng(0)
-    counts = random.integers(3, 20, 80)
-    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float16))
+    counts = random.integers(3, 20, num_docs)
+    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(dtype))
     np.save(tmp_path / "counts.npy", counts)
     index = str(tmp_path / "index.npz")
     assert main(["build", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
-                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress",
-                 "--precision", "int8"]) == 0
+                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress", *options]) == 0
+    return index
+
+
+def test_build_at_a_precision_with_a_float16_token_store(capsys, tmp_path):
+    index = built_index(tmp_path, 80, np.float16, ["--precision", "int8"])
     built = lemur.load(index)
     assert built.precision == "int8" and built.doc_tokens.dtype == np.float16
     assert main(["info", index]) == 0
@@ -220,13 +225,8 @@ def test_build_at_a_precision_with_a_float16_token_store(capsys, tmp_path):
 
 def test_ann_builds_the_graph_in_place_and_drops_it(capsys, tmp_path):
     pytest.importorskip("usearch", reason="the embedded ANN needs usearch")
-    random = np.random.default_rng(0)
-    counts = random.integers(3, 20, 300)
-    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float32))
-    np.save(tmp_path / "counts.npy", counts)
-    index = str(tmp_path / "index.npz")
-    assert main(["build", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
-                 "--out", index, "--hidden", "64", "--sample-size", "200", "--no-progress"]) == 0
+    index = built_index(tmp_path, 300)
+    random = np.random.default_rng(1)
     assert main(["ann", index, "--dims", "16", "--no-progress"]) == 0
     assert "ANN graph built" in capsys.readouterr().err
     assert lemur.load(index).ann.settings.dims == 16

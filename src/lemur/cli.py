@@ -432,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     threads_help = "threads (default: OMP_NUM_THREADS or all cores)"
     progress_help = "no progress line on stderr (shown by default when stderr is a terminal)"
 
+    def updating(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+        """The options of a command that updates an index file."""
+        parser.add_argument("index", help="the index to update")
+        parser.add_argument("--out", help="write the updated index here instead")
+        parser.add_argument("--threads", type=_positive_int, help=threads_help)
+        if progress:
+            parser.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+
     info = subcommands.add_parser(
         "info", help="describe a model or index file",
         description="Print a model's or index's kind, layers, dimensions, activation, number of "
@@ -514,16 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(and their tokens, if the index keeps a token store). A lemur .npz is updated in place, "
         "atomically; other formats need --out.",
     )
-    add.add_argument("index", help="the index to update")
     add.add_argument("--docs", required=True, help=".npy of the new documents' token vectors")
     add.add_argument("--doc-counts", required=True, help=".npy of tokens per new document")
     add.add_argument("--ids", help=".npy of ids for the new documents (default: the next ids)")
     add.add_argument("--learn", help=".npy of learn tokens to draw an OLS sample from (for indexes without one)")
     add.add_argument("--sample-size", type=_positive_int, default=16384, help="with --learn (default 16384)")
     add.add_argument("--seed", type=int, default=0, help="with --learn (default 0)")
-    add.add_argument("--out", help="write the updated index here instead")
-    add.add_argument("--threads", type=_positive_int, help=threads_help)
-    add.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    updating(add)
     add.set_defaults(handler=_add)
 
     remove = subcommands.add_parser(
@@ -531,11 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Remove documents (their rows of W and their tokens) by id. A lemur .npz is "
         "updated in place, atomically; other formats need --out.",
     )
-    remove.add_argument("index", help="the index to update")
     remove.add_argument("--ids", help="comma-separated document ids")
     remove.add_argument("--ids-file", help=".npy of document ids")
-    remove.add_argument("--out", help="write the updated index here instead")
-    remove.add_argument("--threads", type=_positive_int, help=threads_help)
+    updating(remove, progress=False)
     remove.set_defaults(handler=_remove)
 
     ann = subcommands.add_parser(
@@ -545,16 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then take the graph's best rows, rescored exactly, instead of scanning every row. A lemur "
         ".npz is updated in place, atomically; other formats need --out.",
     )
-    ann.add_argument("index", help="the index to update")
     ann.add_argument("--dims", type=_positive_int, default=256, help="projected dimensions (default 256)")
     ann.add_argument("--connectivity", type=_positive_int, default=16, help="HNSW's M (default 16)")
     ann.add_argument("--expansion-add", type=_positive_int, default=128, help="HNSW's ef_construction (default 128)")
     ann.add_argument("--candidates-factor", type=_positive_int, default=10,
                      help="rows taken from the graph and rescored per row asked (default 10)")
     ann.add_argument("--drop", action="store_true", help="drop the graph instead (searches scan W)")
-    ann.add_argument("--out", help="write the updated index here instead")
-    ann.add_argument("--threads", type=_positive_int, help=threads_help)
-    ann.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    updating(ann)
     ann.set_defaults(handler=_ann)
 
     postgres = subcommands.add_parser(
