@@ -1,18 +1,21 @@
 """The embedded ANN libraries lemur could use for its first stage, on one data set.
 
-    python bench/ann_libraries.py --docs 100000 --threads 2
+    python bench/scale.py --data /tmp/lemur-scale --only-prepare     # the data, once
+    python bench/ann_libraries.py --data /tmp/lemur-scale --docs 100000 --dims 128 --threads 2
 
-usearch, faiss-cpu (IndexHNSWFlat) and hnswlib build an HNSW graph over the
-rows of a synthetic W (h = 2048: clustered rows of varied norms, as fitted W
-rows are) for maximum inner product search, with the same graph parameters
-(M = 16, ef_construction = 128), twice each: with the inner product itself,
-and with the standard reduction of inner products to nearest neighbours (each
-row gets one more value, sqrt(max norm^2 - ||w||^2), each query a 0, so the
-nearest row in L2 is the one of largest inner product). Printed per library
-and metric: build time, resident memory of the index, single-query latency
-(p50 over 200 queries) and recall of the 200 it returns against the exact
-top-200, at several ef. The libraries are optional: a missing one is
-skipped (pip install usearch faiss-cpu hnswlib).
+usearch, faiss-cpu (IndexHNSWFlat) and hnswlib build an HNSW graph with the
+same parameters (M = 16, ef_construction = 128) over the rows lemur's ANN
+stage indexes: W's fitted rows (``bench/scale.py``'s corpus, the first
+--docs) projected on the model's --dims leading feature directions (0: the
+full rows), twice each: with the inner product itself, and with the standard
+reduction of inner products to nearest neighbours (each row gets one more
+value, sqrt(max norm^2 - |w|^2), each query a 0, so the nearest row in L2 is
+the one of largest inner product). Each query asks the graph for --counts
+rows, which are then scored exactly (<f, w> over the full float32 rows) as
+lemur's stage does, keeping 200. Printed per library and metric: build time,
+resident memory of the graph, single-query latency (p50, graph and
+rescoring) and recall of the 200 against the exact top-200. The libraries
+are optional: a missing one is skipped (pip install usearch faiss-cpu hnswlib).
 """
 
 from __future__ import annotations
@@ -25,29 +28,7 @@ import time
 import numpy as np
 from compare import rss_bytes
 
-H = 2048
 K = 200
-
-
-def synthetic(num_docs: int, num_queries: int, seed: int = 0):
-    """Clustered rows of varied norms, and queries near the clusters."""
-    random = np.random.default_rng(seed)
-    centres = random.standard_normal((max(8, num_docs // 100), H)).astype(np.float32)
-    W = np.empty((num_docs, H), np.float32)
-    for start in range(0, num_docs, 65536):
-        stop = min(num_docs, start + 65536)
-        rows = centres[random.integers(0, len(centres), stop - start)]
-        rows = rows + 0.8 * random.standard_normal((stop - start, H), dtype=np.float32)
-        W[start:stop] = rows * np.exp(0.3 * random.standard_normal((stop - start, 1))).astype(np.float32)
-    queries = centres[random.integers(0, len(centres), num_queries)]
-    queries = (queries + 0.8 * random.standard_normal((num_queries, H))).astype(np.float32)
-    return W, queries
-
-
-def exact_top(W: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    import lemur
-
-    return lemur.top_k(queries, W, K)[0]
 
 
 def augmented(W: np.ndarray) -> tuple[np.ndarray, float]:
@@ -58,8 +39,25 @@ def augmented(W: np.ndarray) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(np.concatenate([W, extra[:, None]], axis=1)), largest
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
+def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(found, truth)]))
+
+
+def data(folder: str, num_docs: int, dims: int, num_queries: int, threads: int):
+    """(W rows, graph rows, query features, graph queries) from bench/scale.py's data."""
+    import scale
+
+    import lemur
+    from lemur.first_stage import compact
+
+    W = np.ascontiguousarray(np.load(os.path.join(folder, "W_1000000.npy"), mmap_mode="r")[:num_docs])
+    base = lemur.load(os.path.join(folder, "model.npz"))
+    targets = np.random.default_rng(3).choice(num_docs, num_queries, replace=False)
+    features = base.features(*scale.queries_for(targets), num_threads=threads)
+    if not dims:
+        return W, W, features, features
+    basis = compact.subspace(base._typical_features(threads, num_queries=4096), dims)
+    return W, lemur.scores(W, basis, num_threads=threads), features, lemur.scores(features, basis)
 
 
 class Library:
@@ -80,9 +78,8 @@ class Usearch(Library):
                            connectivity=16, expansion_add=128)
         self.index.add(np.arange(len(rows), dtype=np.uint64), rows, threads=threads)
 
-    def search(self, query, ef):
-        self.index.expansion_search = ef
-        return np.asarray(self.index.search(query, K, threads=1).keys, dtype=np.int64)
+    def search(self, query, count):
+        return np.asarray(self.index.search(query, count, threads=1).keys, dtype=np.int64)
 
 
 class Faiss(Library):
@@ -98,9 +95,9 @@ class Faiss(Library):
         self.index.add(rows)
         faiss.omp_set_num_threads(1)
 
-    def search(self, query, ef):
-        self.index.hnsw.efSearch = ef
-        return self.index.search(query[None, :], K)[1][0].astype(np.int64)
+    def search(self, query, count):
+        self.index.hnsw.efSearch = count
+        return self.index.search(query[None, :], count)[1][0].astype(np.int64)
 
 
 class Hnswlib(Library):
@@ -115,50 +112,57 @@ class Hnswlib(Library):
         self.index.add_items(rows, np.arange(len(rows)))
         self.index.set_num_threads(1)
 
-    def search(self, query, ef):
-        self.index.set_ef(max(ef, K))
-        return self.index.knn_query(query[None, :], k=K)[0][0].astype(np.int64)
+    def search(self, query, count):
+        self.index.set_ef(count)
+        return self.index.knn_query(query[None, :], k=count)[0][0].astype(np.int64)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="bench/scale.py's data folder")
     parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--dims", type=int, default=128, help="projected dimensions (0: the full rows)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ef", type=int, nargs="+", default=[200, 400, 800])
+    parser.add_argument("--counts", type=int, nargs="+", default=[500, 1000, 2000])
     parser.add_argument("--libraries", nargs="+", default=["usearch", "faiss", "hnswlib"])
     arguments = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(arguments.threads))
 
-    W, queries = synthetic(arguments.docs, arguments.queries)
-    truth = exact_top(W, queries)
-    rows_by_metric = {"ip": (W, queries)}
-    wide, _ = augmented(W)
+    W, rows, features, queries = data(arguments.data, arguments.docs, arguments.dims, arguments.queries,
+                                      arguments.threads)
+    truth = exact_top(W, features)
+    rows_by_metric = {"ip": (rows, queries)}
+    wide, _ = augmented(rows)
     rows_by_metric["l2 (reduced)"] = (wide, np.concatenate([queries, np.zeros((len(queries), 1), np.float32)], 1))
     libraries = {"usearch": Usearch, "faiss": Faiss, "hnswlib": Hnswlib}
-    print(f"{arguments.docs:,} rows x {H}, {arguments.queries} queries, top-{K}, {arguments.threads} threads "
-          "for building, 1 for searching")
+    print(f"{arguments.docs:,} fitted rows of W, graphs over {arguments.dims or W.shape[1]} dimensions, "
+          f"{arguments.queries} queries, top-{K} after exact rescoring, {arguments.threads} threads for building, "
+          "1 for searching")
     for name in arguments.libraries:
-        for metric, (rows, metric_queries) in rows_by_metric.items():
+        for metric, (graph_rows, graph_queries) in rows_by_metric.items():
             library = libraries[name]()
             gc.collect()
             before = rss_bytes("VmRSS")
             start = time.perf_counter()
             try:
-                library.build(rows, "ip" if metric == "ip" else "l2", arguments.threads)
+                library.build(graph_rows, "ip" if metric == "ip" else "l2", arguments.threads)
             except ImportError as exc:
                 print(f"  {name}: skipped ({exc})")
                 break
             built = time.perf_counter() - start
             memory = rss_bytes("VmRSS") - before
-            print(f"  {name:8s} {metric:13s} build {built:7.1f} s, index memory {memory / 2**20:7.0f} MB")
-            for ef in arguments.ef:
+            print(f"  {name:8s} {metric:13s} build {built:7.1f} s, graph memory {memory / 2**20:7.0f} MB")
+            for count in arguments.counts:
                 found, latencies = [], []
-                for query in metric_queries:
+                for feature, query in zip(features, graph_queries):
                     start = time.perf_counter()
-                    found.append(library.search(query, ef))
+                    rows_found = np.sort(library.search(query, count))
+                    rows_found = rows_found[rows_found >= 0]
+                    best = np.argsort(-(W[rows_found] @ feature), kind="stable")[:K]
+                    found.append(rows_found[best])
                     latencies.append(time.perf_counter() - start)
-                print(f"      ef {ef:5d}: single query p50 {1e3 * np.median(latencies):6.2f} ms, "
+                print(f"      {count:5d} rows from the graph: single query p50 {1e3 * np.median(latencies):6.2f} ms, "
                       f"recall@{K} {recall(found, truth):.3f}")
             del library
             gc.collect()

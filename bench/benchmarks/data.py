@@ -66,14 +66,18 @@ def batch(queries: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(queries[: size * QUERY_TOKENS]), np.full(size, QUERY_TOKENS)
 
 
-def index_file(folder: str, num_docs: int, precision: str, token_dtype: type) -> str:
+def index_file(folder: str, num_docs: int, precision: str, token_dtype: type, ann: bool = False) -> str:
     """A saved index of the num_docs corpus at `precision` with its token store
-    as `token_dtype`, written on first use."""
+    as `token_dtype` (and an ANN graph with `ann`), written on first use."""
     import lemur
 
-    path = os.path.join(folder, f"index_{num_docs}_{precision}_{np.dtype(token_dtype).name}.npz")
+    name = f"index_{num_docs}_{precision}_{np.dtype(token_dtype).name}{'_ann' if ann else ''}.npz"
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         model, (W, tokens, counts), _ = load(folder, num_docs)
-        lemur.Index(model, np.ascontiguousarray(W), np.ascontiguousarray(tokens, dtype=token_dtype), counts,
-                    precision=precision).save(path)
+        index = lemur.Index(model, np.ascontiguousarray(W), np.ascontiguousarray(tokens, dtype=token_dtype),
+                            counts, precision=precision)
+        if ann:
+            index.build_ann(progress=False)
+        index.save(path)
     return path

@@ -231,7 +231,8 @@ class Index:
     #: around every page touched. Once about this many bytes may have been
     #: mapped so, they are let go (madvise MADV_DONTNEED: they stay in the page
     #: cache, shared with other processes, out of this one's resident memory),
-    #: so that what stays resident is the compact copy the first stage scans.
+    #: so that what stays resident is the compact copy the first stage scans
+    #: (with an embedded ANN: the graph and the rows it rescores).
     MAPPED_READS_BYTES = 64 * 2**20
 
     #: Removed documents stay in W, the token store and the first stages as
@@ -255,7 +256,11 @@ class Index:
     @staticmethod
     def _first_stage_reads(store: _Store, report: dict) -> int:
         """Bytes of W a first stage may have mapped: all of it for a float32
-        scan, a window per pair rescored for a compact one."""
+        scan, a window per pair rescored for a compact one; none that count
+        for the embedded ANN, whose rescoring reads many rows every search:
+        they are its working set, which letting go of would only read again."""
+        if store.ann is not None:
+            return 0
         if "rescored" not in report:
             return store.W.nbytes
         return report["rescored"] * _MAPPED_WINDOW
@@ -296,7 +301,7 @@ class Index:
         """This index with the embedded ANN saved as `arrays` (a file's;
         see :meth:`AnnStage.arrays`), the graph viewed in place if `mapped`."""
         ann = AnnStage.open(self._store.rows_of_W(), arrays["ann_graph"], arrays["ann_basis"],
-                            arrays["ann_keys"], arrays["ann_settings"], mapped=mapped)
+                            arrays["ann_keys"], arrays["ann_settings"], arrays["ann_radius"], mapped=mapped)
         self._store = replace(self._store, ann=ann)
         return self
 
@@ -413,7 +418,7 @@ class Index:
 
         Parameters
         ----------
-        dims : int, default 256
+        dims : int, default 128
             Directions W's rows are projected on for the graph (the leading
             directions of the model's query features; at most the feature
             dimension).
@@ -421,7 +426,7 @@ class Index:
             HNSW's M (neighbours per node).
         expansion_add : int, default 128
             HNSW's ef_construction.
-        candidates_factor : int, default 10
+        candidates_factor : int, default 8
             Rows taken from the graph for each row asked (k of
             :meth:`top_k`, `candidates` of :meth:`search`), rescored in
             float32: more is better recall and slower.
@@ -438,6 +443,14 @@ class Index:
         basis = compact.subspace(self._typical_features(threads, num_queries=4096), settings.dims)
         ann = AnnStage.build(store.rows_of_W(), basis, settings, threads, progress=progress)
         self._store = replace(self._store, ann=ann) if self._store is store else replace(store, ann=ann)
+
+    def tune_ann(self, *, candidates_factor: int | None = None, min_candidates: int | None = None) -> None:
+        """Search the ANN graph with other settings (see :meth:`build_ann`):
+        more candidates, better recall and slower; the graph stays as it is."""
+        ann = self._store.ann
+        if ann is None:
+            raise ValueError("the index has no ANN graph: build one with index.build_ann()")
+        self._store = replace(self._store, ann=ann.tuned(candidates_factor, min_candidates))
 
     def drop_ann(self) -> None:
         """Go back to the exhaustive scan (and forget the graph)."""

@@ -11,11 +11,11 @@ implementation it holds. Three implement :class:`FirstStage`:
   rows projected on the model's leading feature directions, its best rows
   rescored exactly in float32: approximate (a miss costs recall).
 - :class:`lemur.postgres.PgvectorStage`: an HNSW index of pgvector over W's
-  rows in a PostgreSQL table: approximate. Its rows live in the database, so
-  it is told of added and removed rows by SQL inside the caller's
-  transaction (:meth:`~lemur.postgres.PgvectorStage.insert`,
-  :meth:`~lemur.postgres.PgvectorStage.delete`) rather than by
-  `appended`/`subset`.
+  rows in a PostgreSQL table: approximate. Its rows live in the database,
+  where :class:`lemur.postgres.PostgresIndex` inserts and deletes them
+  (with their tokens, in one transaction per change, as any client may), so
+  it implements the searching half of the interface; the database's own
+  index follows the table.
 
 Rows are named by keys (int64): an in-memory index's row numbers of W, a
 database's document ids. Scores are float32 inner products computed by the

@@ -1,27 +1,31 @@
 """The embedded ANN first stage: an HNSW graph over W's rows, its best rows
 rescored exactly.
 
-The graph (usearch, inner-product metric, float16 vectors) is built over W's
-rows projected on `dims` orthonormal directions V, close to the leading
-directions of the model's query features (the same directions the compact
-scan uses, more of them): a query's features f are projected the same way,
-c = V f, the graph returns its ``candidates_factor * k`` best rows for c,
-and those are scored exactly, <f, w> in float32 by the rule of
-``lemur/_tiles.h``, keeping the k best. What the graph finds is therefore
-ranked and scored exactly as the exhaustive scan would; what it misses
-costs recall only, and the rerank after it stays exact.
+The graph (usearch, float16 vectors) is built over W's rows projected on
+`dims` orthonormal directions V, close to the leading directions of the
+model's query features (the same directions the compact scan uses, more of
+them): a query's features f are projected the same way, c = V f, the graph
+returns its ``candidates_factor * k`` best rows for c, and those are scored
+exactly, <f, w> in float32 by the rule of ``lemur/_tiles.h``, keeping the k
+best. What the graph finds is therefore ranked and scored exactly as the
+exhaustive scan would; what it misses costs recall only, and the rerank
+after it stays exact.
 
 Why projected rows: LEMUR's features concentrate on few directions, so
-<c, V w> keeps most of <f, w>'s ranking, and a graph over 256 float16
-values a row is 16x smaller and several times faster to walk than one over
-2048 float32 values, while it finds more of the true top rows (HNSW over the
-full rows of a fitted W recalls 0.5-0.87 of the top 200, the projected
-graph with the exact rescoring 0.93-0.97: ``bench/ann_libraries.py``,
-``bench/scale.py``). Why the inner product and not the reduction of inner
-products to nearest neighbours (one more coordinate sqrt(M^2 - |w|^2) per
-row): on these rows the reduction measured far worse (recall@200 0.1-0.2
-against 0.5-0.9), as rows of similar norms gain nothing from it and the
-extra coordinate dominates the distances.
+<c, V w> keeps most of <f, w>'s ranking (at 1M fitted rows, the exact top
+1,000 by <c, V w> with 128 directions holds 93% of the true top 200, with
+256 directions 94%), and a graph over 128 float16 values a row is 32x
+smaller and many times faster to walk than one over 2048 float32 values.
+
+Maximum inner product by nearest neighbours: each projected row p gets one
+more coordinate, sqrt(R^2 - |p|^2) (R: 1.5 x the largest norm when the
+graph is built; a row added later with a larger norm gets 0 there, and may
+be missed), each query a 0, so the nearest rows in L2 are those of largest
+<c, p>. HNSW walks these much better than inner products themselves, whose
+large-norm rows become hubs: at 1M fitted rows, 1,000 rows from the graph
+recall 0.93 of the true top 200 with the reduction and 0.72 with the inner
+product, and more rows from the inner-product graph hardly help (0.77 at
+3,000): ``bench/scale.py``, ``bench/ann_libraries.py``.
 
 Keys: the graph's keys are slots that never change; `row_of_key` maps them
 to W's rows (-1: removed, or a slot past this stage), so compacting W
@@ -36,7 +40,7 @@ mapped from a file is read-only: the first addition or removal copies it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,6 +50,9 @@ from lemur.first_stage import compact
 from lemur.fitting import Progress
 from lemur.retrieval import scores_unchecked
 
+#: The reduction's radius, as a multiple of the largest projected row norm
+#: when the graph is built (room for rows added later).
+RADIUS_HEADROOM = 1.5
 #: Asked for at least 1/EXACT_FRACTION of the graph's rows, the stage scores
 #: every projected row instead of walking the graph.
 EXACT_FRACTION = 4
@@ -78,10 +85,10 @@ class AnnSettings:
         At least this many rows are taken from the graph per query.
     """
 
-    dims: int = 256
+    dims: int = 128
     connectivity: int = 16
     expansion_add: int = 128
-    candidates_factor: int = 10
+    candidates_factor: int = 8
     min_candidates: int = 100
 
     def checked(self, h: int) -> AnnSettings:
@@ -107,6 +114,7 @@ class _Graph:
 
     graph: object
     next_key: int
+    radius: float = 0.0  # the reduction's R (0: set by the first rows added)
     mapped: np.ndarray | None = None
     lock: ReadWriteLock = field(default_factory=ReadWriteLock)
 
@@ -132,18 +140,19 @@ class AnnStage:
               progress: bool | None = None) -> AnnStage:
         """The graph over W's rows, projected on `basis` (dims, h)."""
         Graph = _usearch()
-        graph = Graph(ndim=basis.shape[0], metric="ip", dtype="f16", connectivity=settings.connectivity,
+        graph = Graph(ndim=basis.shape[0] + 1, metric="l2sq", dtype="f16", connectivity=settings.connectivity,
                       expansion_add=settings.expansion_add)
         stage = cls(W[:0], _Graph(graph, 0), basis, np.empty(0, np.int64), settings)
         return stage.appended(W, W, num_threads, progress=progress)
 
     @classmethod
     def open(cls, W: np.ndarray, graph_bytes: np.ndarray, basis: np.ndarray, keys: np.ndarray,
-             settings: np.ndarray, *, mapped: bool) -> AnnStage:
+             settings: np.ndarray, radius: np.ndarray, *, mapped: bool) -> AnnStage:
         """The stage saved as these arrays (see :meth:`arrays`): the graph's
         serialised bytes (viewed in place when `mapped`), the basis, each
-        row's key and the settings. Their headers are checked against each
-        other and W; the graph's own structure is usearch's to read."""
+        row's key, the settings and the reduction's radius. Their headers are
+        checked against each other and W; the graph's own structure is
+        usearch's to read (it checks the lengths of what it reads)."""
         Graph = _usearch()
         values = [int(value) for value in settings] if settings.shape == (5,) else []
         if settings.dtype != np.int64 or len(values) != 5 or min(values) < 1:
@@ -160,8 +169,12 @@ class AnnStage:
             header = Graph.metadata(graph_bytes)
         except Exception as exc:  # usearch raises its own kinds
             raise ValueError(f"ann_graph is not a usearch graph: {exc}") from None
-        if header is None or int(header["dimensions"]) != settings.dims or "IP" not in str(header["kind_metric"]):
-            raise ValueError(f"ann_graph is not an inner-product graph of {settings.dims} dimensions")
+        if (header is None or int(header["dimensions"]) != settings.dims + 1
+                or "L2SQ" not in str(header["kind_metric"]).upper()):
+            raise ValueError(f"ann_graph is not an L2 graph of {settings.dims} + 1 dimensions")
+        radius = float(radius.reshape(-1)[0]) if radius.dtype == np.float64 and radius.size == 1 else -1.0
+        if not (np.isfinite(radius) and radius >= 0):
+            raise ValueError("ann_radius must be one finite non-negative float64")
         next_key = int(keys.max(initial=-1)) + 1
         if keys.size and (keys.min() < 0 or np.unique(keys).size != keys.size):
             raise ValueError("ann_keys must be distinct non-negative keys")
@@ -171,19 +184,20 @@ class AnnStage:
             graph = Graph.restore(graph_bytes, view=mapped)
         except Exception as exc:  # usearch checks the lengths of what it reads
             raise ValueError(f"ann_graph could not be read: {exc}") from None
-        if graph is None or graph.ndim != settings.dims:
+        if graph is None or graph.ndim != settings.dims + 1:
             raise ValueError("ann_graph could not be read")
         next_key = max(next_key, int(header["count_present"]) + int(header["count_deleted"]))
         row_of_key = np.full(next_key, -1, np.int64)
         row_of_key[keys] = np.arange(W.shape[0])
-        return cls(W, _Graph(graph, next_key, graph_bytes if mapped else None), basis, row_of_key, settings)
+        return cls(W, _Graph(graph, next_key, radius, graph_bytes if mapped else None), basis, row_of_key, settings)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What :meth:`open` takes back: ann_graph, ann_basis, ann_keys, ann_settings."""
+        """What :meth:`open` takes back: ann_graph, ann_basis, ann_keys,
+        ann_settings, ann_radius."""
         with self._shared.lock.reading():
             graph_bytes = np.frombuffer(self._shared.graph.save(), np.uint8)
         return {"ann_graph": graph_bytes, "ann_basis": self.basis, "ann_keys": self.keys_of_rows(),
-                "ann_settings": self.settings.as_array()}
+                "ann_settings": self.settings.as_array(), "ann_radius": np.array(self._shared.radius)}
 
     def keys_of_rows(self) -> np.ndarray:
         """The graph key of each of W's rows."""
@@ -195,8 +209,8 @@ class AnnStage:
     @property
     def description(self) -> str:
         s = self.settings
-        return (f"HNSW (usearch, inner product, float16) over {self.W.shape[0]:,} rows projected on "
-                f"{s.dims} directions, M={s.connectivity}, ef_construction={s.expansion_add}; "
+        return (f"HNSW (usearch, float16, inner products as L2 distances) over {self.W.shape[0]:,} rows "
+                f"projected on {s.dims} directions, M={s.connectivity}, ef_construction={s.expansion_add}; "
                 f"{s.candidates_factor} x k rows rescored in float32")
 
     @property
@@ -210,7 +224,7 @@ class AnnStage:
         returns for it (rows of this stage only)."""
         size = len(self._shared.graph)
         count = min(size, max(self.settings.min_candidates, self.settings.candidates_factor * k))
-        projected = scores_unchecked(features, self.basis, num_threads)
+        projected = _augmented(scores_unchecked(features, self.basis, num_threads), None)
         with self._shared.lock.reading():
             # asked for a quarter of the rows or more, a walk of the graph
             # costs as much as scoring every projected row, and may miss some
@@ -245,6 +259,12 @@ class AnnStage:
         """The rows of :meth:`top_k`, increasing (-1 padding first)."""
         return np.sort(self.top_k(features, k, num_threads, report)[0], axis=1)
 
+    def tuned(self, candidates_factor: int | None = None, min_candidates: int | None = None) -> AnnStage:
+        """The same graph searched with other settings (see :class:`AnnSettings`)."""
+        settings = replace(self.settings, **{name: value for name, value in (
+            ("candidates_factor", candidates_factor), ("min_candidates", min_candidates)) if value is not None})
+        return AnnStage(self.W, self._shared, self.basis, self.row_of_key, settings.checked(self.W.shape[1]))
+
     # -- changes -------------------------------------------------------------
 
     def appended(self, W: np.ndarray, new_rows: np.ndarray, num_threads: int,
@@ -257,11 +277,14 @@ class AnnStage:
             shared.next_key += new_rows.shape[0]
             graph = shared.writable()
             total = new_rows.shape[0]
+            if not shared.radius and total:
+                shared.radius = RADIUS_HEADROOM * _largest_norm(new_rows, self.basis, num_threads)
             report = Progress(total, "adding to the ANN graph", progress)
             for begin in range(0, total, ADD_BLOCK_ROWS):
                 part = np.ascontiguousarray(new_rows[begin : begin + ADD_BLOCK_ROWS])
                 keys = np.arange(start + begin, start + begin + part.shape[0], dtype=np.uint64)
-                graph.add(keys, scores_unchecked(part, self.basis, num_threads), threads=num_threads)
+                graph.add(keys, _augmented(scores_unchecked(part, self.basis, num_threads), shared.radius),
+                          threads=num_threads)
                 report.update(part.shape[0])
             report.close()
         row_of_key = np.full(start + total, -1, np.int64)
@@ -283,3 +306,22 @@ class AnnStage:
         row_of_key[kept] = renumbered[self.row_of_key[kept]]
         return AnnStage(W, self._shared, self.basis, row_of_key, self.settings)
 
+
+def _augmented(projected: np.ndarray, radius: float | None) -> np.ndarray:
+    """Projected rows with the reduction's coordinate sqrt(R^2 - |p|^2)
+    (0 past R), or queries (radius None) with a 0."""
+    if radius is None:
+        extra = np.zeros(projected.shape[0], np.float32)
+    else:
+        norms = np.einsum("ij,ij->i", projected, projected, dtype=np.float64)
+        extra = np.sqrt(np.maximum(radius * radius - norms, 0.0)).astype(np.float32)
+    return np.ascontiguousarray(np.concatenate([projected, extra[:, None]], axis=1))
+
+
+def _largest_norm(rows: np.ndarray, basis: np.ndarray, num_threads: int) -> float:
+    """The largest norm of the rows' projections, block by block."""
+    largest = 0.0
+    for begin in range(0, rows.shape[0], ADD_BLOCK_ROWS):
+        projected = scores_unchecked(np.ascontiguousarray(rows[begin : begin + ADD_BLOCK_ROWS]), basis, num_threads)
+        largest = max(largest, float(np.sqrt(np.einsum("ij,ij->i", projected, projected, dtype=np.float64).max())))
+    return largest

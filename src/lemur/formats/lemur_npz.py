@@ -48,6 +48,8 @@ key                  dtype     shape            meaning
 ``ann_keys``         int64     (num_docs,)      each row's key in the graph
 ``ann_settings``     int64     (5,)             dims, connectivity, expansion_add,
                                                 candidates_factor, min_candidates
+``ann_radius``       float64   ()               the reduction's radius R (see
+                                                :mod:`lemur.first_stage.ann`)
 ==================== ========= ================ =====================================
 
 The ``ann_*`` members (with lemur 0.2; a version-3 reader without them
@@ -84,7 +86,7 @@ FORMAT_VERSION = 3
 #: Members that may be mapped rather than read.
 MAPPED = ("W", "doc_tokens", "compact_codes", "compact_params", "ann_graph")
 #: The embedded ANN's members (see :meth:`lemur.first_stage.ann.AnnStage.arrays`).
-ANN_MEMBERS = ("ann_graph", "ann_basis", "ann_keys", "ann_settings")
+ANN_MEMBERS = ("ann_graph", "ann_basis", "ann_keys", "ann_settings", "ann_radius")
 
 
 def holds(members: NpzMembers) -> bool:
@@ -180,10 +182,12 @@ def _check_documents(members: NpzMembers, input_dim: int, feature_dim: int, mmap
         members.float_header("ann_basis", 2, (None, feature_dim))
         members.header("ann_keys", "i", "must hold int64 keys", 1, (num_docs,))
         members.header("ann_settings", "i", "must hold 5 int64 settings", 1, (5,))
+        members.header("ann_radius", "f", "must be a float64 radius", 0, ())
         readers["ann"] = lambda: {"ann_graph": members.array("ann_graph", "u", "", mapped=mmap),
                                   "ann_basis": members.floats("ann_basis", 2),
                                   "ann_keys": members.array("ann_keys", "i", ""),
-                                  "ann_settings": members.array("ann_settings", "i", "")}
+                                  "ann_settings": members.array("ann_settings", "i", ""),
+                                  "ann_radius": members.array("ann_radius", "f", "")}
     return readers
 
 
