@@ -41,7 +41,10 @@ def config() -> dict[str, dict[str, object]]:
             "OpenMP max threads": openmp["max_threads"],
         },
         "first stage": {
-            f"{precision} scan": used for precision, used in kernels.compact_instructions().items()
+            **{f"{precision} scan": used for precision, used in kernels.compact_instructions().items()},
+            "embedded ANN (lemur-retrieval[ann])": f"usearch {_version_of('usearch')}",
+            "PostgreSQL (lemur-retrieval[postgres])": ", ".join(
+                f"{name} {_version_of(name)}" for name in ("psycopg", "pgvector")),
         },
         "blas": {
             "library": f"scipy-openblas32 {_build_info.OPENBLAS_VERSION} (bundled)",
@@ -51,6 +54,16 @@ def config() -> dict[str, dict[str, object]]:
             "config": blas["config"],
         },
     }
+
+
+def _version_of(distribution: str) -> str:
+    """An optional dependency's version, or "not installed"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def show_config(mode: str = "stdout") -> dict[str, dict[str, object]] | None:

@@ -188,7 +188,8 @@ class PgvectorStage:
         ef_search = self.ef_search or min(MAX_EF_SEARCH, max(40, 2 * k))
         query = sql.SQL(
             "SELECT q.n, c.id, c.score FROM unnest(%s::halfvec[]) WITH ORDINALITY AS q(v, n) "
-            "CROSS JOIN LATERAL (SELECT id, -(w <#> q.v) AS score FROM {} ORDER BY w <#> q.v LIMIT %s) AS c"
+            "CROSS JOIN LATERAL (SELECT id, -(w <#> q.v) AS score FROM {} ORDER BY w <#> q.v LIMIT %s) AS c "
+            "ORDER BY q.n, c.score DESC, c.id"
         ).format(self._names.documents)
         with self._connection.transaction(), self._connection.cursor() as cursor:
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
@@ -200,7 +201,7 @@ class PgvectorStage:
         if found:
             numbers, doc_ids, doc_scores = (np.array(column) for column in zip(*found))
             query_rows = numbers.astype(np.int64) - 1
-            # the rows arrive grouped by query, best first
+            # the rows arrive by query, best first
             starts = np.searchsorted(query_rows, np.arange(features.shape[0]))
             positions = np.arange(query_rows.size) - starts[query_rows]
             ids[query_rows, positions] = doc_ids
@@ -318,16 +319,16 @@ class PostgresIndex:
         features = self._model._pooled(tokens, offsets, self._model.query_scale, threads)
         with self._lock:
             found, _ = self.first_stage.top_k(features, candidates, threads)
-            documents, rows = self._documents_of(found)
+            documents, rows, ids = self._documents_of(found)
         if documents is None:
             return np.full((found.shape[0], k), -1, np.int64), np.full((found.shape[0], k), -np.inf, np.float32)
         best, scores = rerank_unchecked(tokens, offsets, documents, rows, min(k, candidates), threads)
-        ids = np.where(best >= 0, self._fetched_ids[np.maximum(best, 0)], -1)
-        return ids, scores
+        return np.where(best >= 0, ids[np.maximum(best, 0)], -1), scores
 
-    def _documents_of(self, found: np.ndarray) -> tuple[Documents | None, np.ndarray]:
-        """The token store of the distinct ids in `found` (one statement) and
-        `found` as rows of it (-1: padding, or a document removed meanwhile)."""
+    def _documents_of(self, found: np.ndarray) -> tuple[Documents | None, np.ndarray, np.ndarray]:
+        """The token store of the distinct ids in `found` (one statement),
+        `found` as rows of it (-1: padding, or a document removed meanwhile)
+        and the ids of its rows."""
         _, sql, _, _ = _driver()
         wanted = np.unique(found[found >= 0])
         fetched = []
@@ -337,8 +338,7 @@ class PostgresIndex:
                     self._names.documents), (wanted.tolist(),)).fetchall()
             self._connection.commit()
         if not fetched:
-            self._fetched_ids = np.empty(0, np.int64)
-            return None, found
+            return None, found, np.empty(0, np.int64)
         ids = np.array([row[0] for row in fetched], np.int64)
         width = 2 * self._model.input_dim
         blobs = [bytes(row[1]) for row in fetched]
@@ -354,8 +354,7 @@ class PostgresIndex:
         present = (found >= 0) & (position < ids.size)
         present[present] = ids[position[present]] == found[present]
         rows = np.where(present, position, -1).astype(np.int64)
-        self._fetched_ids = ids
-        return Documents(tokens, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)), rows
+        return Documents(tokens, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)), rows, ids
 
     # -- changing the documents ---------------------------------------------------
 
