@@ -31,6 +31,12 @@ from compare import rss_bytes
 K = 200
 
 
+def exact_top(W: np.ndarray, features: np.ndarray) -> np.ndarray:
+    import lemur
+
+    return lemur.top_k(features, W, K)[0]
+
+
 def augmented(W: np.ndarray) -> tuple[np.ndarray, float]:
     """The reduction to nearest neighbours: rows (n, h + 1) of equal norm."""
     norms = np.einsum("ij,ij->i", W, W, dtype=np.float64)

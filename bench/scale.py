@@ -261,7 +261,7 @@ def end_to_end(args, model_path: str, W: np.ndarray, results: dict) -> None:
     out["pgvector_export_and_build_s"] = time.perf_counter() - start
     with postgres.open(server.get_uri(), table="scale") as remote:
         for ef_search in args.ef_search:
-            remote.first_stage.ef_search = ef_search
+            remote.first_stage.ef_search = ef_search or None
             measure(f"pgvector_ef{ef_search}", lambda t, c: remote.search(
                 t, c, k=k, candidates=candidates, num_threads=threads)[0], exhaustive)
 
@@ -275,9 +275,11 @@ def main() -> int:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--factors", type=int, nargs="+", default=[5, 6, 7, 8, 10])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[400, 1000])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[0, 1000],
+                        help="pgvector's hnsw.ef_search (0: lemur's default)")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-scale", action="store_true", help="only the end-to-end part")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="only the first stage at --docs")
     parser.add_argument("--only-prepare", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -288,7 +290,8 @@ def main() -> int:
         return 0
     if not args.skip_scale:
         first_stage_at_scale(args, model_path, W, results)
-    end_to_end(args, model_path, W, results)
+    if not args.skip_end_to_end:
+        end_to_end(args, model_path, W, results)
     if args.out:
         with open(args.out, "w") as out:
             json.dump(results, out, indent=1)

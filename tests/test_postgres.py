@@ -200,10 +200,10 @@ def test_export_refuses_an_existing_table_and_open_a_missing_one(server, local, 
         lemur.postgres.open(server, table=remote.table, ef_search=5000)
 
 
-def test_export_refuses_rows_too_wide_for_pgvector(server):
+def test_export_refuses_graph_rows_too_wide_for_pgvector(server):
     model = lemur.Model([lemur.Layer(np.ones((4001, 4), np.float32))], kind="elm")
-    with pytest.raises(ValueError, match="up to 4000 dimensions"):
-        lemur.postgres.export(lemur.Index(model, np.zeros((1, 4001), np.float32)), server, table="wide")
+    with pytest.raises(ValueError, match="dims must be at most 3999"):
+        lemur.postgres.export(lemur.Index(model, np.zeros((1, 4001), np.float32)), server, table="wide", dims=4000)
 
 
 def test_hostile_token_blobs_are_refused(server, local, remote):
@@ -248,3 +248,21 @@ def test_the_command_line(server, local, tmp_path, capsys):
     assert "documents:  299" in capsys.readouterr().out
     assert main(["postgres", "info", "host=/nonexistent dbname=x", *table]) == 1
     assert "lemur postgres: error: PostgreSQL:" in capsys.readouterr().err
+
+
+def test_an_index_with_an_ann_graph_lends_its_directions(server, local):
+    pytest.importorskip("usearch", reason="the embedded ANN needs usearch")
+    index = local[0].with_precision("float32")
+    index.build_ann(dims=16, progress=False)
+    lemur.postgres.export(index, server, table="with_ann", replace=True, dims=16)
+    with lemur.postgres.open(server, table="with_ann") as remote:
+        np.testing.assert_array_equal(remote.first_stage.basis, index.ann.basis)
+        assert "16 directions" in remote.first_stage.description
+
+
+def test_hostile_graph_metadata_is_refused(server, local, remote):
+    with psycopg.connect(server) as connection:
+        connection.execute(f'UPDATE "{remote.table}_lemur" SET value = %s WHERE key = %s',
+                           (b"PK\x03\x04 not an npz", "graph"))
+    with pytest.raises(ValueError, match="graph's metadata cannot be read"):
+        lemur.postgres.open(server, table=remote.table)

@@ -16,9 +16,10 @@
 #   blas, in case something like threadpoolctl changed it). BLAS is called only
 #   from inside units of work, so it never starts threads of its own inside
 #   OpenMP's, and no call changes a global setting for its own sake.
-# * float32 products are lemur's own (_tiles.h), with a fixed order of
-#   operations; OpenBLAS does the float64 algebra of fitting W (dgemm per
-#   unit of work, LAPACK's dsyevd on the calling thread).
+# * float32 products of search are lemur's own (_tiles.h), with a fixed order
+#   of operations; OpenBLAS does the float64 algebra of fitting W (dgemm per
+#   unit of work, LAPACK's dsyevd on the calling thread) and the float32
+#   products of training (sgemm per block of output rows).
 
 cdef extern from "cblas.h" nogil:
     enum CBLAS_ORDER:
@@ -33,6 +34,12 @@ cdef extern from "cblas.h" nogil:
         int m, int n, int k,
         double alpha, const double *a, int lda, const double *b, int ldb,
         double beta, double *c, int ldc,
+    )
+    void scipy_cblas_sgemm(
+        CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b,
+        int m, int n, int k,
+        float alpha, const float *a, int lda, const float *b, int ldb,
+        float beta, float *c, int ldc,
     )
     void scipy_cblas_dsyrk(
         CBLAS_ORDER order, CBLAS_UPLO uplo, CBLAS_TRANSPOSE trans,

@@ -25,6 +25,7 @@ from lemur._blas cimport (
     CblasUpper,
     scipy_cblas_dgemm,
     scipy_cblas_dsyrk,
+    scipy_cblas_sgemm,
     scipy_LAPACKE_dsyevd,
     scipy_openblas_get_config,
     scipy_openblas_get_corename,
@@ -86,12 +87,14 @@ from lemur._vector_math cimport (
     MISH,
     RELU,
     SILU,
+    activation_derivative,
     add_row,
     all_finite,
     apply_activation,
     exp_approx,
     layer_norm_row,
     scale_shift_and_sum,
+    squared_deviation_sum,
 )
 
 import threading
@@ -1485,6 +1488,185 @@ def first_nonfinite_row(const float[:, ::1] values, int num_threads):
                 if not all_finite(&values[row, 0], row_length):
                     return row
     return -1
+
+
+# --------------------------------------------------------------------------
+# Training (lemur/training.py): the MLP's forward and backward passes, the
+# squared-error gradient, Adam. Every reduction over rows sums fixed chunks
+# of TRAIN_CHUNK_ROWS rows and then the chunks in order, so a result does not
+# depend on the number of threads.
+# --------------------------------------------------------------------------
+
+cdef enum:
+    TRAIN_BLOCK_ROWS = 64
+    TRAIN_CHUNK_ROWS = 32
+    TRAIN_CHUNK_VALUES = 16384
+
+
+# out (m, n) = op(a) op(b), or out += op(a) op(b) with accumulate; op(a)
+# (m, k): a itself, or a (k, m) transposed; op(b) (k, n): b, or b (n, k)
+# transposed. Units of work: blocks of TRAIN_BLOCK_ROWS rows of out
+# (dynamic), one single-threaded sgemm each.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def matmul(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint transpose_b,
+           float[:, ::1] out, bint accumulate, int num_threads):
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if transpose_a else a.shape[1]
+    cdef Py_ssize_t blocks = (m + TRAIN_BLOCK_ROWS - 1) // TRAIN_BLOCK_ROWS, block, start, count
+    cdef int lda = <int>a.shape[1], ldb = <int>b.shape[1]
+    cdef float beta = 1.0 if accumulate else 0.0
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        if not accumulate:
+            np.asarray(out)[...] = 0
+        return
+    ensure_single_threaded_blas()
+    with nogil:
+        for block in prange(blocks, num_threads=num_threads, schedule='dynamic'):
+            start = block * TRAIN_BLOCK_ROWS
+            count = min(<Py_ssize_t>TRAIN_BLOCK_ROWS, m - start)
+            scipy_cblas_sgemm(CblasRowMajor, CblasTrans if transpose_a else CblasNoTrans,
+                              CblasTrans if transpose_b else CblasNoTrans, <int>count, <int>n, <int>k, 1.0,
+                              &a[0, start] if transpose_a else &a[start, 0], lda, &b[0, 0], ldb, beta,
+                              &out[start, 0], <int>n)
+
+
+# One MLP layer after its product, forward: values (rows, n) hold x W^T and
+# become act(LayerNorm(x W^T + bias) * gamma + beta); normalized (rows, n)
+# and inverse_std (rows,) keep what the backward pass needs. LayerNorm: the
+# population variance, eps = 1e-5 (PyTorch's). Parallel over rows.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def layer_forward(float[:, ::1] values, const float[::1] bias, const float[::1] gamma, const float[::1] beta,
+                  float[:, ::1] normalized, float[::1] inverse_std, int activation, int num_threads):
+    cdef Py_ssize_t rows = values.shape[0], n = values.shape[1], row, j
+    cdef float mean, scale
+    with nogil:
+        for row in prange(rows, num_threads=num_threads, schedule='static'):
+            mean = scale_shift_and_sum(&values[row, 0], 1.0, &bias[0], n) / n
+            scale = <float>1.0 / sqrt(squared_deviation_sum(&values[row, 0], mean, n) / n + <float>1e-5)
+            inverse_std[row] = scale
+            for j in range(n):
+                normalized[row, j] = (values[row, j] - mean) * scale
+                values[row, j] = normalized[row, j] * gamma[j] + beta[j]
+            apply_activation(&values[row, 0], n, activation)
+
+
+# The backward pass of layer_forward: grad (rows, n) holds d loss / d its
+# outputs and becomes d loss / d (x W^T); grad_bias, grad_gamma, grad_beta
+# (n,) receive the sums over rows. Parallel over chunks of TRAIN_CHUNK_ROWS
+# rows, each with partial sums of its own (partials: (chunks, 3, n)), added
+# in chunk order at the end.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def layer_backward(float[:, ::1] grad, const float[:, ::1] normalized, const float[::1] inverse_std,
+                   const float[::1] gamma, const float[::1] beta, int activation, float[::1] grad_bias,
+                   float[::1] grad_gamma, float[::1] grad_beta, int num_threads):
+    cdef Py_ssize_t rows = grad.shape[0], n = grad.shape[1], row, j, chunk, first
+    cdef Py_ssize_t chunks = (rows + TRAIN_CHUNK_ROWS - 1) // TRAIN_CHUNK_ROWS
+    cdef float[:, :, ::1] partials = np.zeros((max(1, chunks), 3, n), np.float32)
+    cdef float g, dn, mean_dn, mean_dn_n, x
+    with nogil:
+        for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
+            first = chunk * TRAIN_CHUNK_ROWS
+            for row in range(first, min(rows, first + TRAIN_CHUNK_ROWS)):
+                mean_dn = 0
+                mean_dn_n = 0
+                for j in range(n):
+                    x = normalized[row, j]
+                    g = grad[row, j] * activation_derivative(x * gamma[j] + beta[j], activation)
+                    partials[chunk, 1, j] += g * x
+                    partials[chunk, 2, j] += g
+                    dn = g * gamma[j]
+                    grad[row, j] = dn
+                    mean_dn = mean_dn + dn
+                    mean_dn_n = mean_dn_n + dn * x
+                mean_dn = mean_dn / n
+                mean_dn_n = mean_dn_n / n
+                for j in range(n):
+                    grad[row, j] = inverse_std[row] * (grad[row, j] - mean_dn - normalized[row, j] * mean_dn_n)
+                    partials[chunk, 0, j] += grad[row, j]
+        for j in prange(n, num_threads=num_threads, schedule='static'):
+            grad_bias[j] = 0
+            grad_gamma[j] = 0
+            grad_beta[j] = 0
+            for chunk in range(chunks):
+                grad_bias[j] += partials[chunk, 0, j]
+                grad_gamma[j] += partials[chunk, 1, j]
+                grad_beta[j] += partials[chunk, 2, j]
+
+
+# predictions (rows, n) become scale * (predictions - targets), the gradient
+# of scale/2 * the sum of squared differences; returns that sum (float64).
+# Parallel over rows, the rows' sums added in order.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def squared_error_gradient(float[:, ::1] predictions, const float[:, ::1] targets, float scale, int num_threads):
+    cdef Py_ssize_t rows = predictions.shape[0], n = predictions.shape[1], row, j
+    cdef double[::1] sums = np.zeros(max(1, rows), np.float64)
+    cdef double total = 0, row_sum
+    cdef float difference
+    with nogil:
+        for row in prange(rows, num_threads=num_threads, schedule='static'):
+            row_sum = 0
+            for j in range(n):
+                difference = predictions[row, j] - targets[row, j]
+                row_sum = row_sum + <double>difference * difference
+                predictions[row, j] = scale * difference
+            sums[row] = row_sum
+    for row in range(rows):
+        total += sums[row]
+    return total
+
+
+# The sum of squares of values (float64), over chunks of TRAIN_CHUNK_VALUES
+# added in order.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def sum_of_squares(const float[::1] values, int num_threads):
+    cdef Py_ssize_t size = values.shape[0], chunk, i
+    cdef Py_ssize_t chunks = (size + TRAIN_CHUNK_VALUES - 1) // TRAIN_CHUNK_VALUES
+    cdef double[::1] sums = np.zeros(max(1, chunks), np.float64)
+    cdef double part, total = 0
+    with nogil:
+        for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
+            part = 0
+            for i in range(chunk * TRAIN_CHUNK_VALUES, min(size, (chunk + 1) * TRAIN_CHUNK_VALUES)):
+                part = part + <double>values[i] * values[i]
+            sums[chunk] = part
+    for chunk in range(chunks):
+        total += sums[chunk]
+    return total
+
+
+# One Adam step on parameters (PyTorch's torch.optim.Adam, no weight decay):
+# g = grad_scale * gradient (the clipping), m += (1 - beta1) (g - m),
+# v = beta2 v + (1 - beta2) g^2, p -= step_size m / (sqrt(v) / bias_correction2_sqrt + eps).
+# All arrays (size,). Parallel over values.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def adam_step(float[::1] parameters, const float[::1] gradients, float[::1] first_moment, float[::1] second_moment,
+              float grad_scale, float beta1, float beta2, float step_size, float bias_correction2_sqrt,
+              float eps, int num_threads):
+    cdef Py_ssize_t size = parameters.shape[0], i
+    cdef float g
+    with nogil:
+        for i in prange(size, num_threads=num_threads, schedule='static'):
+            g = gradients[i] * grad_scale
+            first_moment[i] = first_moment[i] + (<float>1.0 - beta1) * (g - first_moment[i])
+            second_moment[i] = beta2 * second_moment[i] + (<float>1.0 - beta2) * g * g
+            parameters[i] = parameters[i] - step_size * first_moment[i] / (
+                sqrt(second_moment[i]) / bias_correction2_sqrt + eps)
+
+
+def activation_derivative_inplace(float[::1] values, int activation):
+    """values[j] <- activation'(values[j]); for testing the derivatives."""
+    cdef Py_ssize_t j
+    with nogil:
+        for j in range(values.shape[0]):
+            values[j] = activation_derivative(values[j], activation)
 
 
 @cython.boundscheck(False)

@@ -153,6 +153,50 @@ cdef inline float mish(float x) noexcept nogil:
     return x * (n / (n + <float>2.0))
 
 
+# The activations' derivatives, for training (tests/test_training.py checks
+# each against finite differences in float64).
+
+# GELU': Phi(x) + x phi(x), phi the standard normal density.
+cdef inline float gelu_derivative(float x) noexcept nogil:
+    return normal_cdf(x) + x * <float>0.3989422804014327 * exp_approx(<float>-0.5 * x * x)
+
+
+# GELU (tanh form)': with s = sigmoid(2u), u = c (x + 0.044715 x^3):
+# s + 2 x s (1 - s) c (1 + 3 * 0.044715 x^2).
+cdef inline float gelu_tanh_derivative(float x) noexcept nogil:
+    cdef float c = <float>0.7978845608028654
+    cdef float u = c * (x + <float>0.044715 * x * x * x)
+    cdef float s = <float>1.0 / (<float>1.0 + exp_approx(<float>-2.0 * u))
+    return s + <float>2.0 * x * s * (<float>1.0 - s) * c * (<float>1.0 + <float>0.134145 * x * x)
+
+
+# SiLU': s (1 + x (1 - s)), s = sigmoid(x).
+cdef inline float silu_derivative(float x) noexcept nogil:
+    cdef float s = <float>1.0 / (<float>1.0 + exp_approx(-x))
+    return s * (<float>1.0 + x * (<float>1.0 - s))
+
+
+# Mish': t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x)) = n / (n + 2),
+# n = e (e + 2), e = exp(x) (as in mish); sigmoid(x) = e / (1 + e).
+cdef inline float mish_derivative(float x) noexcept nogil:
+    cdef float e = exp_approx(min(x, <float>20.0))
+    cdef float n = e * (e + <float>2.0)
+    cdef float t = n / (n + <float>2.0)
+    return t + x * (e / (<float>1.0 + e)) * (<float>1.0 - t * t)
+
+
+cdef inline float activation_derivative(float x, int activation) noexcept nogil:
+    if activation == RELU:
+        return <float>1.0 if x > 0 else <float>0.0
+    if activation == GELU:
+        return gelu_derivative(x)
+    if activation == GELU_TANH:
+        return gelu_tanh_derivative(x)
+    if activation == SILU:
+        return silu_derivative(x)
+    return mish_derivative(x)
+
+
 # values[j] <- activation(values[j]) for j < n, in place.
 cdef inline void apply_activation(float *values, Py_ssize_t n, int activation) noexcept nogil:
     cdef Py_ssize_t j

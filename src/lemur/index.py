@@ -440,8 +440,8 @@ class Index:
         store = self._compacted()
         settings = AnnSettings(dims, connectivity, expansion_add, candidates_factor,
                                min_candidates).checked(self._model.feature_dim)
-        basis = compact.subspace(self._typical_features(threads, num_queries=4096), settings.dims)
-        ann = AnnStage.build(store.rows_of_W(), basis, settings, threads, progress=progress)
+        ann = AnnStage.build(store.rows_of_W(), self._graph_basis(settings.dims, threads), settings, threads,
+                             progress=progress)
         self._store = replace(self._store, ann=ann) if self._store is store else replace(store, ann=ann)
 
     def tune_ann(self, *, candidates_factor: int | None = None, min_candidates: int | None = None) -> None:
@@ -451,6 +451,15 @@ class Index:
         if ann is None:
             raise ValueError("the index has no ANN graph: build one with index.build_ann()")
         self._store = replace(self._store, ann=ann.tuned(candidates_factor, min_candidates))
+
+    def _graph_basis(self, dims: int, num_threads: int) -> np.ndarray:
+        """The directions an ANN graph over W's rows is built on: those of
+        this index's graph if it has one of `dims` directions, else the
+        leading `dims` directions of the model's features of pseudo-queries."""
+        ann = self._store.ann
+        if ann is not None and ann.basis.shape[0] == dims:
+            return ann.basis
+        return compact.subspace(self._typical_features(num_threads, num_queries=4096), dims)
 
     def drop_ann(self) -> None:
         """Go back to the exhaustive scan (and forget the graph)."""

@@ -15,21 +15,35 @@ adapter) and a server with the ``vector`` extension (0.7 or later, for
 Tables, for ``table="articles"`` (a plain or schema-qualified name):
 
 ``articles``: one row per document: ``id bigint PRIMARY KEY``, ``w
-halfvec(h)`` (W's row, rounded to float16; h <= 4000, pgvector's limit for
-an HNSW index of halfvec) with an HNSW index on ``halfvec_ip_ops``, and
-``tokens bytea``: the document's token vectors in the model's space,
-float16, little-endian, one after the other (count x d x 2 bytes).
+halfvec(h)`` (W's row, rounded to float16), ``graph halfvec(m + 1)`` (W's
+row as the embedded ANN's graph holds it: projected on the model's m
+leading feature directions, plus the coordinate that reduces inner
+products to L2 distances; see :mod:`lemur.first_stage.ann`) under an HNSW
+index on ``halfvec_l2_ops``, and ``tokens bytea``: the document's token
+vectors in the model's space, float16, little-endian, one after the other
+(count x d x 2 bytes).
+
+Why the HNSW index is on ``graph`` and not on ``w`` with
+``halfvec_ip_ops``: on W's full rows, HNSW finds few of the best rows (at
+100k documents, h = 2048, pgvector's index on ``w <#>`` gave recall@10 after
+the rerank of 0.30 at ef_search 400 and 0.43 at 1000, at 67 and 144 ms a
+query: ``bench/scale.py``), while the projected, reduced rows are what HNSW
+walks well. pgvector takes the graph's ``candidates_factor x k`` nearest
+rows, orders them by ``w <#>`` the features (the exact inner product of the
+float16 row) and keeps k, in one statement.
 
 ``articles_lemur``: the metadata, ``(key text PRIMARY KEY, value bytea,
 number bigint)``: ``format`` (number: this module's version), ``model``
 (value: the model and the OLS sample as a lemur ``.npz``, read back with
-lemur's own strict reader), ``generation`` (number: bumped by every change,
-so clients can tell that the documents changed).
+lemur's own strict reader), ``graph`` (value: the directions and the
+reduction's radius, an ``.npz`` read without pickles and checked),
+``generation`` (number: bumped by every change, so clients can tell that
+the documents changed).
 
 ``articles_id_seq``: the default ids of added documents.
 
 The candidates' scores are pgvector's inner products of the float16 rows
-with the float16-rounded features; the rerank is exact MaxSim over the
+of W with the float16-rounded features; the rerank is exact MaxSim over the
 stored float16 tokens (widened in registers, as for a local float16 token
 store). SQL is never built from user data: values are bound parameters and
 the table's name is checked and quoted as an identifier.
@@ -38,17 +52,21 @@ the table's name is checked and quoted as an identifier.
 from __future__ import annotations
 
 import builtins
+import io
 import os
 import re
 import sys
 import tempfile
 import threading
+import zipfile
 
 import numpy as np
 
 from lemur import fitting
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_integer_array, check_positive_int
+from lemur.first_stage import compact
+from lemur.first_stage.ann import AnnSettings, graph_queries, graph_radius, graph_rows
 from lemur.index import Index
 from lemur.model import Model
 from lemur.retrieval import (
@@ -61,7 +79,7 @@ from lemur.retrieval import (
 
 FORMAT_NAME = "lemur-postgres"
 FORMAT_VERSION = 1
-#: pgvector indexes halfvec columns of up to this many dimensions.
+#: pgvector indexes halfvec columns of up to this many dimensions (the graph's m + 1).
 MAX_DIMS = 4000
 #: pgvector's largest hnsw.ef_search; more candidates come from its iterative scan.
 MAX_EF_SEARCH = 1000
@@ -151,29 +169,62 @@ def _model_of(data: bytes) -> tuple[Model, np.ndarray | None]:
     return loaded, None
 
 
+def _graph_bytes(basis: np.ndarray, radius: float, candidates_factor: int) -> bytes:
+    """The graph's directions, the reduction's radius and the candidates
+    factor, as an .npz."""
+    buffer = io.BytesIO()
+    np.savez(buffer, basis=basis, radius=np.array(radius, np.float64),
+             candidates_factor=np.array(candidates_factor, np.int64))
+    return buffer.getvalue()
+
+
+def _graph_of(data: bytes, feature_dim: int) -> tuple[np.ndarray, float, int]:
+    """What _graph_bytes wrote, read without pickles and checked."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            basis, radius, factor = arrays["basis"], arrays["radius"], arrays["candidates_factor"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"the graph's metadata cannot be read: {exc}") from None
+    basis = compact.check_basis(basis, feature_dim, name="the graph's directions", most=MAX_DIMS - 1)
+    if radius.shape != () or radius.dtype != np.float64 or not (np.isfinite(radius) and radius >= 0):
+        raise ValueError("the graph's radius must be one finite non-negative float64")
+    if factor.shape != () or factor.dtype != np.int64 or factor < 1:
+        raise ValueError("the graph's candidates_factor must be a positive int64")
+    return basis, float(radius), int(factor)
+
+
 class PgvectorStage:
-    """pgvector's HNSW index over the table's rows of W: the first stage of
-    a :class:`PostgresIndex` (see :mod:`lemur.first_stage`; its keys are
+    """pgvector's HNSW index over the table's graph rows, the nearest rows
+    ordered by their exact inner products: the first stage of a
+    :class:`PostgresIndex` (see :mod:`lemur.first_stage`; its keys are
     document ids). A batch of queries is one statement (a lateral join over
-    the array of their features): one round trip, whatever its size.
+    the arrays of their graph vectors and features): one round trip,
+    whatever its size.
 
     Parameters
     ----------
     connection : psycopg.Connection
     names : the table's identifiers
+    basis : ndarray of float32, (m, h)
+        The graph's directions.
+    candidates_factor : int
+        Rows taken from the graph per row asked.
     ef_search : int, optional
         pgvector's ``hnsw.ef_search`` (its candidate list; at most 1000);
-        default: twice the rows asked, within pgvector's range. Asked for
-        more rows than ef_search, pgvector's iterative scan goes on in
-        order (``hnsw.iterative_scan = strict_order``).
+        default: the rows taken from the graph, within pgvector's range.
+        Past ef_search, pgvector's iterative scan goes on, in order
+        (``hnsw.iterative_scan = strict_order``).
     """
 
-    def __init__(self, connection: object, names: _Names, ef_search: int | None = None) -> None:
-        self._connection, self._names, self.ef_search = connection, names, ef_search
+    def __init__(self, connection: object, names: _Names, basis: np.ndarray, candidates_factor: int,
+                 ef_search: int | None = None) -> None:
+        self._connection, self._names, self.basis = connection, names, basis
+        self.candidates_factor, self.ef_search = candidates_factor, ef_search
 
     @property
     def description(self) -> str:
-        return f"pgvector HNSW (halfvec_ip_ops) over {self._names.table}"
+        return (f"pgvector HNSW (halfvec_l2_ops) over {self._names.table}'s rows projected on "
+                f"{self.basis.shape[0]} directions; {self.candidates_factor} x k rows ordered by w <#> f")
 
     @property
     def nbytes(self) -> int:
@@ -185,16 +236,20 @@ class PgvectorStage:
         inner products (float16 row and features), best first; -1/-inf
         padding where it finds fewer."""
         _, sql, HalfVector, _ = _driver()
-        ef_search = self.ef_search or min(MAX_EF_SEARCH, max(40, 2 * k))
+        count = max(k, self.candidates_factor * k)
+        ef_search = self.ef_search or min(MAX_EF_SEARCH, max(40, count))
         query = sql.SQL(
-            "SELECT q.n, c.id, c.score FROM unnest(%s::halfvec[]) WITH ORDINALITY AS q(v, n) "
-            "CROSS JOIN LATERAL (SELECT id, -(w <#> q.v) AS score FROM {} ORDER BY w <#> q.v LIMIT %s) AS c "
+            "SELECT q.n, c.id, c.score FROM unnest(%s::halfvec[], %s::halfvec[]) WITH ORDINALITY AS q(g, f, n) "
+            "CROSS JOIN LATERAL (SELECT id, -(w <#> q.f) AS score FROM "
+            "(SELECT id, w FROM {} ORDER BY graph <-> q.g LIMIT %s) AS near ORDER BY w <#> q.f LIMIT %s) AS c "
             "ORDER BY q.n, c.score DESC, c.id"
         ).format(self._names.documents)
+        near = graph_queries(features, self.basis, num_threads)
         with self._connection.transaction(), self._connection.cursor() as cursor:
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), "
                            "set_config('hnsw.iterative_scan', 'strict_order', true)", (str(ef_search),))
-            cursor.execute(query, ([HalfVector(row) for row in features], k))
+            cursor.execute(query, ([HalfVector(row) for row in near], [HalfVector(row) for row in features],
+                                   count, k))
             found = cursor.fetchall()
         ids = np.full((features.shape[0], k), -1, np.int64)
         scores = np.full((features.shape[0], k), -np.inf, np.float32)
@@ -225,13 +280,13 @@ class PostgresIndex:
     ----------
     model : Model
     first_stage : PgvectorStage
-        Its `ef_search` may be set (None: twice the candidates).
+        Its `ef_search` and `candidates_factor` may be set.
     """
 
     def __init__(self, connection: object, names: _Names, model: Model, sample: np.ndarray | None,
-                 ef_search: int | None) -> None:
+                 first_stage: PgvectorStage, radius: float) -> None:
         self._connection, self._names, self._model, self._sample = connection, names, model, sample
-        self.first_stage = PgvectorStage(connection, names, ef_search)
+        self.first_stage, self._radius = first_stage, radius
         self._lock = threading.RLock()
         if sample is not None:
             self._ols = fitting.OLSSample(sample)
@@ -390,7 +445,8 @@ class PostgresIndex:
                                        (self._names.sequence_name, documents.num_docs))
                         new_ids = np.array([row[0] for row in cursor.fetchall()], np.int64)
                     report = fitting.Progress(new_ids.size, "writing documents", progress)
-                    _copy_rows(cursor, self._names, new_ids, W, stored, documents.offsets, report)
+                    _copy_rows(cursor, self._names, new_ids, W, self.first_stage.basis, self._radius, stored,
+                               documents.offsets, report, threads)
                     report.close()
                     if ids is not None and new_ids.size:  # the sequence goes past explicit ids
                         cursor.execute(sql.SQL("SELECT setval(%s, GREATEST(%s, (SELECT last_value FROM {})))").format(
@@ -420,40 +476,47 @@ def _bump_generation(cursor: object, names: _Names) -> None:
     cursor.execute(sql.SQL("UPDATE {} SET number = number + 1 WHERE key = 'generation'").format(names.metadata))
 
 
-def _copy_rows(cursor: object, names: _Names, ids: np.ndarray, W: np.ndarray, tokens: np.ndarray | None,
-               offsets: np.ndarray | None, report: fitting.Progress) -> None:
-    """COPY (binary) the documents' ids, rows of W (as halfvec) and float16
-    token blobs (NULL without tokens) into the table."""
+def _copy_rows(cursor: object, names: _Names, ids: np.ndarray, W: np.ndarray, basis: np.ndarray, radius: float,
+               tokens: np.ndarray | None, offsets: np.ndarray | None, report: fitting.Progress,
+               num_threads: int) -> None:
+    """COPY (binary) the documents' ids, rows of W and graph rows (as
+    halfvec) and float16 token blobs (NULL without tokens) into the table."""
     _, sql, HalfVector, _ = _driver()
-    statement = sql.SQL("COPY {} (id, w, tokens) FROM STDIN WITH (FORMAT BINARY)").format(names.documents)
+    statement = sql.SQL("COPY {} (id, w, graph, tokens) FROM STDIN WITH (FORMAT BINARY)").format(names.documents)
+    near = graph_rows(W, basis, radius, num_threads)
     with cursor.copy(statement) as copy:
-        copy.set_types(["int8", "halfvec", "bytea"])
+        copy.set_types(["int8", "halfvec", "halfvec", "bytea"])
         for i in range(ids.size):
             blob = None if tokens is None else tokens[offsets[i] : offsets[i + 1]].astype("<f2").tobytes()
-            copy.write_row((int(ids[i]), HalfVector(W[i]), blob))
+            copy.write_row((int(ids[i]), HalfVector(W[i]), HalfVector(near[i]), blob))
             report.update(1)
 
 
-def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivity: int = 16,
+def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, dims: int = AnnSettings.dims,
+           candidates_factor: int = AnnSettings.candidates_factor, connectivity: int = 16,
            ef_construction: int = 64, batch_size: int = 1000, replace: bool = False,
            maintenance_work_mem: str = "1GB", progress: bool | None = None,
            num_threads: int | None = None) -> None:
-    """Write a whole index into PostgreSQL: its documents (ids, W's rows as
-    halfvec, float16 tokens) in batches, the HNSW index over W's rows, and
-    the model with its OLS sample; all in one transaction, so an
-    interrupted export leaves nothing behind.
+    """Write a whole index into PostgreSQL: its documents (ids, W's rows and
+    their graph rows as halfvec, float16 tokens) in batches, the HNSW index
+    over the graph rows, and the model with its OLS sample; all in one
+    transaction, so an interrupted export leaves nothing behind.
 
     Parameters
     ----------
     index : lemur.Index
-        Its W's width (the feature dimension) must be at most 4000. Its
-        tokens are stored as float16 (rounded, when they are float32).
+        Its tokens are stored as float16 (rounded, when they are float32).
     dsn : str or psycopg.Connection
         Where: a libpq connection string or URI. The ``vector`` extension is
         created if it is not there (which needs the right to).
     table : str, default "lemur_documents"
         The table's name (``name`` or ``schema.name``); its metadata table
         and id sequence are named after it.
+    dims : int, default 128
+        Directions of the graph rows (as :meth:`lemur.Index.build_ann`; an
+        index with an ANN graph of as many directions lends its own).
+    candidates_factor : int, default 8
+        Rows taken from the graph per row asked (clients may change it).
     connectivity, ef_construction : int
         pgvector's HNSW ``m`` and ``ef_construction``.
     batch_size : int, default 1000
@@ -473,8 +536,10 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivit
         raise TypeError(f"index must be a lemur.Index, got {type(index).__name__}")
     names = _Names(table)
     h = index.model.feature_dim
-    if h > MAX_DIMS:
-        raise ValueError(f"pgvector's HNSW indexes halfvec of up to {MAX_DIMS} dimensions; the model has {h}")
+    settings = AnnSettings(dims=dims, candidates_factor=candidates_factor).checked(h)
+    if settings.dims + 1 > MAX_DIMS:
+        raise ValueError(f"pgvector's HNSW indexes halfvec of up to {MAX_DIMS} dimensions: dims must be at most "
+                         f"{MAX_DIMS - 1}, got {settings.dims}")
     connectivity = check_positive_int(connectivity, name="connectivity")
     ef_construction = check_positive_int(ef_construction, name="ef_construction")
     batch_size = check_positive_int(batch_size, name="batch_size")
@@ -489,6 +554,9 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivit
             connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(connection)
         W, ids = index.W, index.doc_ids
+        basis = index._graph_basis(settings.dims, threads)
+        radius = (index.ann._shared.radius if index.ann is not None and index.ann.basis is basis
+                  else graph_radius(W, basis, threads))
         tokens = index.doc_tokens
         offsets = None if tokens is None else np.concatenate([[0], np.cumsum(index.doc_counts)])
         with connection.transaction(), connection.cursor() as cursor:
@@ -496,8 +564,9 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivit
                 for drop in ("DROP TABLE IF EXISTS {}", "DROP SEQUENCE IF EXISTS {}"):
                     for target in ((names.documents, names.metadata) if "TABLE" in drop else (names.sequence,)):
                         cursor.execute(sql.SQL(drop).format(target))
-            cursor.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, w halfvec({}) NOT NULL, tokens bytea)")
-                           .format(names.documents, sql.Literal(h)))
+            cursor.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, w halfvec({}) NOT NULL, "
+                                   "graph halfvec({}) NOT NULL, tokens bytea)")
+                           .format(names.documents, sql.Literal(h), sql.Literal(settings.dims + 1)))
             cursor.execute(sql.SQL("CREATE TABLE {} (key text PRIMARY KEY, value bytea, number bigint)")
                            .format(names.metadata))
             cursor.execute(sql.SQL("CREATE SEQUENCE {} AS bigint MINVALUE 0 START 0").format(names.sequence))
@@ -506,7 +575,8 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivit
                 part = slice(start, start + batch_size)
                 part_offsets = None if offsets is None else offsets[start : start + batch_size + 1] - offsets[start]
                 part_tokens = None if tokens is None else tokens[offsets[start] : offsets[min(ids.size, start + batch_size)]]
-                _copy_rows(cursor, names, ids[part], W[part], part_tokens, part_offsets, report)
+                _copy_rows(cursor, names, ids[part], W[part], basis, radius, part_tokens, part_offsets, report,
+                           threads)
             report.close()
             if ids.size:
                 cursor.execute("SELECT setval(%s, %s)", (names.sequence_name, int(ids.max())))
@@ -515,12 +585,14 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, connectivit
                            (maintenance_work_mem, str(threads - 1)))
             if progress or (progress is None and sys.stderr.isatty()):
                 print(f"building the HNSW index of {table} ...", file=sys.stderr, flush=True)
-            cursor.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (w halfvec_ip_ops) WITH (m = {}, "
+            cursor.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (graph halfvec_l2_ops) WITH (m = {}, "
                                    "ef_construction = {})").format(names.hnsw, names.documents,
                                                                  sql.Literal(connectivity), sql.Literal(ef_construction)))
             cursor.execute(sql.SQL("INSERT INTO {} (key, value, number) VALUES ('format', %s, %s), "
-                                   "('model', %s, NULL), ('generation', NULL, 0)").format(names.metadata),
-                           (FORMAT_NAME.encode(), FORMAT_VERSION, _model_bytes(index.model, index.sample)))
+                                   "('model', %s, NULL), ('graph', %s, NULL), ('generation', NULL, 0)")
+                           .format(names.metadata),
+                           (FORMAT_NAME.encode(), FORMAT_VERSION, _model_bytes(index.model, index.sample),
+                            _graph_bytes(basis, radius, settings.candidates_factor)))
     except psycopg.errors.DuplicateTable:
         raise ValueError(f"the database already has a table {table!r} (pass replace=True to drop it)") from None
     finally:
@@ -537,7 +609,7 @@ def open(dsn: object, table: str = DEFAULT_TABLE, *, ef_search: int | None = Non
     table : str, default "lemur_documents"
     ef_search : int, optional
         pgvector's ``hnsw.ef_search`` for the searches (1 to 1000); default:
-        twice the candidates asked.
+        the rows taken from the graph.
     """
     psycopg, sql, _, _ = _driver()
     names = _Names(table)
@@ -552,14 +624,17 @@ def open(dsn: object, table: str = DEFAULT_TABLE, *, ef_search: int | None = Non
         raise ValueError(f"the database has no lemur table {table!r} (write one with lemur.postgres.export)") from None
     metadata = {key: (value, number) for key, value, number in rows}
     try:
-        if metadata.get("format", (None,))[0] != FORMAT_NAME.encode() or "model" not in metadata:
+        if (metadata.get("format", (None,))[0] != FORMAT_NAME.encode() or "model" not in metadata
+                or "graph" not in metadata):
             raise ValueError(f"{table}_lemur is not a lemur metadata table")
         version = metadata["format"][1]
         if version is None or version > FORMAT_VERSION:
             raise ValueError(f"{table} was written in format version {version} by a newer lemur; this lemur "
                              f"reads versions up to {FORMAT_VERSION}")
         model, sample = _model_of(bytes(metadata["model"][0]))
+        basis, radius, factor = _graph_of(bytes(metadata["graph"][0]), model.feature_dim)
     except Exception:
         connection.close()
         raise
-    return PostgresIndex(connection, names, model, sample, ef_search)
+    return PostgresIndex(connection, names, model, sample, PgvectorStage(connection, names, basis, factor, ef_search),
+                         radius)

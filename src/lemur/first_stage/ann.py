@@ -224,7 +224,7 @@ class AnnStage:
         returns for it (rows of this stage only)."""
         size = len(self._shared.graph)
         count = min(size, max(self.settings.min_candidates, self.settings.candidates_factor * k))
-        projected = _augmented(scores_unchecked(features, self.basis, num_threads), None)
+        projected = graph_queries(features, self.basis, num_threads)
         with self._shared.lock.reading():
             # asked for a quarter of the rows or more, a walk of the graph
             # costs as much as scoring every projected row, and may miss some
@@ -278,13 +278,12 @@ class AnnStage:
             graph = shared.writable()
             total = new_rows.shape[0]
             if not shared.radius and total:
-                shared.radius = RADIUS_HEADROOM * _largest_norm(new_rows, self.basis, num_threads)
+                shared.radius = graph_radius(new_rows, self.basis, num_threads)
             report = Progress(total, "adding to the ANN graph", progress)
             for begin in range(0, total, ADD_BLOCK_ROWS):
                 part = np.ascontiguousarray(new_rows[begin : begin + ADD_BLOCK_ROWS])
                 keys = np.arange(start + begin, start + begin + part.shape[0], dtype=np.uint64)
-                graph.add(keys, _augmented(scores_unchecked(part, self.basis, num_threads), shared.radius),
-                          threads=num_threads)
+                graph.add(keys, graph_rows(part, self.basis, shared.radius, num_threads), threads=num_threads)
                 report.update(part.shape[0])
             report.close()
         row_of_key = np.full(start + total, -1, np.int64)
@@ -307,21 +306,26 @@ class AnnStage:
         return AnnStage(W, self._shared, self.basis, row_of_key, self.settings)
 
 
-def _augmented(projected: np.ndarray, radius: float | None) -> np.ndarray:
-    """Projected rows with the reduction's coordinate sqrt(R^2 - |p|^2)
-    (0 past R), or queries (radius None) with a 0."""
-    if radius is None:
-        extra = np.zeros(projected.shape[0], np.float32)
-    else:
-        norms = np.einsum("ij,ij->i", projected, projected, dtype=np.float64)
-        extra = np.sqrt(np.maximum(radius * radius - norms, 0.0)).astype(np.float32)
+def graph_rows(rows: np.ndarray, basis: np.ndarray, radius: float, num_threads: int) -> np.ndarray:
+    """W's rows (n, h) as the graph holds them: projected on `basis` (m, h),
+    with the reduction's coordinate sqrt(R^2 - |p|^2) (0 past R): (n, m + 1)."""
+    projected = scores_unchecked(np.ascontiguousarray(rows), basis, num_threads)
+    norms = np.einsum("ij,ij->i", projected, projected, dtype=np.float64)
+    extra = np.sqrt(np.maximum(radius * radius - norms, 0.0)).astype(np.float32)
     return np.ascontiguousarray(np.concatenate([projected, extra[:, None]], axis=1))
 
 
-def _largest_norm(rows: np.ndarray, basis: np.ndarray, num_threads: int) -> float:
-    """The largest norm of the rows' projections, block by block."""
+def graph_queries(features: np.ndarray, basis: np.ndarray, num_threads: int) -> np.ndarray:
+    """Query features (n, h) as the graph is searched with: projected, and a 0."""
+    projected = scores_unchecked(features, basis, num_threads)
+    return np.ascontiguousarray(np.concatenate([projected, np.zeros((projected.shape[0], 1), np.float32)], axis=1))
+
+
+def graph_radius(rows: np.ndarray, basis: np.ndarray, num_threads: int) -> float:
+    """The reduction's radius for these rows: RADIUS_HEADROOM x the largest
+    norm of their projections (computed block by block)."""
     largest = 0.0
     for begin in range(0, rows.shape[0], ADD_BLOCK_ROWS):
         projected = scores_unchecked(np.ascontiguousarray(rows[begin : begin + ADD_BLOCK_ROWS]), basis, num_threads)
         largest = max(largest, float(np.sqrt(np.einsum("ij,ij->i", projected, projected, dtype=np.float64).max())))
-    return largest
+    return RADIUS_HEADROOM * largest
