@@ -128,7 +128,7 @@ def test_errors_exit_1_with_a_message(capsys, tmp_path, monkeypatch, arguments, 
     assert message in captured.err and "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("command", ["info", "convert", "search", "build", "add", "remove", "ann", "postgres",
+@pytest.mark.parametrize("command", ["info", "convert", "search", "build", "train", "add", "remove", "ann", "postgres",
                                      "demo", "config"])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([sys.executable, "-m", "lemur", command, "--help"], capture_output=True, text=True)
@@ -239,3 +239,20 @@ def test_ann_builds_the_graph_in_place_and_drops_it(capsys, tmp_path):
     assert len(capsys.readouterr().out.splitlines()) == 4
     assert main(["ann", index, "--drop"]) == 0
     assert lemur.load(index).ann is None
+
+
+def test_train_writes_a_trained_index(capsys, tmp_path):
+    random = np.random.default_rng(0)
+    counts = random.integers(3, 20, 200)
+    np.save(tmp_path / "docs.npy", random.standard_normal((counts.sum(), 16)).astype(np.float32))
+    np.save(tmp_path / "counts.npy", counts)
+    index = str(tmp_path / "trained.npz")
+    assert main(["train", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
+                 "--out", index, "--epochs", "2", "--hidden", "32", "--final-hidden", "64", "--train-subset", "64",
+                 "--learn-subset", "1000", "--sample-size", "256", "--no-progress", "--precision", "int8"]) == 0
+    assert "trained and indexed" in capsys.readouterr().err
+    trained = lemur.load(index)
+    assert trained.model.kind == "mlp" and trained.precision == "int8" and trained.num_docs == 200
+    assert main(["train", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
+                 "--out", index, "--lr", "-1"]) == 1
+    assert "lr must be a positive number" in capsys.readouterr().err

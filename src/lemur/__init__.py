@@ -8,9 +8,10 @@ vectors into one vector, so that one inner-product search over a matrix W
 from lemur._build_info import VERSION as __version__
 from lemur._config import show_config
 from lemur.formats import load, save
-from lemur.index import Index, fit_elm
+from lemur.index import Index
 from lemur.model import ACTIVATIONS, Layer, Model
 from lemur.retrieval import maxsim_scores, rerank, scores, top_k
+from lemur.training import fit_elm, train
 
 __all__ = [
     "ACTIVATIONS",
@@ -26,4 +27,5 @@ __all__ = [
     "scores",
     "show_config",
     "top_k",
+    "train",
 ]

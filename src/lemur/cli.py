@@ -206,6 +206,28 @@ def _build(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _train(arguments: argparse.Namespace) -> int:
+    from lemur import train
+
+    doc_tokens = _load_vectors(arguments.docs, "document tokens", half=True)
+    doc_counts = _load_array(arguments.doc_counts, "document counts")
+    learn = None if arguments.learn is None else _load_vectors(arguments.learn, "learn tokens")
+    start = time.perf_counter()
+    index = train(
+        doc_tokens, doc_counts, learn_tokens=learn, epochs=arguments.epochs, num_layers=arguments.layers,
+        hidden_dim=arguments.hidden, final_hidden_dim=arguments.final_hidden, activation=arguments.activation,
+        lr=arguments.lr, batch_size=arguments.batch_size, grad_clip=arguments.grad_clip,
+        train_subset_size=arguments.train_subset, learn_subset_size=arguments.learn_subset,
+        sample_size=arguments.sample_size, validation_split=arguments.validation_split,
+        keep_tokens=not arguments.no_tokens, seed=arguments.seed,
+        progress=None if arguments.progress else False, num_threads=arguments.threads,
+    )
+    if arguments.precision != "float32":
+        index = index.with_precision(arguments.precision, num_threads=arguments.threads)
+    _write_index(index, arguments.out, f"trained and indexed in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _open_for_update(arguments: argparse.Namespace):
     """The index to update, and where to write it (lemur .npz files in place)."""
     from lemur import formats
@@ -515,6 +537,42 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--threads", type=_positive_int, help=threads_help)
     build.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
     build.set_defaults(handler=_build)
+
+    trainer = subcommands.add_parser(
+        "train", help="train a LEMUR model on token files and index the corpus (no PyTorch)",
+        description="Train the original LEMUR's MLP (Linear -> LayerNorm -> activation layers, an output "
+        "layer over a subset of documents, MSE on standardised MaxSim targets, Adam, gradient clipping, "
+        "the best epoch kept), then fit W for every document against an OLS sample that the index "
+        "keeps. A progress line (epoch, loss, ETA) shows on a terminal; Ctrl-C stops after the current "
+        "batch and keeps the best epoch so far (Ctrl-C again aborts).",
+    )
+    trainer.add_argument("--docs", required=True, help=".npy of the documents' token vectors (total, d)")
+    trainer.add_argument("--doc-counts", required=True, help=".npy of tokens per document")
+    trainer.add_argument("--out", required=True, help="the index .npz to write")
+    trainer.add_argument("--learn", help=".npy of learn token vectors (query-side; default: the documents')")
+    trainer.add_argument("--epochs", type=int, default=10, help="epochs (default 10; 0: an ELM, no training)")
+    trainer.add_argument("--layers", type=_positive_int, default=1, help="layers (default 1)")
+    trainer.add_argument("--hidden", type=_positive_int, default=512, help="inner layers' width (default 512)")
+    trainer.add_argument("--final-hidden", type=_positive_int, default=2048,
+                         help="feature dimension h (default 2048)")
+    trainer.add_argument("--activation", default="gelu", help="gelu (default), relu, silu, mish or gelu-tanh")
+    trainer.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default 0.003)")
+    trainer.add_argument("--batch-size", type=_positive_int, default=512, help="batch size (default 512)")
+    trainer.add_argument("--grad-clip", type=float, default=0.5, help="gradient norm clip (default 0.5; 0: none)")
+    trainer.add_argument("--train-subset", type=_positive_int, default=8192,
+                         help="documents of the output layer (default 8192)")
+    trainer.add_argument("--learn-subset", type=_positive_int, default=100000,
+                         help="learn vectors trained on (default 100000)")
+    trainer.add_argument("--sample-size", type=_positive_int, default=16384, help="OLS sample size (default 16384)")
+    trainer.add_argument("--validation-split", type=float, default=0.0,
+                         help="fraction of learn vectors held out to choose the best epoch (default 0)")
+    trainer.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    trainer.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
+    trainer.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                         help="the first stage's precision (default float32; the results are the same)")
+    trainer.add_argument("--threads", type=_positive_int, help=threads_help)
+    trainer.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+    trainer.set_defaults(handler=_train)
 
     add = subcommands.add_parser(
         "add", help="fit and add documents to an index",

@@ -22,7 +22,7 @@ from lemur._validation import (
 from lemur.first_stage import FirstStage, compact, live_top_k
 from lemur.first_stage.ann import AnnSettings, AnnStage
 from lemur.first_stage.exhaustive import ExhaustiveScan
-from lemur.model import Model, check_activation
+from lemur.model import Model
 from lemur.retrieval import (
     Documents,
     check_candidate_ids,
@@ -918,83 +918,3 @@ class Index:
             raise ValueError(f"{os.fspath(path)}: holds a model but no W; it is not an index")
         return loaded
 
-
-def fit_elm(
-    doc_tokens: np.ndarray,
-    doc_counts: object,
-    *,
-    hidden_dim: int = 2048,
-    activation: str = "gelu",
-    sample_size: int = fitting.DEFAULT_SAMPLE_SIZE,
-    learn_tokens: np.ndarray | None = None,
-    seed: int | None = 0,
-    train_subset_size: int = 8192,
-    learn_subset_size: int = 100_000,
-    keep_tokens: bool = True,
-    precision: str = "float32",
-    progress: bool | None = None,
-    num_threads: int | None = None,
-) -> Index:
-    """Build an ELM (random-feature) index from scratch, with no training.
-
-    The original LEMUR's ``epochs=0`` mode: psi(x) = LayerNorm_no_affine(
-    sqrt(2/h) act(x R)) with R ~ N(0, 1) of shape (d, hidden_dim); the target
-    statistics over a subset, as the original computes them (max <x, d> over
-    up to `learn_subset_size` learn vectors x and the tokens of up to
-    `train_subset_size` documents); then W through the same path as
-    :meth:`Index.add_documents`, against an OLS sample of `sample_size` learn
-    vectors that the index keeps.
-
-    Parameters
-    ----------
-    doc_tokens : ndarray of float32 or float16, shape (num_doc_tokens, d)
-        float16 is kept as it is in the index's token store.
-    doc_counts : array-like of int, shape (num_docs,)
-    hidden_dim : int, default 2048
-    activation : str, default "gelu"
-    sample_size : int, default 16384
-    learn_tokens : ndarray of float32, optional
-        The learn set (query-side tokens, when available); default: the
-        documents' tokens, as the original does.
-    seed : int, optional
-        Seeds NumPy's generator: the same seed builds the same index (PyTorch's
-        random numbers are not reproduced).
-    train_subset_size, learn_subset_size : int
-        The subsets for the target statistics (the original's defaults).
-    keep_tokens : bool, default True
-        Keep the documents' tokens in the index, for the exact rerank.
-    precision : {"float32", "bfloat16", "int8"}, default "float32"
-        The first stage's precision (see :class:`Index`).
-    progress : bool, optional
-    num_threads : int, optional
-
-    Returns
-    -------
-    Index
-    """
-    threads = resolve_num_threads(num_threads)
-    documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
-    learn = documents.tokens if learn_tokens is None else check_vectors(
-        learn_tokens, name="learn_tokens", dim=documents.dim, num_threads=threads)
-    hidden_dim = check_positive_int(hidden_dim, name="hidden_dim")
-    check_activation(activation)
-    random = np.random.default_rng(seed)
-    layers = fitting.elm_layers(documents.dim, hidden_dim, random)
-    chosen = np.zeros(documents.num_docs, dtype=bool)
-    chosen[random.permutation(documents.num_docs)[: check_positive_int(
-        train_subset_size, name="train_subset_size")]] = True
-    subset_learn = random.permutation(learn.shape[0])[: check_positive_int(
-        learn_subset_size, name="learn_subset_size")]
-    subset = documents.subset(chosen)
-    mean, std = fitting.target_statistics(
-        np.ascontiguousarray(learn[subset_learn], dtype=np.float32), subset.tokens, subset.offsets, threads)
-    model = Model(layers, kind="elm", activation=activation, output_mean=mean, output_std=std)
-    index = Index(
-        model,
-        np.empty((0, hidden_dim), dtype=np.float32),
-        np.empty((0, documents.dim), dtype=documents.tokens.dtype) if keep_tokens else None,
-        np.empty(0, dtype=np.int64) if keep_tokens else None,
-    )
-    index._sample = fitting.OLSSample.draw(np.asarray(learn, dtype=np.float32), size=sample_size, seed=random)
-    index.add_documents(documents.tokens, documents.counts, progress=progress, num_threads=threads)
-    return index.with_precision(precision, num_threads=threads) if precision != "float32" else index

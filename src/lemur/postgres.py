@@ -84,6 +84,8 @@ MAX_DIMS = 4000
 #: pgvector's largest hnsw.ef_search; more candidates come from its iterative scan.
 MAX_EF_SEARCH = 1000
 DEFAULT_TABLE = "lemur_documents"
+#: The most bytes of a table row PostgreSQL keeps in its 8 kB page.
+ROW_BYTES = 8000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: PostgreSQL's identifier limit, less the longest suffix added ("_id_seq").
 _MAX_NAME = 63 - len("_id_seq")
@@ -567,6 +569,12 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, dims: int =
             cursor.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, w halfvec({}) NOT NULL, "
                                    "graph halfvec({}) NOT NULL, tokens bytea)")
                            .format(names.documents, sql.Literal(h), sql.Literal(settings.dims + 1)))
+            # w is read for every row the graph returns: kept in the row, not
+            # TOASTed (compressed and out of line) where a row fits a page;
+            # the tokens, read only for the candidates, out of line uncompressed
+            storage = "PLAIN" if 2 * (h + settings.dims + 1) + 64 <= ROW_BYTES else "EXTERNAL"
+            cursor.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN w SET STORAGE {}, ALTER COLUMN graph SET STORAGE PLAIN, "
+                                   "ALTER COLUMN tokens SET STORAGE EXTERNAL").format(names.documents, sql.SQL(storage)))
             cursor.execute(sql.SQL("CREATE TABLE {} (key text PRIMARY KEY, value bytea, number bigint)")
                            .format(names.metadata))
             cursor.execute(sql.SQL("CREATE SEQUENCE {} AS bigint MINVALUE 0 START 0").format(names.sequence))
