@@ -519,23 +519,28 @@ def build_parser() -> argparse.ArgumentParser:
         "epochs=0 mode: no training, W fitted by least squares against an OLS sample that the "
         "index keeps, so that documents can be added later.",
     )
-    build.add_argument("--docs", required=True, help=".npy of the documents' token vectors (total, d)")
-    build.add_argument("--doc-counts", required=True, help=".npy of tokens per document")
-    build.add_argument("--out", required=True, help="the index .npz to write")
-    build.add_argument("--learn", help=".npy of learn token vectors (query-side; default: the documents')")
+    def building(parser: argparse.ArgumentParser, subsets: str) -> None:
+        """The options of a command that builds an index from token files."""
+        parser.add_argument("--docs", required=True, help=".npy of the documents' token vectors (total, d)")
+        parser.add_argument("--doc-counts", required=True, help=".npy of tokens per document")
+        parser.add_argument("--out", required=True, help="the index .npz to write")
+        parser.add_argument("--learn", help=".npy of learn token vectors (query-side; default: the documents')")
+        parser.add_argument("--activation", default="gelu", help="gelu (default), relu, silu, mish or gelu-tanh")
+        parser.add_argument("--sample-size", type=_positive_int, default=16384,
+                            help="OLS sample size (default 16384)")
+        parser.add_argument("--train-subset", type=_positive_int, default=8192,
+                            help=f"documents {subsets} (default 8192)")
+        parser.add_argument("--learn-subset", type=_positive_int, default=100000,
+                            help=f"learn vectors {subsets} (default 100000)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        parser.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
+        parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                            help="the first stage's precision (default float32; the results are the same)")
+        parser.add_argument("--threads", type=_positive_int, help=threads_help)
+        parser.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+
+    building(build, "for the target statistics")
     build.add_argument("--hidden", type=_positive_int, default=2048, help="feature dimension h (default 2048)")
-    build.add_argument("--activation", default="gelu", help="gelu (default), relu, silu, mish or gelu-tanh")
-    build.add_argument("--sample-size", type=_positive_int, default=16384, help="OLS sample size (default 16384)")
-    build.add_argument("--train-subset", type=_positive_int, default=8192,
-                       help="documents for the target statistics (default 8192)")
-    build.add_argument("--learn-subset", type=_positive_int, default=100000,
-                       help="learn vectors for the target statistics (default 100000)")
-    build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    build.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
-    build.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
-                       help="the first stage's precision (default float32; the results are the same)")
-    build.add_argument("--threads", type=_positive_int, help=threads_help)
-    build.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
     build.set_defaults(handler=_build)
 
     trainer = subcommands.add_parser(
@@ -546,32 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
         "keeps. A progress line (epoch, loss, ETA) shows on a terminal; Ctrl-C stops after the current "
         "batch and keeps the best epoch so far (Ctrl-C again aborts).",
     )
-    trainer.add_argument("--docs", required=True, help=".npy of the documents' token vectors (total, d)")
-    trainer.add_argument("--doc-counts", required=True, help=".npy of tokens per document")
-    trainer.add_argument("--out", required=True, help="the index .npz to write")
-    trainer.add_argument("--learn", help=".npy of learn token vectors (query-side; default: the documents')")
+    building(trainer, "trained on")
     trainer.add_argument("--epochs", type=int, default=10, help="epochs (default 10; 0: an ELM, no training)")
     trainer.add_argument("--layers", type=_positive_int, default=1, help="layers (default 1)")
     trainer.add_argument("--hidden", type=_positive_int, default=512, help="inner layers' width (default 512)")
     trainer.add_argument("--final-hidden", type=_positive_int, default=2048,
                          help="feature dimension h (default 2048)")
-    trainer.add_argument("--activation", default="gelu", help="gelu (default), relu, silu, mish or gelu-tanh")
     trainer.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default 0.003)")
     trainer.add_argument("--batch-size", type=_positive_int, default=512, help="batch size (default 512)")
     trainer.add_argument("--grad-clip", type=float, default=0.5, help="gradient norm clip (default 0.5; 0: none)")
-    trainer.add_argument("--train-subset", type=_positive_int, default=8192,
-                         help="documents of the output layer (default 8192)")
-    trainer.add_argument("--learn-subset", type=_positive_int, default=100000,
-                         help="learn vectors trained on (default 100000)")
-    trainer.add_argument("--sample-size", type=_positive_int, default=16384, help="OLS sample size (default 16384)")
     trainer.add_argument("--validation-split", type=float, default=0.0,
                          help="fraction of learn vectors held out to choose the best epoch (default 0)")
-    trainer.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    trainer.add_argument("--no-tokens", action="store_true", help="do not keep the documents' tokens (no rerank)")
-    trainer.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
-                         help="the first stage's precision (default float32; the results are the same)")
-    trainer.add_argument("--threads", type=_positive_int, help=threads_help)
-    trainer.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
     trainer.set_defaults(handler=_train)
 
     add = subcommands.add_parser(
