@@ -1505,15 +1505,20 @@ cdef enum:
 
 # out (m, n) = op(a) op(b), or out += op(a) op(b) with accumulate; op(a)
 # (m, k): a itself, or a (k, m) transposed; op(b) (k, n): b, or b (n, k)
-# transposed. Units of work: blocks of TRAIN_BLOCK_ROWS rows of out
-# (dynamic), one single-threaded sgemm each.
+# transposed. Units of work: one block of rows of out per thread, one
+# single-threaded sgemm each.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def matmul(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint transpose_b,
            float[:, ::1] out, bint accumulate, int num_threads):
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
     cdef Py_ssize_t k = a.shape[0] if transpose_a else a.shape[1]
-    cdef Py_ssize_t blocks = (m + TRAIN_BLOCK_ROWS - 1) // TRAIN_BLOCK_ROWS, block, start, count
+    # one block per thread (each sgemm packs its own copy of op(b)), in
+    # multiples of TRAIN_BLOCK_ROWS
+    cdef Py_ssize_t rows = max(<Py_ssize_t>TRAIN_BLOCK_ROWS,
+                               (m + num_threads * TRAIN_BLOCK_ROWS - 1) // (num_threads * TRAIN_BLOCK_ROWS)
+                               * TRAIN_BLOCK_ROWS)
+    cdef Py_ssize_t blocks = (m + rows - 1) // rows, block, start, count
     cdef int lda = <int>a.shape[1], ldb = <int>b.shape[1]
     cdef float beta = 1.0 if accumulate else 0.0
     if m == 0 or n == 0:
@@ -1525,8 +1530,8 @@ def matmul(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint 
     ensure_single_threaded_blas()
     with nogil:
         for block in prange(blocks, num_threads=num_threads, schedule='dynamic'):
-            start = block * TRAIN_BLOCK_ROWS
-            count = min(<Py_ssize_t>TRAIN_BLOCK_ROWS, m - start)
+            start = block * rows
+            count = min(rows, m - start)
             scipy_cblas_sgemm(CblasRowMajor, CblasTrans if transpose_a else CblasNoTrans,
                               CblasTrans if transpose_b else CblasNoTrans, <int>count, <int>n, <int>k, 1.0,
                               &a[0, start] if transpose_a else &a[start, 0], lda, &b[0, 0], ldb, beta,

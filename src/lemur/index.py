@@ -226,6 +226,11 @@ class Index:
         if precision != "float32":
             self._store = replace(self._store, scan=self._scan_at(precision, None, threads))
 
+    #: What :func:`lemur.train` recorded while training this index's model
+    #: (losses and seconds per epoch, the epoch kept, ...); None otherwise.
+    #: Not saved with the index.
+    training_log: dict | None = None
+
     #: A mapped index reads W's rows (those it rescores) and the candidates'
     #: tokens through the file's mappings; the kernel maps a 64 KiB window
     #: around every page touched. Once about this many bytes may have been

@@ -359,7 +359,10 @@ def train(
     -------
     Index
         The trained model (with its target statistics), W for every
-        document, the OLS sample, and the tokens with `keep_tokens`.
+        document, the OLS sample, and the tokens with `keep_tokens`. Its
+        ``training_log`` says what happened: the loss and seconds of every
+        epoch, the epoch kept, whether training was interrupted, and the
+        seconds of the targets and of indexing (not saved with the index).
 
     Notes
     -----
@@ -393,7 +396,9 @@ def train(
     num_validation = int(round(validation_split * learn_rows.shape[0]))
     if learn_rows.shape[0] - num_validation < 1:
         raise ValueError("validation_split leaves no learn vectors to train on")
+    started = time.perf_counter()
     targets, mean, std = training_targets(learn_rows, subset, threads, progress)
+    log = {"targets_seconds": time.perf_counter() - started, "losses": [], "epoch_seconds": []}
     training = slice(0, learn_rows.shape[0] - num_validation)
     validation = slice(training.stop, learn_rows.shape[0])
     layers, output = initial_weights(documents.dim, num_layers, hidden_dim, final_hidden_dim, subset.num_docs,
@@ -405,6 +410,7 @@ def train(
     report = _EpochProgress(epochs, batches, progress)
     with _Stop() as stop:
         for epoch in range(epochs):
+            started = time.perf_counter()
             order = random.permutation(x.shape[0])
             total = 0.0
             for batch, start in enumerate(range(0, x.shape[0], batch_size)):
@@ -417,6 +423,8 @@ def train(
                 break
             completed = epoch + 1
             loss = trainer.loss(learn_rows[validation], targets[validation]) if num_validation else total / batches
+            log["losses"].append(loss)
+            log["epoch_seconds"].append(time.perf_counter() - started)
             if loss < best_loss:
                 best_layers, best_loss, best_epoch = trainer.model_layers(), loss, epoch + 1
     report.close()
@@ -428,7 +436,11 @@ def train(
             best_layers = trainer.model_layers()
     del targets, trainer
     model = Model(best_layers, kind="mlp", activation=activation, output_mean=mean, output_std=std)
-    return _indexed(model, documents, learn, sample_size, keep_tokens, random, progress, threads)
+    started = time.perf_counter()
+    index = _indexed(model, documents, learn, sample_size, keep_tokens, random, progress, threads)
+    log.update(best_epoch=best_epoch, interrupted=stop.requested, indexing_seconds=time.perf_counter() - started)
+    index.training_log = log
+    return index
 
 
 def _check_count(value: object, name: str) -> int:
