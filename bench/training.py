@@ -14,9 +14,16 @@ through its own API (``Lemur(index=DIR).fit(...)``, in --peer-python, which
 has torch), lemur through ``lemur.train``. Printed: total fit time
 (targets, training, W for every document), seconds per epoch, and for both
 models (and an ELM for reference) recall@10 after the exact rerank of
-k' = 100 and 200 candidates against brute-force MaxSim, for --queries
+k' = 20, 50, 100 and 200 candidates against brute-force MaxSim, for --queries
 queries near documents (bench/scale.py's), all searched by lemur (the
 original's index directory is read by lemur.load).
+
+With --fixtures (../shared/fixtures), also the fixture corpus (300
+documents): lemur.train with the settings the original's fixture models
+were trained with (its README), against those models, recall@10 after the
+rerank of k' = 20, 50 and 100 for the fixtures' 40 queries.
+
+    python bench/training.py --fixtures ../shared/fixtures --docs 0
 """
 
 from __future__ import annotations
@@ -70,13 +77,53 @@ def run_original(args, folder: str, index_dir: str) -> dict:
     return {"fit_s": seconds, "epoch_s": float(np.median(epochs)) if epochs.size else None, "losses": losses}
 
 
-def recalls(index: lemur.Index, queries: np.ndarray, counts: np.ndarray, truth: np.ndarray) -> dict:
+def recalls(index: lemur.Index, queries: np.ndarray, counts: np.ndarray, truth: np.ndarray,
+            candidate_counts: tuple[int, ...] = (20, 50, 100, 200)) -> dict:
     out = {}
-    for candidates in (100, 200):
+    for candidates in candidate_counts:
         found = index.search(queries, counts, k=10, candidates=candidates)[0]
         out[f"recall@10_k{candidates}"] = float(np.mean([np.intersect1d(a, b).size / 10
                                                          for a, b in zip(found, truth)]))
     return out
+
+
+#: The fixture models the original trained (../shared/fixtures/README.md):
+#: variant -> (corpus key, lemur.train settings besides the common ones).
+FIXTURE_MODELS = {
+    "mlp1_gelu_d128_h2048": ("doc_tokens_d128", dict(num_layers=1, final_hidden_dim=2048, activation="gelu")),
+    "mlp2_relu_d96_h256": ("doc_tokens_d96", dict(num_layers=2, hidden_dim=128, final_hidden_dim=256,
+                                                  activation="relu")),
+    "mlp1_silu_d100_h256": ("doc_tokens_d100", dict(num_layers=1, final_hidden_dim=256, activation="silu")),
+    "mlp1_mish_d64_h256": ("doc_tokens_d64", dict(num_layers=1, final_hidden_dim=256, activation="mish")),
+}
+
+
+def fixture_quality(folder: str, threads: int) -> dict:
+    """lemur.train against the original's fixture models, on the fixture corpus."""
+    results = {}
+    with np.load(os.path.join(folder, "corpus.npz"), allow_pickle=False) as corpus:
+        arrays = {key: corpus[key] for key in corpus.files}
+    counts = arrays["doc_counts"].astype(np.int64)
+    for variant, (key, settings) in FIXTURE_MODELS.items():
+        tokens = arrays[key]
+        with np.load(os.path.join(folder, variant, "golden.npz"), allow_pickle=False) as golden:
+            queries, query_counts = golden["query_tokens"], golden["query_counts"].astype(np.int64)
+        keep = query_counts > 0
+        offsets = np.concatenate([[0], np.cumsum(query_counts)])
+        queries = np.concatenate([queries[offsets[i] : offsets[i + 1]] for i in np.flatnonzero(keep)])
+        query_counts = query_counts[keep]
+        everything = np.tile(np.arange(counts.size), (query_counts.size, 1))
+        exact = lemur.maxsim_scores(queries, query_counts, tokens, counts, everything, num_threads=threads)
+        truth = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+        ours = lemur.train(tokens, counts, epochs=6, train_subset_size=128, learn_subset_size=4096,
+                           sample_size=3000, progress=False, num_threads=threads, **settings)
+        theirs = lemur.load(os.path.join(folder, variant)).with_documents(tokens, counts)
+        results[variant] = {"lemur": recalls(ours, queries, query_counts, truth, (20, 50, 100)),
+                            "original": recalls(theirs, queries, query_counts, truth, (20, 50, 100))}
+        print(f"  fixture {variant}: " + ", ".join(
+            f"k'={k}: lemur {results[variant]['lemur'][f'recall@10_k{k}']:.3f}, original "
+            f"{results[variant]['original'][f'recall@10_k{k}']:.3f}" for k in (20, 50, 100)), flush=True)
+    return results
 
 
 def main() -> int:
@@ -87,13 +134,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--original", help="a checkout of the original LEMUR, its extension built")
     parser.add_argument("--peer-python", default=sys.executable, help="a python with torch, for the original")
+    parser.add_argument("--fixtures", help="../shared/fixtures: also compare on the fixture corpus")
     parser.add_argument("--out", help="a JSON file for the figures")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    tokens, counts = scale.corpus_tokens(args.docs)
-    tokens = tokens.astype(np.float32)
     results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "docs": args.docs,
                "epochs": args.epochs, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    if args.fixtures:
+        results["fixtures"] = fixture_quality(args.fixtures, args.threads)
+    if not args.docs:
+        return _write(results, args.out)
+    tokens, counts = scale.corpus_tokens(args.docs)
+    tokens = tokens.astype(np.float32)
     targets = np.random.default_rng(5).choice(args.docs, args.queries, replace=False)
     queries, query_counts = scale.queries_for(targets)
     everything = np.tile(np.arange(args.docs), (args.queries, 1))
@@ -128,8 +180,12 @@ def main() -> int:
                   f"({results['original']['epoch_s'] or 0:.1f} s an epoch), recall@10 "
                   f"{results['original']['recall@10_k100']:.3f} / {results['original']['recall@10_k200']:.3f}; "
                   f"lemur's time / the original's: {ratio:.2f}x", flush=True)
-    if args.out:
-        with open(args.out, "w") as out:
+    return _write(results, args.out)
+
+
+def _write(results: dict, path: str | None) -> int:
+    if path:
+        with open(path, "w") as out:
             json.dump(results, out, indent=1)
     return 0
 

@@ -215,7 +215,10 @@ class AnnStage:
 
     @property
     def nbytes(self) -> int:
-        return int(self._shared.graph.memory_usage) + self.basis.nbytes + self.row_of_key.nbytes
+        """The graph's bytes (in memory, or mapped from the file), the basis and the map."""
+        shared = self._shared
+        graph = shared.mapped.nbytes if shared.mapped is not None else int(shared.graph.memory_usage)
+        return graph + self.basis.nbytes + self.row_of_key.nbytes
 
     # -- searching -------------------------------------------------------------
 
