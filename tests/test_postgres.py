@@ -81,6 +81,9 @@ def test_search_reranks_exactly_over_the_stored_float16_tokens(local, remote):
     # more than there are: padded
     padded, padded_scores = remote.top_k(index.features(queries, QUERY_COUNTS)[:1], 400)
     assert (padded[0] >= 0).sum() <= 300 and padded[0, -1] == -1 and padded_scores[0, -1] == -np.inf
+    huge, _ = remote.top_k(index.features(queries, QUERY_COUNTS)[:1], 10**12)  # clamped, allocates nothing
+    assert huge.shape == (1, 300)
+    assert remote.search(queries, QUERY_COUNTS, k=10**9, candidates=10**12)[0].shape == (5, 300)
     remote.first_stage.ef_search = 200
     assert remote.search(queries, QUERY_COUNTS, k=3, candidates=200)[0].shape == (5, 3)
 
@@ -218,6 +221,8 @@ def test_bad_arguments(local, remote):
         remote.search(local[3], QUERY_COUNTS, k=10, candidates=5)
     with pytest.raises(ValueError, match="k must be"):
         remote.top_k(local[0].features(local[3], QUERY_COUNTS), 0)
+    with pytest.raises(ValueError, match="features"):
+        remote.top_k(np.full((1, 64), np.nan, np.float32), 3)
     with pytest.raises(ValueError, match="ids"):
         remote.add_documents(local[1][:10], [10], ids=[-3])
     with pytest.raises(TypeError, match="dsn"):

@@ -72,7 +72,6 @@ from lemur.model import Model
 from lemur.retrieval import (
     Documents,
     check_features,
-    check_k,
     check_queries,
     rerank_unchecked,
 )
@@ -84,6 +83,9 @@ MAX_DIMS = 4000
 #: pgvector's largest hnsw.ef_search; more candidates come from its iterative scan.
 MAX_EF_SEARCH = 1000
 DEFAULT_TABLE = "lemur_documents"
+#: Counts of results up to this are taken as asked, larger ones are clamped
+#: to the number of documents (which costs a count).
+CHEAP_COUNT = 4096
 #: The most bytes of a table row PostgreSQL keeps in its 8 kB page.
 ROW_BYTES = 8000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -352,7 +354,7 @@ class PostgresIndex:
         threads = resolve_num_threads(num_threads)
         features = check_features(features, dim=self._model.feature_dim,
                                   dim_name="the model's feature dimension", num_threads=threads)
-        k = check_k(k, at_most=2**31)
+        k = self._at_most_documents(check_positive_int(k, name="k"))
         with self._lock:
             return self.first_stage.top_k(features, k, threads)
 
@@ -370,6 +372,8 @@ class PostgresIndex:
         candidates = check_positive_int(candidates, name="candidates")
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
+        candidates = self._at_most_documents(candidates)
+        k = min(k, candidates)
         tokens, offsets = check_queries(query_tokens, query_counts, dim=self._model.input_dim,
                                         dim_name="the model's input dimension", num_threads=threads)
         tokens = self._model.centred(tokens, threads)
@@ -381,6 +385,12 @@ class PostgresIndex:
             return np.full((found.shape[0], k), -1, np.int64), np.full((found.shape[0], k), -np.inf, np.float32)
         best, scores = rerank_unchecked(tokens, offsets, documents, rows, min(k, candidates), threads)
         return np.where(best >= 0, ids[np.maximum(best, 0)], -1), scores
+
+    def _at_most_documents(self, count: int) -> int:
+        """`count`, or the number of documents when it is larger (counted only
+        for counts past a few thousand, so that the usual searches send no
+        extra statement)."""
+        return count if count <= CHEAP_COUNT else min(count, max(1, self.num_docs))
 
     def _documents_of(self, found: np.ndarray) -> tuple[Documents | None, np.ndarray, np.ndarray]:
         """The token store of the distinct ids in `found` (one statement),
