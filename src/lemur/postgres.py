@@ -435,7 +435,7 @@ class PostgresIndex:
         Returns the new documents' ids (`ids`, or the next ones of the
         table's sequence).
         """
-        psycopg, sql, HalfVector, _ = _driver()
+        psycopg, sql, _, _ = _driver()
         if self._sample is None:
             raise ValueError(f"{self.table}: the stored model has no OLS sample to fit new documents against")
         threads = resolve_num_threads(num_threads)
