@@ -189,3 +189,9 @@ def test_a_graph_built_before_any_document_takes_its_radius_from_the_first_ones(
     features = index.features(more_tokens[:100], [50, 50])
     exact = exhaustive_of(index).top_k(features, 10)[0]
     assert np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(index.top_k(features, 10)[0], exact)]) >= 0.9
+
+
+def test_formats_without_a_place_for_the_graph_say_so(tmp_path, built):
+    index = built[0]
+    assert "the ANN graph" in lemur.formats.save(index, tmp_path / "original", format="original")
+    assert "the ANN graph" in lemur.formats.save(index, tmp_path / "txtai", format="txtai")

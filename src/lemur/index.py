@@ -609,6 +609,9 @@ class Index:
         See :func:`lemur.top_k`: int64 document ids and float32 scores, shape
         ``(num_queries, min(k, num_docs))``, best first, ties by smaller row;
         memory stays bounded whatever the number of queries and documents.
+        With the embedded ANN (:meth:`build_ann`), the best of the rows its
+        graph finds, scored exactly; -1/-inf pad a query for which it finds
+        fewer than k.
         """
         threads = resolve_num_threads(num_threads)
         store = self._store

@@ -168,7 +168,9 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
     left_out = [name for name, kept in (("the token store", record.doc_tokens is not None
                                          and len(record.doc_tokens) > 0),
                                         ("the document ids (rows are 0, 1, ...)", custom_ids),
-                                        ("the OLS sample", record.sample is not None)) if kept]
+                                        ("the OLS sample", record.sample is not None),
+                                        ("the ANN graph (build it again with index.build_ann)",
+                                         record.ann is not None)) if kept]
     if left_out:
         written += "; it has no place for " + ", ".join(left_out)
     return written

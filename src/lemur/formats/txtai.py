@@ -160,7 +160,7 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
     text = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
     write_atomically(os.path.join(path, CONFIG), lambda stream: stream.write(text))
     left_out = [name for name, value in (("W", record.W), ("the token store", record.doc_tokens))
-                if value is not None and len(value)]
+                if value is not None and len(value)] + (["the ANN graph"] if record.ann is not None else [])
     return "a txtai LEMUR artifact (config.json, model.safetensors)" + (
         f"; txtai keeps documents elsewhere, so {' and '.join(left_out)} "
         f"{'were' if len(left_out) > 1 else 'was'} left out" if left_out else "")
