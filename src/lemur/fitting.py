@@ -159,16 +159,9 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
     projection = sample.projection(model, num_threads)
     num_docs = offsets.size - 1
     W = aligned_empty((num_docs, model.feature_dim), np.float32)
-    block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
     report = Progress(num_docs, "fitting documents", progress)
     try:
-        for start in range(0, num_docs, block):
-            stop = min(num_docs, start + block)
-            # the block's own offsets, from 0, over a view of its tokens
-            block_offsets = offsets[start : stop + 1] - offsets[start]
-            block_tokens = tokens[offsets[start] : offsets[stop]]
-            targets = document_targets(sample, block_tokens, block_offsets, num_threads,
-                                       scratch("targets", (stop - start, sample.size), np.float32))
+        for start, stop, targets in target_blocks(sample, tokens, offsets, num_threads, reuse=True):
             targets -= np.float32(model.output_mean)
             targets /= np.float32(model.output_std)
             kernels.gemm_packed(targets, projection, W[start:stop], num_threads)
@@ -178,29 +171,53 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
     return W
 
 
-def target_statistics(learn_rows: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
-                      num_threads: int) -> tuple[float, float]:
-    """Mean and population standard deviation of max_{d in D} <x, d> over every
-    learn row x and document D, as the original normalises its targets."""
-    sample = OLSSample(learn_rows)
-    count, mean, squares = 0, 0.0, 0.0
+def target_blocks(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray, num_threads: int,
+                  reuse: bool = False):
+    """The documents' targets block by block, at most TARGETS_BLOCK_BYTES a
+    block: yields (start, stop, targets (stop - start, sample_size)) for the
+    documents start..stop-1. With `reuse`, every block is written into one
+    scratch buffer (valid until the next block)."""
     num_docs = offsets.size - 1
     block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
     for start in range(0, num_docs, block):
         stop = min(num_docs, start + block)
-        targets = document_targets(
-            sample, tokens[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start],
-            num_threads,
-        ).astype(np.float64)
-        # Chan et al.'s pairwise update of (count, mean, sum of squared deviations)
+        out = scratch("targets", (stop - start, sample.size), np.float32) if reuse else None
+        # the block's own offsets, from 0, over a view of its tokens
+        yield start, stop, document_targets(sample, tokens[offsets[start] : offsets[stop]],
+                                            offsets[start : stop + 1] - offsets[start], num_threads, out)
+
+
+class TargetMoments:
+    """The mean and population standard deviation of blocks of targets, in
+    float64, combined by Chan et al.'s pairwise update of (count, mean, sum
+    of squared deviations): one pass, one block in memory at a time."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.squares = 0, 0.0, 0.0
+
+    def add(self, targets: np.ndarray) -> None:
+        targets = targets.astype(np.float64)
         block_count, block_mean = targets.size, float(targets.mean())
         block_squares = float(((targets - block_mean) ** 2).sum())
-        delta = block_mean - mean
-        total = count + block_count
-        squares += block_squares + delta * delta * count * block_count / total
-        mean += delta * block_count / total
-        count = total
-    return mean, float(np.sqrt(squares / count))
+        delta = block_mean - self.mean
+        total = self.count + block_count
+        self.squares += block_squares + delta * delta * self.count * block_count / total
+        self.mean += delta * block_count / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.squares / self.count))
+
+
+def target_statistics(learn_rows: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
+                      num_threads: int) -> tuple[float, float]:
+    """Mean and population standard deviation of max_{d in D} <x, d> over every
+    learn row x and document D, as the original normalises its targets."""
+    moments = TargetMoments()
+    for _, _, targets in target_blocks(OLSSample(learn_rows), tokens, offsets, num_threads, reuse=True):
+        moments.add(targets)
+    return moments.mean, moments.std
 
 
 def elm_layers(input_dim: int, hidden_dim: int,

@@ -70,21 +70,18 @@ def _subsets(documents: Documents, learn: np.ndarray, train_subset_size: int, le
 def training_targets(learn_rows: np.ndarray, documents: Documents, num_threads: int,
                      progress: bool | None = None) -> tuple[np.ndarray, float, float]:
     """Y (num_learn, num_docs) float32, standardised, with the mean and
-    population standard deviation it was standardised by."""
-    sample = fitting.OLSSample(learn_rows)
+    population standard deviation it was standardised by (computed block by
+    block as the targets are: no copy of Y)."""
     targets = np.empty((learn_rows.shape[0], documents.num_docs), np.float32)
-    block = max(1, fitting.TARGETS_BLOCK_BYTES // (4 * sample.size))
+    moments = fitting.TargetMoments()
     report = fitting.Progress(documents.num_docs, "training targets", progress)
-    for start in range(0, documents.num_docs, block):
-        stop = min(documents.num_docs, start + block)
-        offsets = documents.offsets[start : stop + 1] - documents.offsets[start]
-        part = fitting.document_targets(
-            sample, documents.tokens[documents.offsets[start] : documents.offsets[stop]], offsets, num_threads)
+    for start, stop, part in fitting.target_blocks(fitting.OLSSample(learn_rows), documents.tokens,
+                                                   documents.offsets, num_threads, reuse=True):
         targets[:, start:stop] = part.T
+        moments.add(part)
         report.update(stop - start)
     report.close()
-    mean = float(targets.mean(dtype=np.float64))
-    std = float(np.sqrt(np.square(targets - np.float32(mean), dtype=np.float64).mean()))
+    mean, std = moments.mean, moments.std
     if not std > 0:
         raise ValueError("the training targets are all equal (every token and document alike?): nothing to learn")
     targets -= np.float32(mean)
