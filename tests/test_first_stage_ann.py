@@ -139,6 +139,7 @@ def _saved(tmp_path, index):
     ({"ann_settings": np.array([32, 16, 128, 10, -1], np.int64)}, "ann_settings"),
     ({"ann_keys": np.zeros(400, np.int64)}, "distinct"),
     ({"ann_keys": np.arange(399, dtype=np.int64)}, "ann_keys"),
+    ({"ann_keys": np.arange(400, dtype=np.int64) + 2**40}, "far past the graph's 400 slots"),
     ({"ann_graph": np.zeros(100, np.uint8)}, "ann_graph"),
     ({"ann_graph": np.frombuffer(b"not a graph at all" * 10, np.uint8)}, "ann_graph"),
     ({"ann_radius": np.array(-1.0)}, "ann_radius"),
@@ -182,10 +183,10 @@ def test_searches_run_while_documents_are_added_from_another_thread(built):
 def test_a_graph_built_before_any_document_takes_its_radius_from_the_first_ones():
     index, _, _ = index_with_sample(num_docs=0)
     index.build_ann(dims=16, progress=False)
-    assert index.ann._shared.radius == 0
+    assert index.ann.radius == 0
     _, more_tokens, more_counts = index_with_sample(num_docs=300, seed=9)
     index.add_documents(more_tokens, more_counts)
-    assert index.ann._shared.radius > 0
+    assert index.ann.radius > 0
     features = index.features(more_tokens[:100], [50, 50])
     exact = exhaustive_of(index).top_k(features, 10)[0]
     assert np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(index.top_k(features, 10)[0], exact)]) >= 0.9

@@ -132,9 +132,10 @@ class _Names:
         self.sequence_name = ".".join(f'"{part}"' for part in [*schema, name + "_id_seq"])
 
 
-def _connect(dsn: object):
+def _connect(dsn: object, create_extension: bool = False):
     """A connection to `dsn` (a libpq connection string or URI) with
-    pgvector's types registered; a psycopg connection is used as it is."""
+    pgvector's types registered (and the extension created first, with
+    `create_extension`); a psycopg connection is used as it is."""
     psycopg, _, _, register_vector = _driver()
     if isinstance(dsn, psycopg.Connection):
         connection = dsn
@@ -143,11 +144,19 @@ def _connect(dsn: object):
     else:
         raise TypeError(f"dsn must be a connection string or a psycopg.Connection, got {type(dsn).__name__}")
     try:
-        register_vector(connection)
-    except psycopg.ProgrammingError:
-        raise ValueError("the database has no 'vector' extension: CREATE EXTENSION vector (pgvector >= 0.7), "
-                         "or let lemur.postgres.export create it") from None
-    connection.commit()
+        if create_extension:
+            with connection.transaction():
+                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        try:
+            register_vector(connection)
+        except psycopg.ProgrammingError:
+            raise ValueError("the database has no 'vector' extension: CREATE EXTENSION vector (pgvector >= 0.7), "
+                             "or let lemur.postgres.export create it") from None
+        connection.commit()
+    except BaseException:
+        if connection is not dsn:  # ours: closed again
+            connection.close()
+        raise
     return connection
 
 
@@ -543,7 +552,7 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, dims: int =
         Parallel workers for the HNSW build (``max_parallel_maintenance_workers``
         = num_threads - 1).
     """
-    psycopg, sql, _, register_vector = _driver()
+    psycopg, sql, _, _ = _driver()
     if not isinstance(index, Index):
         raise TypeError(f"index must be a lemur.Index, got {type(index).__name__}")
     names = _Names(table)
@@ -558,16 +567,11 @@ def export(index: Index, dsn: object, table: str = DEFAULT_TABLE, *, dims: int =
     if not isinstance(maintenance_work_mem, str) or not re.fullmatch(r"\d+\s*(kB|MB|GB)", maintenance_work_mem):
         raise ValueError(f"maintenance_work_mem must be like '512MB' or '2GB', got {maintenance_work_mem!r}")
     threads = resolve_num_threads(num_threads)
-    connection = psycopg.connect(dsn) if isinstance(dsn, str) else dsn
-    if not isinstance(connection, psycopg.Connection):
-        raise TypeError(f"dsn must be a connection string or a psycopg.Connection, got {type(dsn).__name__}")
+    connection = _connect(dsn, create_extension=True)
     try:
-        with connection.transaction():
-            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        register_vector(connection)
         W, ids = index.W, index.doc_ids
         basis = index._graph_basis(settings.dims, threads)
-        radius = (index.ann._shared.radius if index.ann is not None and index.ann.basis is basis
+        radius = (index.ann.radius if index.ann is not None and index.ann.basis is basis
                   else graph_radius(W, basis, threads))
         tokens = index.doc_tokens
         offsets = None if tokens is None else np.concatenate([[0], np.cumsum(index.doc_counts)])

@@ -56,6 +56,10 @@ RADIUS_HEADROOM = 1.5
 #: Asked for at least 1/EXACT_FRACTION of the graph's rows, the stage scores
 #: every projected row instead of walking the graph.
 EXACT_FRACTION = 4
+#: Keys run past the graph's slots only where additions were interrupted; a
+#: file whose keys reach past this many times the slots is refused (the map
+#: from keys to rows has one entry a key).
+MAX_UNUSED_SLOTS_FACTOR = 2
 #: Rows projected and added to the graph at a time (the progress line's step).
 ADD_BLOCK_ROWS = 65536
 
@@ -186,7 +190,10 @@ class AnnStage:
             raise ValueError(f"ann_graph could not be read: {exc}") from None
         if graph is None or graph.ndim != settings.dims + 1:
             raise ValueError("ann_graph could not be read")
-        next_key = max(next_key, int(header["count_present"]) + int(header["count_deleted"]))
+        slots = int(header["count_present"]) + int(header["count_deleted"])
+        if next_key > MAX_UNUSED_SLOTS_FACTOR * slots + ADD_BLOCK_ROWS:  # the map is next_key entries
+            raise ValueError(f"ann_keys go up to {next_key - 1}, far past the graph's {slots} slots")
+        next_key = max(next_key, slots)
         row_of_key = np.full(next_key, -1, np.int64)
         row_of_key[keys] = np.arange(W.shape[0])
         return cls(W, _Graph(graph, next_key, radius, graph_bytes if mapped else None), basis, row_of_key, settings)
@@ -197,7 +204,7 @@ class AnnStage:
         with self._shared.lock.reading():
             graph_bytes = np.frombuffer(self._shared.graph.save(), np.uint8)
         return {"ann_graph": graph_bytes, "ann_basis": self.basis, "ann_keys": self.keys_of_rows(),
-                "ann_settings": self.settings.as_array(), "ann_radius": np.array(self._shared.radius)}
+                "ann_settings": self.settings.as_array(), "ann_radius": np.array(self.radius)}
 
     def keys_of_rows(self) -> np.ndarray:
         """The graph key of each of W's rows."""
@@ -212,6 +219,11 @@ class AnnStage:
         return (f"HNSW (usearch, float16, inner products as L2 distances) over {self.W.shape[0]:,} rows "
                 f"projected on {s.dims} directions, M={s.connectivity}, ef_construction={s.expansion_add}; "
                 f"{s.candidates_factor} x k rows rescored in float32")
+
+    @property
+    def radius(self) -> float:
+        """The reduction's radius R (0 until the graph holds rows)."""
+        return self._shared.radius
 
     @property
     def nbytes(self) -> int:
