@@ -3,7 +3,6 @@ and without running code from them, and written for torch and the original."""
 
 from __future__ import annotations
 
-import pathlib
 from collections import OrderedDict
 
 import numpy as np
@@ -11,20 +10,11 @@ import pytest
 from conftest import DATA, FEATURE_TOLERANCE, VARIANTS, golden
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch_files import Tensor, archive
+from torch_files import HOSTILE, MARKER, Tensor, archive, write
 
 import lemur
 from lemur import formats
 from lemur.formats import torch_archive
-
-MARKER = pathlib.Path("/tmp/lemur_pwned")
-HOSTILE = DATA / "hostile" / "mlp.pt"
-
-
-def write(tmp_path, data: bytes, name="file.pt") -> pathlib.Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def floats(*values) -> bytes:

@@ -3,7 +3,6 @@ code from them, and written for torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
-import pathlib
 import zipfile
 from collections import OrderedDict
 
@@ -12,20 +11,11 @@ import pytest
 from conftest import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch_files import Call, Tensor, archive, pickled
+from torch_files import MARKER, Call, Tensor, archive, pickled, write
 
 import lemur
 from lemur import formats
 from lemur.formats import torch_archive
-
-MARKER = pathlib.Path("/tmp/lemur_pwned")
-HOSTILE = DATA / "hostile" / "mlp.pt"
-
-
-def write(tmp_path, data: bytes, name="file.pt") -> pathlib.Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def test_raw_reader_matches_torch_for_every_tensor(variant):

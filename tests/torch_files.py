@@ -8,10 +8,25 @@ torch.save writes, and hostile or broken variants of them.
 from __future__ import annotations
 
 import io
+import pathlib
 import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from conftest import DATA
+
+#: What a hostile pickle that ran code would create.
+MARKER = pathlib.Path("/tmp/lemur_pwned")
+#: The fixtures' hostile mlp.pt (its pickle would run "touch /tmp/lemur_pwned").
+HOSTILE = DATA / "hostile" / "mlp.pt"
+
+
+def write(tmp_path, data: bytes, name="file.pt") -> pathlib.Path:
+    """`data` written to tmp_path / name."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
 
 
 @dataclass

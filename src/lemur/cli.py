@@ -187,12 +187,18 @@ def _write_index(index, path: str, what: str) -> None:
     print(f"wrote {path}: {index!r} ({what})", file=sys.stderr)
 
 
-def _build(arguments: argparse.Namespace) -> int:
-    from lemur import fit_elm
-
+def _corpus_files(arguments: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """--docs, --doc-counts and --learn of the commands that build an index."""
     doc_tokens = _load_vectors(arguments.docs, "document tokens", half=True)
     doc_counts = _load_array(arguments.doc_counts, "document counts")
     learn = None if arguments.learn is None else _load_vectors(arguments.learn, "learn tokens")
+    return doc_tokens, doc_counts, learn
+
+
+def _build(arguments: argparse.Namespace) -> int:
+    from lemur import fit_elm
+
+    doc_tokens, doc_counts, learn = _corpus_files(arguments)
     start = time.perf_counter()
     index = fit_elm(
         doc_tokens, doc_counts, hidden_dim=arguments.hidden, activation=arguments.activation,
@@ -209,9 +215,7 @@ def _build(arguments: argparse.Namespace) -> int:
 def _train(arguments: argparse.Namespace) -> int:
     from lemur import train
 
-    doc_tokens = _load_vectors(arguments.docs, "document tokens", half=True)
-    doc_counts = _load_array(arguments.doc_counts, "document counts")
-    learn = None if arguments.learn is None else _load_vectors(arguments.learn, "learn tokens")
+    doc_tokens, doc_counts, learn = _corpus_files(arguments)
     start = time.perf_counter()
     index = train(
         doc_tokens, doc_counts, learn_tokens=learn, epochs=arguments.epochs, num_layers=arguments.layers,
