@@ -1603,6 +1603,16 @@ def layer_backward(float[:, ::1] grad, const float[:, ::1] normalized, const flo
                 grad_beta[j] += partials[chunk, 2, j]
 
 
+# sums[0] + sums[1] + ... + sums[count - 1], in that order: the partial sums
+# of a parallel reduction added whatever the number of threads.
+cdef inline double sum_in_order(const double[::1] sums, Py_ssize_t count) noexcept nogil:
+    cdef double total = 0
+    cdef Py_ssize_t i
+    for i in range(count):
+        total += sums[i]
+    return total
+
+
 # predictions (rows, n) become scale * (predictions - targets), the gradient
 # of scale/2 * the sum of squared differences; returns that sum (float64).
 # Parallel over rows, the rows' sums added in order.
@@ -1611,7 +1621,7 @@ def layer_backward(float[:, ::1] grad, const float[:, ::1] normalized, const flo
 def squared_error_gradient(float[:, ::1] predictions, const float[:, ::1] targets, float scale, int num_threads):
     cdef Py_ssize_t rows = predictions.shape[0], n = predictions.shape[1], row, j
     cdef double[::1] sums = np.zeros(max(1, rows), np.float64)
-    cdef double total = 0, row_sum
+    cdef double row_sum
     cdef float difference
     with nogil:
         for row in prange(rows, num_threads=num_threads, schedule='static'):
@@ -1621,9 +1631,7 @@ def squared_error_gradient(float[:, ::1] predictions, const float[:, ::1] target
                 row_sum = row_sum + <double>difference * difference
                 predictions[row, j] = scale * difference
             sums[row] = row_sum
-    for row in range(rows):
-        total += sums[row]
-    return total
+    return sum_in_order(sums, rows)
 
 
 # The sum of squares of values (float64), over chunks of TRAIN_CHUNK_VALUES
@@ -1634,16 +1642,14 @@ def sum_of_squares(const float[::1] values, int num_threads):
     cdef Py_ssize_t size = values.shape[0], chunk, i
     cdef Py_ssize_t chunks = (size + TRAIN_CHUNK_VALUES - 1) // TRAIN_CHUNK_VALUES
     cdef double[::1] sums = np.zeros(max(1, chunks), np.float64)
-    cdef double part, total = 0
+    cdef double part
     with nogil:
         for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
             part = 0
             for i in range(chunk * TRAIN_CHUNK_VALUES, min(size, (chunk + 1) * TRAIN_CHUNK_VALUES)):
                 part = part + <double>values[i] * values[i]
             sums[chunk] = part
-    for chunk in range(chunks):
-        total += sums[chunk]
-    return total
+    return sum_in_order(sums, chunks)
 
 
 # One Adam step on parameters (PyTorch's torch.optim.Adam, no weight decay):
