@@ -13,9 +13,9 @@ after it stays exact.
 
 Why projected rows: LEMUR's features concentrate on few directions, so
 <c, V w> keeps most of <f, w>'s ranking (at 1M fitted rows, the exact top
-1,000 by <c, V w> with 128 directions holds 93% of the true top 200, with
-256 directions 94%), and a graph over 128 float16 values a row is 32x
-smaller and many times faster to walk than one over 2048 float32 values.
+1,000 by <c, V w> with 128 directions holds 92% of the true top 200, the top
+3,000 98%), and a graph over 128 float16 values a row is 32x smaller and
+many times faster to walk than one over 2048 float32 values.
 
 Maximum inner product by nearest neighbours: each projected row p gets one
 more coordinate, sqrt(R^2 - |p|^2) (R: 1.5 x the largest norm when the
@@ -23,9 +23,9 @@ graph is built; a row added later with a larger norm gets 0 there, and may
 be missed), each query a 0, so the nearest rows in L2 are those of largest
 <c, p>. HNSW walks these much better than inner products themselves, whose
 large-norm rows become hubs: at 1M fitted rows, 1,000 rows from the graph
-recall 0.93 of the true top 200 with the reduction and 0.72 with the inner
-product, and more rows from the inner-product graph hardly help (0.77 at
-3,000): ``bench/scale.py``, ``bench/ann_libraries.py``.
+recall 0.91 of the true top 200 with the reduction and 0.71 with the inner
+product, and more rows from the inner-product graph hardly help (3,000:
+0.98 against 0.76): ``bench/ann_libraries.py --docs 1000000``.
 
 Keys: the graph's keys are slots that never change; `row_of_key` maps them
 to W's rows (-1: removed, or a slot past this stage), so compacting W
