@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import numpy as np
 import scale
 
 import lemur
+from lemur._config import cpu_model
+from lemur._dispatch import kernels
 
 ORIGINAL_FIT = r"""
 import sys, time, numpy as np, torch
@@ -135,10 +136,12 @@ def main() -> int:
     parser.add_argument("--original", help="a checkout of the original LEMUR, its extension built")
     parser.add_argument("--peer-python", default=sys.executable, help="a python with torch, for the original")
     parser.add_argument("--fixtures", help="../shared/fixtures: also compare on the fixture corpus")
+    parser.add_argument("--matmul-precision", nargs="+", choices=("float32", "bfloat16"),
+                        default=["float32", "bfloat16"], help="lemur.train's matmul_precision, each a run")
     parser.add_argument("--out", help="a JSON file for the figures")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    results = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "docs": args.docs,
+    results = {"cpu": cpu_model(), "amx_bfloat16": kernels.AMX_BFLOAT16, "threads": args.threads, "docs": args.docs,
                "epochs": args.epochs, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
     if args.fixtures:
         results["fixtures"] = fixture_quality(args.fixtures, args.threads)
@@ -156,15 +159,20 @@ def main() -> int:
         np.save(os.path.join(folder, "counts.npy"), counts)
         print(f"{args.docs:,} documents, {tokens.shape[0]:,} tokens of dimension {tokens.shape[1]}; "
               f"{args.epochs} epochs at the original's defaults, {args.threads} threads", flush=True)
-        start = time.perf_counter()
-        trained = lemur.train(tokens, counts, epochs=args.epochs, num_threads=args.threads)
-        log = trained.training_log
-        results["lemur"] = {"fit_s": time.perf_counter() - start, "epoch_s": float(np.median(log["epoch_seconds"])),
-                            "targets_s": log["targets_seconds"], "indexing_s": log["indexing_seconds"],
-                            "losses": log["losses"], **recalls(trained, queries, query_counts, truth)}
-        print(f"  lemur: fit {results['lemur']['fit_s']:.1f} s ({results['lemur']['epoch_s']:.1f} s an epoch), "
-              f"recall@10 {results['lemur']['recall@10_k100']:.3f} / {results['lemur']['recall@10_k200']:.3f} "
-              "(k' = 100 / 200)", flush=True)
+        for precision in args.matmul_precision:
+            name = "lemur" if precision == "float32" else f"lemur-{precision}"
+            start = time.perf_counter()
+            trained = lemur.train(tokens, counts, epochs=args.epochs, matmul_precision=precision,
+                                  num_threads=args.threads)
+            log = trained.training_log
+            results[name] = {"fit_s": time.perf_counter() - start, "epoch_s": float(np.median(log["epoch_seconds"])),
+                             "targets_s": log["targets_seconds"], "indexing_s": log["indexing_seconds"],
+                             "losses": log["losses"], "matmul_precision": precision,
+                             **recalls(trained, queries, query_counts, truth)}
+            print(f"  {name}: fit {results[name]['fit_s']:.1f} s ({results[name]['epoch_s']:.1f} s an epoch, "
+                  f"targets {results[name]['targets_s']:.1f} s, W {results[name]['indexing_s']:.1f} s), "
+                  f"recall@10 {results[name]['recall@10_k100']:.3f} / {results[name]['recall@10_k200']:.3f} "
+                  "(k' = 100 / 200)", flush=True)
         elm = lemur.fit_elm(tokens, counts, num_threads=args.threads, progress=False)
         results["elm"] = recalls(elm, queries, query_counts, truth)
         print(f"  lemur ELM: recall@10 {results['elm']['recall@10_k100']:.3f} / "
@@ -174,12 +182,18 @@ def main() -> int:
             results["original"] = run_original(args, folder, index_dir)
             original = lemur.load(index_dir).with_documents(tokens, counts)  # its directory has no tokens
             results["original"].update(recalls(original, queries, query_counts, truth))
-            ratio = results["lemur"]["fit_s"] / results["original"]["fit_s"]
-            results["time_ratio"] = ratio
             print(f"  original: fit {results['original']['fit_s']:.1f} s "
                   f"({results['original']['epoch_s'] or 0:.1f} s an epoch), recall@10 "
-                  f"{results['original']['recall@10_k100']:.3f} / {results['original']['recall@10_k200']:.3f}; "
-                  f"lemur's time / the original's: {ratio:.2f}x", flush=True)
+                  f"{results['original']['recall@10_k100']:.3f} / {results['original']['recall@10_k200']:.3f}",
+                  flush=True)
+            for precision in args.matmul_precision:
+                name = "lemur" if precision == "float32" else f"lemur-{precision}"
+                ratio = results[name]["fit_s"] / results["original"]["fit_s"]
+                results[name]["time_ratio"] = ratio
+                print(f"  {name}'s fit time / the original's: {ratio:.2f}x; recall@10 difference "
+                      f"{results[name]['recall@10_k100'] - results['original']['recall@10_k100']:+.3f} / "
+                      f"{results[name]['recall@10_k200'] - results['original']['recall@10_k200']:+.3f}",
+                      flush=True)
     return _write(results, args.out)
 
 

@@ -88,3 +88,12 @@ def unfused_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for k in range(a.shape[1]):
         out = out + np.outer(a[:, k], b[k]).astype(np.float32)
     return out
+
+
+def bfloat16(values: np.ndarray) -> np.ndarray:
+    """Round to nearest even, magnitudes below 2^-126 to zero: float64 of the
+    results (finite values)."""
+    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    rounded = np.where((bits & 0x7FFFFFFF) < 0x00800000, bits & 0x80000000, rounded)
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)

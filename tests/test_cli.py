@@ -249,7 +249,8 @@ def test_train_writes_a_trained_index(capsys, tmp_path):
     index = str(tmp_path / "trained.npz")
     assert main(["train", "--docs", str(tmp_path / "docs.npy"), "--doc-counts", str(tmp_path / "counts.npy"),
                  "--out", index, "--epochs", "2", "--hidden", "32", "--final-hidden", "64", "--train-subset", "64",
-                 "--learn-subset", "1000", "--sample-size", "256", "--no-progress", "--precision", "int8"]) == 0
+                 "--learn-subset", "1000", "--sample-size", "256", "--no-progress", "--precision", "int8",
+                 "--matmul-precision", "bfloat16"]) == 0
     assert "trained and indexed" in capsys.readouterr().err
     trained = lemur.load(index)
     assert trained.model.kind == "mlp" and trained.precision == "int8" and trained.num_docs == 200

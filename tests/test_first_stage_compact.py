@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 
 from lemur._dispatch import kernels
 from lemur.first_stage import compact
@@ -32,14 +33,6 @@ def decoded(rows: compact.CompactRows) -> np.ndarray:
     return bits.view(np.float32).astype(np.float64)[:, : rows.h]
 
 
-def reference_bfloat16(values: np.ndarray) -> np.ndarray:
-    """Round to nearest even, magnitudes below 2^-126 to zero: float64 of the results."""
-    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    rounded = np.where((bits & 0x7FFFFFFF) < 0x00800000, bits & 0x80000000, rounded)
-    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
-
-
 def orthonormal(m: int, h: int, seed: int = 0) -> np.ndarray:
     q = np.linalg.qr(np.random.default_rng(seed).standard_normal((h, m)))[0]
     return np.ascontiguousarray(q.T, dtype=np.float32)
@@ -55,7 +48,7 @@ def test_row_codes_and_parameters_match_a_float64_reference(precision, h):
     rows = compact.build(W, precision, basis, num_threads=2)
     values = decoded(rows)
     if precision == "bfloat16":
-        np.testing.assert_array_equal(values, reference_bfloat16(W))
+        np.testing.assert_array_equal(values, reference.bfloat16(W))
     else:
         scale = np.abs(W).max(axis=1) / np.float32(127)
         assert np.all(np.abs(W - values) <= 0.5 * scale[:, None] * (1 + 1e-6) + 1e-30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 from conftest import DATA, golden, random_model
 from test_retrieval import brute_maxsim, corpus
 
@@ -57,6 +58,32 @@ def test_document_targets_match_brute_force(monkeypatch, variant_name):
     offsets = documents.offsets
     expected = np.stack([(sample.rows @ tokens[offsets[j] : offsets[j + 1]].T).max(axis=1) for j in range(25)])
     np.testing.assert_allclose(targets, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant_name", _dispatch.runnable_variants())
+@pytest.mark.parametrize("token_dtype", [np.float32, np.float16])
+def test_bfloat16_targets_are_those_of_the_rounded_values(monkeypatch, variant_name, token_dtype):
+    """matmul_precision="bfloat16" (lemur.train's option): the max over a
+    document's tokens of the products of the rounded values, float32 sums
+    (at most (d + 1) u of the sum of magnitudes off the float64 values); AMX
+    units of whole documents and 4096 sample rows, so documents longer than a
+    unit (1500 tokens), one-token ones, and a sample past one unit (4100)."""
+    monkeypatch.setattr(fitting, "kernels", _dispatch.load_variant(variant_name))
+    random = np.random.default_rng(3)
+    counts = random.integers(1, 60, 40)
+    counts[[0, 7]] = [1500, 1]
+    tokens = random.standard_normal((counts.sum(), 48)).astype(token_dtype)
+    documents = Documents.check(tokens, counts)
+    sample = fitting.OLSSample(random.standard_normal((4100, 48)).astype(np.float32))
+    targets = fitting.document_targets(sample, documents.tokens, documents.offsets, 2, matmul_precision="bfloat16")
+    rounded_sample, rounded_tokens = reference.bfloat16(sample.rows), reference.bfloat16(tokens)
+    offsets = documents.offsets
+    for j in range(counts.size):
+        products = rounded_sample @ rounded_tokens[offsets[j] : offsets[j + 1]].T
+        magnitudes = np.abs(rounded_sample) @ np.abs(rounded_tokens[offsets[j] : offsets[j + 1]]).T
+        bound = 49 * 2.0**-24 * magnitudes.max(axis=1)
+        assert np.all(np.abs(targets[j] - products.max(axis=1)) <= bound), j
+    assert not np.array_equal(targets, fitting.document_targets(sample, documents.tokens, offsets, 2))
 
 
 def test_target_statistics_match_numpy():

@@ -255,3 +255,68 @@ def test_float16_widening_is_exact_for_every_bit_pattern(kernels):
     kernels.maxsim_scores(query, np.arange(9, dtype=np.int64), docs, offsets, candidates, out, 2)
     widened = bits.view(np.float16).astype(np.float32).reshape(-1, 8).T
     np.testing.assert_array_equal(out, widened)  # exact (a sum from +0 makes -0 +0)
+
+
+def test_bfloat16_rounding_is_to_nearest_even_and_flushes_subnormals(kernels):
+    """matmul_bfloat16's rounding (VCVTNE2PS2BF16's rule, also its fallback):
+    every exponent, ties both ways, subnormals, infinities; NaN stays NaN."""
+    random = np.random.default_rng(0)
+    bits = random.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    ties = (random.integers(0, 2**16, 2000).astype(np.uint32) << 16) | 0x8000
+    bits = np.concatenate([bits, ties, ties | 0x10000, [0x7F7FFFFF, 0x00800000, 0x007FFFFF, 0x80000001]])
+    values = bits.astype(np.uint32).view(np.float32)
+    finite = values[np.isfinite(values)].copy()
+    expected = reference.bfloat16(finite)
+    kernels.round_bfloat16_inplace(finite, 2)
+    np.testing.assert_array_equal(finite.astype(np.float64), expected)
+    special = np.array([np.inf, -np.inf, np.nan], np.float32)
+    kernels.round_bfloat16_inplace(special, 1)
+    assert special[0] == np.inf and special[1] == -np.inf and np.isnan(special[2])
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (5, 7, 3), (33, 65, 100), (200, 300, 70), (129, 17, 600)])
+@pytest.mark.parametrize("transpose_a, transpose_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_bfloat16_products_are_the_rounded_operands_products(kernels, m, n, k, transpose_a, transpose_b,
+                                                             accumulate):
+    """op(a) op(b) from operands rounded to bfloat16: every product of two
+    bfloat16 values is exact in float32, so out is off the float64 product
+    of the rounded operands only by float32 sums, at most (k + 1) u of the
+    sum of magnitudes (u = 2^-24; AMX tiles and the sgemm fallback alike)."""
+    random = np.random.default_rng(m * 1000 + n + k)
+    a = random.standard_normal((k, m) if transpose_a else (m, k)).astype(np.float32)
+    b = (random.standard_normal((n, k) if transpose_b else (k, n)) * 10.0 ** random.integers(-3, 4)).astype(
+        np.float32)
+    start = random.standard_normal((m, n)).astype(np.float32)
+    out = start.copy()
+    kernels.matmul_bfloat16(a, transpose_a, b, transpose_b, out, accumulate, 2)
+    rounded_a = reference.bfloat16(a.T if transpose_a else a)
+    rounded_b = reference.bfloat16(b.T if transpose_b else b)
+    expected = rounded_a @ rounded_b + (start if accumulate else 0)
+    magnitude = np.abs(rounded_a) @ np.abs(rounded_b) + (np.abs(start) if accumulate else 0)
+    assert np.all(np.abs(out - expected) <= (k + 1) * 2.0**-24 * magnitude + 1e-38)
+
+
+def test_bfloat16_products_do_not_depend_on_the_threads(kernels):
+    random = np.random.default_rng(1)
+    a, b = random.standard_normal((300, 530)).astype(np.float32), random.standard_normal((530, 700)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty((300, 700), np.float32)
+        kernels.matmul_bfloat16(a, False, b, False, out, False, threads)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_bfloat16_products_of_empty_shapes(kernels):
+    out = np.full((3, 4), 7.0, np.float32)
+    kernels.matmul_bfloat16(np.empty((3, 0), np.float32), False, np.empty((0, 4), np.float32), False, out, True, 2)
+    assert (out == 7).all()
+    kernels.matmul_bfloat16(np.empty((3, 0), np.float32), False, np.empty((0, 4), np.float32), False, out, False, 2)
+    assert (out == 0).all()
+
+
+def test_amx_is_only_claimed_by_the_avx512_variant(kernels):
+    if kernels.__name__.rsplit(".", 1)[-1] != _dispatch.VARIANTS["x86_64_v4"][0]:
+        assert kernels.AMX_BFLOAT16 is False

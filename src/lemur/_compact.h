@@ -38,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_half.h"
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(_M_X64))
 #include <immintrin.h>
 #define LEMUR_X86_INTRINSICS 1
@@ -141,25 +143,6 @@ static inline ptrdiff_t lemur_query_step_bytes(int kind, lemur_compact_cpu cpu)
 /* gamma_n = n u / (1 - n u): a sum of n rounded operations is off by at most
  * gamma_n times the sum of the magnitudes of its terms */
 static inline double lemur_gamma(double n) { return n * LEMUR_UNIT / (1.0 - n * LEMUR_UNIT); }
-
-/* float32 -> bfloat16 bits, rounded to nearest even; magnitudes below 2^-126
- * become zero of their sign (as VDPBF16PS reads them) */
-static inline uint16_t lemur_bfloat16_bits(float value)
-{
-    uint32_t bits;
-    memcpy(&bits, &value, 4);
-    if ((bits & 0x7FFFFFFFu) < 0x00800000u)
-        return (uint16_t)((bits >> 16) & 0x8000u);
-    return (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-
-static inline float lemur_bfloat16_value(uint16_t bits)
-{
-    uint32_t wide = (uint32_t)bits << 16;
-    float value;
-    memcpy(&value, &wide, 4);
-    return value;
-}
 
 /* the nearest float32 at or above a non-negative float64 (a stored bound term) */
 static inline float lemur_rounded_up(double value) { return (float)(value * LEMUR_ROUND_UP); }

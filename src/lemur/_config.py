@@ -31,6 +31,7 @@ def config() -> dict[str, dict[str, object]]:
             "python": sys.version.split()[0],
             "numpy": np.__version__,
             "machine": f"{platform.system()} {platform.machine()}",
+            "cpu": cpu_model(),
             "x86-64 level": _cpu.x86_64_level(),
             "cores available": available_cores(),
         },
@@ -46,6 +47,10 @@ def config() -> dict[str, dict[str, object]]:
             "PostgreSQL (lemur-retrieval[postgres])": ", ".join(
                 f"{name} {_version_of(name)}" for name in ("psycopg", "pgvector")),
         },
+        "training (lemur.train)": {
+            "matmul_precision='bfloat16'": "AMX tiles" if kernels.AMX_BFLOAT16 else
+            "rounded operands, float32 sgemm (this CPU, OS or kernel variant has no AMX: slower than float32)",
+        },
         "blas": {
             "library": f"scipy-openblas32 {_build_info.OPENBLAS_VERSION} (bundled)",
             "core type": blas["corename"],
@@ -54,6 +59,18 @@ def config() -> dict[str, dict[str, object]]:
             "config": blas["config"],
         },
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what Python knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name") or line.startswith("Model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _version_of(distribution: str) -> str:

@@ -11,8 +11,8 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 """
 
 cimport cython
-from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, sqrt
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY, NAN, sqrt, sqrtf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
@@ -50,7 +50,22 @@ from lemur._compact cimport (
     survivors_reset,
     survivors_list,
 )
-from lemur._half cimport half_to_float
+from lemur._amx cimport (
+    AMX_BLOCK_COLUMNS,
+    AMX_BLOCK_ROWS,
+    AMX_STEP_VALUES,
+    amx_begin,
+    amx_detect,
+    amx_end,
+    amx_maxima,
+    amx_pack_k_contiguous,
+    amx_pack_k_strided,
+    amx_panels,
+    amx_products,
+    amx_steps,
+    amx_store,
+)
+from lemur._half cimport half_to_float, round_bfloat16
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
     DOC_ROWS,
@@ -91,6 +106,8 @@ from lemur._vector_math cimport (
     add_row,
     all_finite,
     apply_activation,
+    apply_activation_derivative,
+    dot_sum,
     exp_approx,
     layer_norm_row,
     scale_shift_and_sum,
@@ -1503,6 +1520,18 @@ cdef enum:
     TRAIN_CHUNK_VALUES = 16384
 
 
+# Whether out = op(a) op(b) has nothing to compute (out empty, or k = 0:
+# then out is zeroed unless accumulating).
+cdef bint empty_product(float[:, ::1] out, Py_ssize_t k, bint accumulate):
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return True
+    if k == 0:
+        if not accumulate:
+            np.asarray(out)[...] = 0
+        return True
+    return False
+
+
 # out (m, n) = op(a) op(b), or out += op(a) op(b) with accumulate; op(a)
 # (m, k): a itself, or a (k, m) transposed; op(b) (k, n): b, or b (n, k)
 # transposed. Units of work: one block of rows of out per thread, one
@@ -1521,11 +1550,7 @@ def matmul(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint 
     cdef Py_ssize_t blocks = (m + rows - 1) // rows, block, start, count
     cdef int lda = <int>a.shape[1], ldb = <int>b.shape[1]
     cdef float beta = 1.0 if accumulate else 0.0
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        if not accumulate:
-            np.asarray(out)[...] = 0
+    if empty_product(out, k, accumulate):
         return
     ensure_single_threaded_blas()
     with nogil:
@@ -1536,6 +1561,184 @@ def matmul(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint 
                               CblasTrans if transpose_b else CblasNoTrans, <int>count, <int>n, <int>k, 1.0,
                               &a[0, start] if transpose_a else &a[start, 0], lda, &b[0, 0], ldb, beta,
                               &out[start, 0], <int>n)
+
+
+
+#: Whether bfloat16 products run on AMX tiles here (the CPU has AMX-BF16,
+#: Linux granted the tiles, and this is the AVX-512 kernel variant).
+AMX_BFLOAT16 = bool(amx_detect())
+
+
+# Packs the float32 operand source (k contiguous in each of its `size` rows,
+# or k its slow index) into AMX panels (_amx.h): A's layout, or B's (vnni).
+# Parallel over panels (k contiguous) or over steps of k (k the slow index:
+# each step reads 32 whole rows of source).
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void pack_operand(const float[:, ::1] source, bint k_contiguous, Py_ssize_t size, Py_ssize_t depth,
+                       bint vnni, uint16_t *out, int num_threads) noexcept nogil:
+    cdef Py_ssize_t panel, step, steps = amx_steps(depth)
+    cdef Py_ssize_t stride = source.shape[1]
+    if k_contiguous:
+        for panel in prange(amx_panels(size), num_threads=num_threads, schedule='static'):
+            amx_pack_k_contiguous(&source[0, 0], stride, size, depth, panel, vnni, out + panel * steps * AMX_STEP_VALUES)
+    else:
+        for step in prange(steps, num_threads=num_threads, schedule='static'):
+            amx_pack_k_strided(&source[0, 0], stride, size, depth, step, vnni, out)
+
+
+# matmul's product with the operands rounded to bfloat16 and float32
+# accumulation. With AMX: both operands packed (_amx.h; op(a) and op(b)
+# whichever way they are stored), then blocks of out (AMX_BLOCK_ROWS x
+# AMX_BLOCK_COLUMNS) as units of work, each thread with its tile
+# configuration and block buffer. Without AMX: rounded float32 copies of a
+# and b, then matmul (the products are exact in float32 either way; the
+# sums' order differs).
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def matmul_bfloat16(const float[:, ::1] a, bint transpose_a, const float[:, ::1] b, bint transpose_b,
+                    float[:, ::1] out, bint accumulate, int num_threads):
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if transpose_a else a.shape[1]
+    if empty_product(out, k, accumulate):
+        return
+    if not AMX_BFLOAT16:
+        rounded_a, rounded_b = np.array(a, dtype=np.float32), np.array(b, dtype=np.float32)
+        for rounded in (rounded_a, rounded_b):
+            round_in_place(rounded.reshape(-1), num_threads)
+        matmul(rounded_a, transpose_a, rounded_b, transpose_b, out, accumulate, num_threads)
+        return
+    cdef Py_ssize_t steps = amx_steps(k)
+    cdef uint16_t[::1] left_packed = scratch("bfloat16 left", (amx_panels(m) * steps * AMX_STEP_VALUES,),
+                                             np.uint16)
+    cdef uint16_t[::1] right_packed = scratch("bfloat16 right", (amx_panels(n) * steps * AMX_STEP_VALUES,),
+                                              np.uint16)
+    cdef float[:, ::1] buffers = scratch("bfloat16 blocks", (num_threads, AMX_BLOCK_ROWS * AMX_BLOCK_COLUMNS),
+                                         np.float32)
+    cdef Py_ssize_t column_blocks = (n + AMX_BLOCK_COLUMNS - 1) // AMX_BLOCK_COLUMNS
+    cdef Py_ssize_t units = (m + AMX_BLOCK_ROWS - 1) // AMX_BLOCK_ROWS * column_blocks, unit
+    cdef Py_ssize_t block_row, block_column
+    cdef float *buffer
+    with nogil:
+        pack_operand(a, not transpose_a, m, k, False, &left_packed[0], num_threads)
+        pack_operand(b, transpose_b, n, k, True, &right_packed[0], num_threads)
+        with parallel(num_threads=num_threads):
+            amx_begin()
+            for unit in prange(units, schedule='dynamic'):
+                block_row = unit // column_blocks * AMX_BLOCK_ROWS
+                block_column = unit % column_blocks * AMX_BLOCK_COLUMNS
+                buffer = &buffers[threadid(), 0]
+                amx_products(&left_packed[0], &right_packed[0], steps, m, n, block_row, block_column, buffer)
+                amx_store(buffer, m, n, block_row, block_column, &out[0, 0], n, accumulate)
+            amx_end()
+
+
+# values rounded to bfloat16 in place (matmul_bfloat16's rule, _amx.h).
+# Parallel over chunks.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void round_in_place(float[::1] values, int num_threads) noexcept nogil:
+    cdef Py_ssize_t size = values.shape[0], chunk
+    cdef Py_ssize_t chunks = (size + TRAIN_CHUNK_VALUES - 1) // TRAIN_CHUNK_VALUES
+    for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
+        round_bfloat16(&values[chunk * TRAIN_CHUNK_VALUES],
+                       min(<Py_ssize_t>TRAIN_CHUNK_VALUES, size - chunk * TRAIN_CHUNK_VALUES))
+
+
+def round_bfloat16_inplace(float[::1] values, int num_threads):
+    """values[j] <- values[j] rounded to bfloat16 (and widened back)."""
+    round_in_place(values, num_threads)
+
+
+def pack_bfloat16_columns(const float[:, ::1] rows, int num_threads):
+    """rows (n, dim) rounded to bfloat16 and packed as the right operand of
+    the AMX products (its n columns): for document_targets_bfloat16."""
+    cdef Py_ssize_t n = rows.shape[0], dim = rows.shape[1]
+    cdef uint16_t[::1] packed = aligned_empty(max(1, amx_panels(n) * amx_steps(dim) * AMX_STEP_VALUES), np.uint16)
+    if n and dim:
+        with nogil:
+            pack_operand(rows, True, n, dim, True, &packed[0], num_threads)
+    return np.asarray(packed)
+
+
+cdef enum:
+    # documents' tokens per unit of document_targets_bfloat16 (whole
+    # documents, at least one), and sample rows per unit
+    TARGET_UNIT_TOKENS = 1024
+    TARGET_UNIT_SAMPLES = 4096
+
+
+# out[j, s] = max over document j's tokens t of <sample row s, t> as
+# document_targets, the products on AMX tiles from bfloat16 values (the
+# sample packed by pack_bfloat16_columns, the tokens rounded as they are
+# packed). Units of work: (a group of whole documents of about
+# TARGET_UNIT_TOKENS tokens, TARGET_UNIT_SAMPLES sample rows), so no two
+# units write the same values; each packs its documents' tokens (widened
+# first if float16) and folds each block of products into out by document.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def document_targets_bfloat16(const uint16_t[::1] sample_packed, Py_ssize_t num_sample_rows,
+                              const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                              float[:, ::1] out, int num_threads):
+    cdef Py_ssize_t num_docs = out.shape[0], dim = doc_tokens.shape[1], steps = amx_steps(dim)
+    if not AMX_BFLOAT16:
+        raise RuntimeError("document_targets_bfloat16 needs AMX (kernels.AMX_BFLOAT16)")
+    if num_docs == 0 or num_sample_rows == 0:
+        return
+    # groups of whole documents: group g holds documents group_start[g]..group_start[g + 1] - 1
+    cdef int64_t[::1] group_start = np.empty(num_docs + 1, dtype=np.int64)
+    cdef Py_ssize_t groups = 0, group, doc, most_tokens = 0
+    group_start[0] = 0
+    for doc in range(num_docs):
+        if doc_offsets[doc + 1] - doc_offsets[group_start[groups]] >= TARGET_UNIT_TOKENS or doc + 1 == num_docs:
+            most_tokens = max(most_tokens, doc_offsets[doc + 1] - doc_offsets[group_start[groups]])
+            groups += 1
+            group_start[groups] = doc + 1
+    cdef int64_t[::1] token_document = np.repeat(np.arange(num_docs, dtype=np.int64),
+                                                 np.diff(np.asarray(doc_offsets[:num_docs + 1])))
+    cdef Py_ssize_t sample_chunks = (num_sample_rows + TARGET_UNIT_SAMPLES - 1) // TARGET_UNIT_SAMPLES
+    cdef Py_ssize_t panel_values = amx_panels(most_tokens) * steps * AMX_STEP_VALUES
+    cdef uint16_t[:, ::1] packed_tokens = scratch("bfloat16 tokens", (num_threads, panel_values), np.uint16)
+    cdef float[:, ::1] widened = scratch("bfloat16 widened", (num_threads, most_tokens * dim if doc_value is uint16_t else 1),
+                                         np.float32)
+    cdef float[:, ::1] buffers = scratch("bfloat16 blocks", (num_threads, AMX_BLOCK_ROWS * AMX_BLOCK_COLUMNS),
+                                         np.float32)
+    cdef Py_ssize_t unit, chunk, first_token, num_tokens, panel, block_row, block_column, first_sample, last_sample
+    cdef Py_ssize_t doc_index, j, column_block, row_block
+    cdef const float *tokens
+    cdef uint16_t *packed
+    cdef float *buffer
+    with nogil, parallel(num_threads=num_threads):
+        amx_begin()
+        for unit in prange(groups * sample_chunks, schedule='dynamic'):
+            group = unit // sample_chunks
+            chunk = unit % sample_chunks
+            first_token = doc_offsets[group_start[group]]
+            num_tokens = doc_offsets[group_start[group + 1]] - first_token
+            first_sample = chunk * TARGET_UNIT_SAMPLES
+            last_sample = min(num_sample_rows, first_sample + TARGET_UNIT_SAMPLES)
+            packed = &packed_tokens[threadid(), 0]
+            buffer = &buffers[threadid(), 0]
+            if doc_value is uint16_t:
+                half_to_float(&doc_tokens[first_token, 0], &widened[threadid(), 0], num_tokens * dim)
+                tokens = &widened[threadid(), 0]
+            else:
+                tokens = &doc_tokens[first_token, 0]
+            for panel in range(amx_panels(num_tokens)):
+                amx_pack_k_contiguous(tokens, dim, num_tokens, dim, panel, False, packed + panel * steps * AMX_STEP_VALUES)
+            for doc_index in range(group_start[group], group_start[group + 1]):
+                for j in range(first_sample, last_sample):
+                    out[doc_index, j] = -INFINITY
+            # blocks of columns from first_sample, a multiple of AMX_BLOCK_COLUMNS
+            for column_block in range((last_sample - first_sample + AMX_BLOCK_COLUMNS - 1) // AMX_BLOCK_COLUMNS):
+                block_column = first_sample + column_block * AMX_BLOCK_COLUMNS
+                for row_block in range((num_tokens + AMX_BLOCK_ROWS - 1) // AMX_BLOCK_ROWS):
+                    block_row = row_block * AMX_BLOCK_ROWS
+                    amx_products(packed, &sample_packed[0], steps, num_tokens, last_sample, block_row,
+                                 block_column, buffer)
+                    amx_maxima(buffer, num_tokens, last_sample, block_row, block_column,
+                               &token_document[first_token], &out[0, 0], out.shape[1])
+        amx_end()
 
 
 # One MLP layer after its product, forward: values (rows, n) hold x W^T and
@@ -1572,27 +1775,38 @@ def layer_backward(float[:, ::1] grad, const float[:, ::1] normalized, const flo
     cdef Py_ssize_t rows = grad.shape[0], n = grad.shape[1], row, j, chunk, first
     cdef Py_ssize_t chunks = (rows + TRAIN_CHUNK_ROWS - 1) // TRAIN_CHUNK_ROWS
     cdef float[:, :, ::1] partials = np.zeros((max(1, chunks), 3, n), np.float32)
-    cdef float g, dn, mean_dn, mean_dn_n, x
+    cdef float[:, ::1] derivatives = scratch("activation derivatives", (num_threads, max(1, n)), np.float32)
+    cdef float g, mean_dn, mean_dn_n, row_inverse_std
+    cdef float *line
+    cdef float *derivative
+    cdef const float *x
+    cdef float *sum_bias
+    cdef float *sum_gamma
+    cdef float *sum_beta
     with nogil:
         for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
             first = chunk * TRAIN_CHUNK_ROWS
+            derivative = &derivatives[threadid(), 0]
+            sum_bias = &partials[chunk, 0, 0]
+            sum_gamma = &partials[chunk, 1, 0]
+            sum_beta = &partials[chunk, 2, 0]
             for row in range(first, min(rows, first + TRAIN_CHUNK_ROWS)):
-                mean_dn = 0
-                mean_dn_n = 0
+                line = &grad[row, 0]
+                x = &normalized[row, 0]
                 for j in range(n):
-                    x = normalized[row, j]
-                    g = grad[row, j] * activation_derivative(x * gamma[j] + beta[j], activation)
-                    partials[chunk, 1, j] += g * x
-                    partials[chunk, 2, j] += g
-                    dn = g * gamma[j]
-                    grad[row, j] = dn
-                    mean_dn = mean_dn + dn
-                    mean_dn_n = mean_dn_n + dn * x
-                mean_dn = mean_dn / n
-                mean_dn_n = mean_dn_n / n
+                    derivative[j] = x[j] * gamma[j] + beta[j]
+                apply_activation_derivative(derivative, n, activation)
                 for j in range(n):
-                    grad[row, j] = inverse_std[row] * (grad[row, j] - mean_dn - normalized[row, j] * mean_dn_n)
-                    partials[chunk, 0, j] += grad[row, j]
+                    g = line[j] * derivative[j]
+                    sum_gamma[j] += g * x[j]
+                    sum_beta[j] += g
+                    line[j] = g * gamma[j]
+                mean_dn = scale_shift_and_sum(line, 1, NULL, n) / n
+                mean_dn_n = dot_sum(line, x, n) / n
+                row_inverse_std = inverse_std[row]
+                for j in range(n):
+                    line[j] = row_inverse_std * (line[j] - mean_dn - x[j] * mean_dn_n)
+                    sum_bias[j] += line[j]
         for j in prange(n, num_threads=num_threads, schedule='static'):
             grad_bias[j] = 0
             grad_gamma[j] = 0
@@ -1613,42 +1827,47 @@ cdef inline double sum_in_order(const double[::1] sums, Py_ssize_t count) noexce
     return total
 
 
-# predictions (rows, n) become scale * (predictions - targets), the gradient
-# of scale/2 * the sum of squared differences; returns that sum (float64).
-# Parallel over rows, the rows' sums added in order.
+# predictions (rows, n) become scale * (predictions - targets[target_rows]),
+# the gradient of scale/2 * the sum of squared differences (row r against
+# row target_rows[r] of targets, so that a batch needs no gathered copy);
+# returns that sum (each row's in float32 with LANES partial sums, the rows'
+# added in float64, in order). Parallel over rows.
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def squared_error_gradient(float[:, ::1] predictions, const float[:, ::1] targets, float scale, int num_threads):
+def squared_error_gradient(float[:, ::1] predictions, const float[:, ::1] targets, const int64_t[::1] target_rows,
+                           float scale, int num_threads):
     cdef Py_ssize_t rows = predictions.shape[0], n = predictions.shape[1], row, j
     cdef double[::1] sums = np.zeros(max(1, rows), np.float64)
-    cdef double row_sum
-    cdef float difference
+    cdef float *line
+    cdef const float *target
+    if target_rows.shape[0] != rows or targets.shape[1] != n:
+        raise ValueError("squared_error_gradient: targets and target_rows do not match the predictions")
+    if rows and (np.min(target_rows) < 0 or np.max(target_rows) >= targets.shape[0]):
+        raise ValueError("squared_error_gradient: target_rows out of range")
     with nogil:
         for row in prange(rows, num_threads=num_threads, schedule='static'):
-            row_sum = 0
+            line = &predictions[row, 0]
+            target = &targets[target_rows[row], 0]
             for j in range(n):
-                difference = predictions[row, j] - targets[row, j]
-                row_sum = row_sum + <double>difference * difference
-                predictions[row, j] = scale * difference
-            sums[row] = row_sum
+                line[j] = line[j] - target[j]
+            sums[row] = squared_deviation_sum(line, 0, n)
+            for j in range(n):
+                line[j] = scale * line[j]
     return sum_in_order(sums, rows)
 
 
-# The sum of squares of values (float64), over chunks of TRAIN_CHUNK_VALUES
-# added in order.
+# The sum of squares of values: chunks of TRAIN_CHUNK_VALUES, each in float32
+# with LANES partial sums, added in float64 in order.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def sum_of_squares(const float[::1] values, int num_threads):
-    cdef Py_ssize_t size = values.shape[0], chunk, i
+    cdef Py_ssize_t size = values.shape[0], chunk, first
     cdef Py_ssize_t chunks = (size + TRAIN_CHUNK_VALUES - 1) // TRAIN_CHUNK_VALUES
     cdef double[::1] sums = np.zeros(max(1, chunks), np.float64)
-    cdef double part
     with nogil:
         for chunk in prange(chunks, num_threads=num_threads, schedule='static'):
-            part = 0
-            for i in range(chunk * TRAIN_CHUNK_VALUES, min(size, (chunk + 1) * TRAIN_CHUNK_VALUES)):
-                part = part + <double>values[i] * values[i]
-            sums[chunk] = part
+            first = chunk * TRAIN_CHUNK_VALUES
+            sums[chunk] = squared_deviation_sum(&values[first], 0, min(<Py_ssize_t>TRAIN_CHUNK_VALUES, size - first))
     return sum_in_order(sums, chunks)
 
 
@@ -1669,7 +1888,7 @@ def adam_step(float[::1] parameters, const float[::1] gradients, float[::1] firs
             first_moment[i] = first_moment[i] + (<float>1.0 - beta1) * (g - first_moment[i])
             second_moment[i] = beta2 * second_moment[i] + (<float>1.0 - beta2) * g * g
             parameters[i] = parameters[i] - step_size * first_moment[i] / (
-                sqrt(second_moment[i]) / bias_correction2_sqrt + eps)
+                sqrtf(second_moment[i]) / bias_correction2_sqrt + eps)
 
 
 def activation_derivative_inplace(float[::1] values, int activation):

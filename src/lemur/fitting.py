@@ -54,6 +54,7 @@ class OLSSample:
             raise ValueError("sample has no rows")
         self._chunks: np.ndarray | None = None
         self._projection: tuple[Model, np.ndarray] | None = None
+        self._bfloat16: np.ndarray | OLSSample | None = None
 
     @classmethod
     def draw(cls, learn_tokens: np.ndarray, *, size: int | None = DEFAULT_SAMPLE_SIZE,
@@ -82,6 +83,17 @@ class OLSSample:
         if self._chunks is None:
             self._chunks = kernels.transposed_chunks(self.rows)
         return self._chunks
+
+    def bfloat16(self, num_threads: int) -> np.ndarray | OLSSample:
+        """The sample rounded to bfloat16 (kept), for targets with bfloat16
+        products: packed for ``kernels.document_targets_bfloat16`` where the
+        CPU has AMX, else as a sample of its own with the rounded rows."""
+        if self._bfloat16 is None:
+            if kernels.AMX_BFLOAT16:
+                self._bfloat16 = kernels.pack_bfloat16_columns(self.rows, num_threads)
+            else:
+                self._bfloat16 = OLSSample(rounded_to_bfloat16(self.rows, num_threads))
+        return self._bfloat16
 
     def projection(self, model: Model, num_threads: int) -> np.ndarray:
         """pinv(psi(S))^T, ``(sample_size, feature_dim)`` float32, computed on
@@ -137,12 +149,30 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
+def rounded_to_bfloat16(values: np.ndarray, num_threads: int) -> np.ndarray:
+    """A float32 copy of `values` (float32 or float16) rounded to bfloat16."""
+    out = np.array(values, dtype=np.float32, order="C")
+    kernels.round_bfloat16_inplace(out.reshape(-1), num_threads)
+    return out
+
+
 def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
-                     num_threads: int, out: np.ndarray | None = None) -> np.ndarray:
+                     num_threads: int, out: np.ndarray | None = None,
+                     matmul_precision: str = "float32") -> np.ndarray:
     """max over each document's tokens of <S_s, token>: (num_docs, sample_size),
-    into `out` if given."""
+    into `out` if given. With matmul_precision="bfloat16" the products are
+    those of the values rounded to bfloat16 (float32 sums): AMX tiles where
+    the CPU has them, else the float32 kernel on rounded copies."""
     if out is None:
         out = np.empty((offsets.size - 1, sample.size), dtype=np.float32)
+    if matmul_precision == "bfloat16":
+        rounded = sample.bfloat16(num_threads)
+        if isinstance(rounded, np.ndarray):
+            kernels.document_targets_bfloat16(rounded, sample.size,
+                                              tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
+                                              offsets, out, num_threads)
+            return out
+        sample, tokens = rounded, rounded_to_bfloat16(tokens, num_threads)
     kernels.document_targets(sample.chunks(), sample.size,
                              tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
                              offsets, out, num_threads)
@@ -172,11 +202,12 @@ def fit_rows(model: Model, sample: OLSSample, tokens: np.ndarray, offsets: np.nd
 
 
 def target_blocks(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray, num_threads: int,
-                  reuse: bool = False):
+                  reuse: bool = False, matmul_precision: str = "float32"):
     """The documents' targets block by block, at most TARGETS_BLOCK_BYTES a
     block: yields (start, stop, targets (stop - start, sample_size)) for the
     documents start..stop-1. With `reuse`, every block is written into one
-    scratch buffer (valid until the next block)."""
+    scratch buffer (valid until the next block); `matmul_precision` as
+    :func:`document_targets` takes it."""
     num_docs = offsets.size - 1
     block = max(1, TARGETS_BLOCK_BYTES // (4 * sample.size))
     for start in range(0, num_docs, block):
@@ -184,7 +215,8 @@ def target_blocks(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray, nu
         out = scratch("targets", (stop - start, sample.size), np.float32) if reuse else None
         # the block's own offsets, from 0, over a view of its tokens
         yield start, stop, document_targets(sample, tokens[offsets[start] : offsets[stop]],
-                                            offsets[start : stop + 1] - offsets[start], num_threads, out)
+                                            offsets[start : stop + 1] - offsets[start], num_threads, out,
+                                            matmul_precision)
 
 
 class TargetMoments:
