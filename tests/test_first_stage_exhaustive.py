@@ -44,6 +44,17 @@ def test_bitwise_the_float32_scan(precision, k):
     assert_same_as_float32(scan, features, k)
 
 
+@pytest.mark.parametrize("num_queries", [1, 7, 8, 40])
+def test_int8_dots_of_every_tile_shape(num_queries):
+    """int8 with h a multiple of 64 takes AMX-INT8 tiles of 16 queries from 8
+    queries on where the CPU has them (40: two full tiles and one of 8), VNNI
+    below: integer dots, so bitwise the float32 scan either way."""
+    W, features, basis = bench_like(2000, h=320, num_queries=num_queries, seed=5)
+    scan = ExhaustiveScan.build(W, "int8", basis, num_threads=2)
+    for k in (1, 30):
+        assert_same_as_float32(scan, features, k)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_exact_ties_go_to_the_smaller_row(precision):
     random = np.random.default_rng(1)

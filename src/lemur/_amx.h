@@ -67,15 +67,17 @@ static inline ptrdiff_t lemur_amx_panels(ptrdiff_t size) { return (size + LEMUR_
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-/* 1 when the CPU has AMX-TILE and AMX-BF16 with AVX512_BF16, the OS keeps
- * the tiles' state, and Linux lets this process use them (asked once). */
-static inline int lemur_amx_detect(void)
+/* 1 when the CPU has AMX-TILE and AMX-BF16 (with AVX512_BF16, for the
+ * packs) or, with int8 set, AMX-INT8; the OS keeps the tiles' state; and
+ * Linux lets this process use them (asked on every call; granted once). */
+static inline int lemur_amx_usable(int int8)
 {
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
         return 0;
-    int tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;
-    if (!tile || !bf16 || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !((eax >> 5) & 1))
+    if (!((edx >> 24) & 1) || !((edx >> (int8 ? 25 : 22)) & 1))
+        return 0;  /* AMX-TILE; AMX-INT8 or AMX-BF16 */
+    if (!int8 && (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !((eax >> 5) & 1)))
         return 0;  /* leaf 7.1 EAX bit 5: AVX512_BF16 */
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1))
         return 0;  /* OSXSAVE */
@@ -86,6 +88,8 @@ static inline int lemur_amx_detect(void)
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 
+static inline int lemur_amx_detect(void) { return lemur_amx_usable(0); }
+
 typedef struct {
     uint8_t palette, start_row;
     uint8_t reserved[14];
@@ -93,22 +97,27 @@ typedef struct {
     uint8_t rows[16];
 } lemur_tile_config;
 
-/* Every tile 16 rows of 64 bytes; each thread, before its products. */
+/* Every tile 64 bytes a row; tiles 0-4 `rows` rows (1-16: the accumulators
+ * and the left operand, for fewer than 16 rows of out), tiles 5-7 16 rows.
+ * Each thread, before its products. */
 __attribute__((target("amx-tile")))
-static inline void lemur_amx_begin(void)
+static inline void lemur_amx_configure(int rows)
 {
     lemur_tile_config config;
     memset(&config, 0, sizeof config);
     config.palette = 1;
     for (int tile = 0; tile < 8; tile++) {
         config.bytes_per_row[tile] = 64;
-        config.rows[tile] = 16;
+        config.rows[tile] = (uint8_t)(tile < 5 ? rows : 16);
     }
     /* GCC's _tile_loadconfig tells the compiler it reads 8 bytes of the
      * configuration, which lets it drop the stores above: a barrier keeps them */
     __asm__ volatile("" : : "r"(&config) : "memory");
     _tile_loadconfig(&config);
 }
+
+/* Every tile 16 rows of 64 bytes */
+static inline void lemur_amx_begin(void) { lemur_amx_configure(16); }
 
 __attribute__((target("amx-tile")))
 static inline void lemur_amx_end(void) { _tile_release(); }
@@ -366,7 +375,9 @@ LEMUR_BF16_TARGET static inline void lemur_amx_maxima(const float *buffer, ptrdi
 #else
 
 /* Without AMX (never called: lemur_amx_detect() says 0) */
+static inline int lemur_amx_usable(int int8) { return 0; }
 static inline int lemur_amx_detect(void) { return 0; }
+static inline void lemur_amx_configure(int rows) {}
 static inline void lemur_amx_begin(void) {}
 static inline void lemur_amx_end(void) {}
 static inline void lemur_amx_pack_k_contiguous(const float *source, ptrdiff_t stride, ptrdiff_t rows,

@@ -12,11 +12,13 @@ cdef extern from "_compact.h" nogil:
         QUERY_PARAMS "LEMUR_QUERY_PARAMS"
         COMPACT_INT8 "LEMUR_INT8"
         COMPACT_BFLOAT16 "LEMUR_BFLOAT16"
+        MAX_TILE_QUERIES "LEMUR_MAX_TILE_QUERIES"
     ctypedef struct compact_cpu "lemur_compact_cpu":
         int vnni512
         int avx_vnni
         int bf16_512
         int bf16_dot
+        int amx_int8
     ctypedef struct compact_rows "lemur_compact_rows":
         int kind
         const uint8_t *codes

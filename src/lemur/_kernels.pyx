@@ -35,6 +35,7 @@ from lemur._blas cimport (
 from lemur._compact cimport (
     COMPACT_BLOCK,
     COMPACT_INT8,
+    MAX_TILE_QUERIES,
     compact_cpu,
     compact_detect,
     compact_queries,
@@ -673,7 +674,8 @@ cdef compact_cpu COMPACT_CPU = compact_detect()
 def compact_instructions():
     """The instructions the compact scan uses here, by precision."""
     return {
-        "int8": ("AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
+        "int8": ("AMX-INT8 tiles (h a multiple of 64), else AVX512-VNNI" if COMPACT_CPU.amx_int8
+                 else "AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
                  else "vector code"),
         "bfloat16": ("AVX512_BF16" if COMPACT_CPU.bf16_dot else
                      "widened to float32 (AVX512_BF16 runs at half that rate on Intel CPUs)"
@@ -835,7 +837,7 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
     cdef Py_ssize_t[:, ::1] sizes = scratch("compact heap sizes", (num_threads, nq), np.intp)
     cdef float[:, ::1] thresholds = scratch("compact thresholds", (num_threads, nq), np.float32)
     cdef float[:, ::1] work = scratch("compact selection", (num_threads, num_threads * k + k + 1), np.float32)
-    cdef float[:, ::1] dots = scratch("compact dots", (num_threads, 8 * COMPACT_BLOCK), np.float32)
+    cdef float[:, ::1] dots = scratch("compact dots", (num_threads, MAX_TILE_QUERIES * COMPACT_BLOCK), np.float32)
     cdef float[::1] lower_k = np.empty(nq, np.float32)
     cdef float[::1] upper_k1 = np.empty(nq, np.float32)
     cdef _SurvivorLists lists = survivor_lists(num_threads)
