@@ -10,7 +10,12 @@ Times, with medians of repeated runs:
 * ``lemur.scores``: the full score matrix of 100 queries against 10,000 rows
   of W, h = 2048 (4.1 GFLOP), including its finiteness check of W;
 * the projection that fits W: 512 documents' targets (512 x 16,384) times
-  pinv(psi(S))^T (16,384 x 2048), 34.4 GFLOP, as ``add_documents`` runs it.
+  pinv(psi(S))^T (16,384 x 2048), 34.4 GFLOP, as ``add_documents`` runs it;
+* training's three products with the output layer, at ``lemur.train``'s
+  defaults (a batch of 512, h = 2048, 8,192 training documents; 17.2 GFLOP
+  each): the forward H W^T, the backward G^T H and G W, in float32
+  (``kernels.matmul``) and with bfloat16 operands (``matmul_bfloat16``: AMX
+  tiles where the CPU has them), packing included.
 
 Each interpreter runs in child processes with OPENBLAS_CORETYPE unset, the
 interpreters taking turns round by round (the machine is shared and noisy);
@@ -63,8 +68,23 @@ def measure(repeat: int) -> dict[str, float]:
         def project(threads):
             kernels.gemm(targets, projection, W_block, False, threads)
 
+    hidden = random.standard_normal((512, h), dtype=np.float32)
+    output = random.standard_normal((8192, h), dtype=np.float32)
+    grad = random.standard_normal((512, 8192), dtype=np.float32)
+    training_products = {  # name -> (a, transpose a, b, transpose b, out)
+        "forward": (hidden, False, output, True, np.empty((512, 8192), np.float32)),
+        "weight grad": (grad, True, hidden, False, np.empty((8192, h), np.float32)),
+        "input grad": (grad, False, output, False, np.empty((512, h), np.float32)),
+    }
+    products = [kernel for kernel in ("matmul", "matmul_bfloat16") if hasattr(kernels, kernel)]
+
     results: dict[str, float] = {"version": lemur.__version__}
     for threads in THREADS:
+        for name, (a, transpose_a, b, transpose_b, out) in training_products.items():
+            for kernel in products:
+                results[f"{name} {kernel}_{threads}"] = median_seconds(
+                    lambda: getattr(kernels, kernel)(a, transpose_a, b, transpose_b, out, False, threads),  # noqa: B023
+                    repeat)
         results[f"features_{threads}"] = median_seconds(
             lambda: model.features(tokens, counts, num_threads=threads), repeat)  # noqa: B023
         results[f"scores_{threads}"] = median_seconds(
@@ -92,18 +112,20 @@ def main() -> None:
             child = subprocess.run([python, __file__, "--json", "--repeat", str(arguments.repeat)],
                                    env=environment, stdout=subprocess.PIPE, text=True, check=True)
             rounds[index].append(json.loads(child.stdout.strip().splitlines()[-1]))
-    results = [{key: float(np.median([r[key] for r in runs])) for key in runs[0] if key != "version"}
-               for runs in rounds]
+    keys = set.intersection(*(set(runs[0]) for runs in rounds)) - {"version"}
+    results = [{key: float(np.median([r[key] for r in runs])) for key in keys} for runs in rounds]
     flops = {"features": 2.0 * 32_000 * 128 * 2048, "scores": 2.0 * 100 * 10_000 * 2048,
              "projection": 2.0 * 512 * 16_384 * 2048}
+    flops.update({f"{name} {kernel}": 2.0 * 512 * 8192 * 2048 for name in ("forward", "weight grad", "input grad")
+                  for kernel in ("matmul", "matmul_bfloat16") if f"{name} {kernel}_1" in keys})
     print(f"medians over {arguments.rounds} interleaved rounds of {arguments.repeat}-call medians, "
           "OPENBLAS_CORETYPE unset; ms (GFLOP/s)")
-    print(f"  {'':20s}" + "".join(f"{python[-40:]:>44s}" for python in interpreters))
+    print(f"  {'':40s}" + "".join(f"{python[-40:]:>44s}" for python in interpreters))
     for name in flops:
         for threads in THREADS:
             key = f"{name}_{threads}"
             cells = "".join(f"{r[key] * 1e3:36.2f} ({flops[name] / r[key] / 1e9:5.0f})" for r in results)
-            print(f"  {name + f', {threads} thread' + 's' * (threads > 1):20s}{cells}")
+            print(f"  {name + f', {threads} thread' + 's' * (threads > 1):40s}{cells}")
 
 
 if __name__ == "__main__":

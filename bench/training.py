@@ -99,8 +99,9 @@ FIXTURE_MODELS = {
 }
 
 
-def fixture_quality(folder: str, threads: int) -> dict:
-    """lemur.train against the original's fixture models, on the fixture corpus."""
+def fixture_quality(folder: str, threads: int, precisions: list[str]) -> dict:
+    """lemur.train (each matmul precision) against the original's fixture
+    models, on the fixture corpus."""
     results = {}
     with np.load(os.path.join(folder, "corpus.npz"), allow_pickle=False) as corpus:
         arrays = {key: corpus[key] for key in corpus.files}
@@ -116,14 +117,17 @@ def fixture_quality(folder: str, threads: int) -> dict:
         everything = np.tile(np.arange(counts.size), (query_counts.size, 1))
         exact = lemur.maxsim_scores(queries, query_counts, tokens, counts, everything, num_threads=threads)
         truth = np.argsort(-exact, axis=1, kind="stable")[:, :10]
-        ours = lemur.train(tokens, counts, epochs=6, train_subset_size=128, learn_subset_size=4096,
-                           sample_size=3000, progress=False, num_threads=threads, **settings)
         theirs = lemur.load(os.path.join(folder, variant)).with_documents(tokens, counts)
-        results[variant] = {"lemur": recalls(ours, queries, query_counts, truth, (20, 50, 100)),
-                            "original": recalls(theirs, queries, query_counts, truth, (20, 50, 100))}
-        print(f"  fixture {variant}: " + ", ".join(
-            f"k'={k}: lemur {results[variant]['lemur'][f'recall@10_k{k}']:.3f}, original "
-            f"{results[variant]['original'][f'recall@10_k{k}']:.3f}" for k in (20, 50, 100)), flush=True)
+        results[variant] = {"original": recalls(theirs, queries, query_counts, truth, (20, 50, 100))}
+        for precision in precisions:
+            name = "lemur" if precision == "float32" else f"lemur-{precision}"
+            ours = lemur.train(tokens, counts, epochs=6, train_subset_size=128, learn_subset_size=4096,
+                               sample_size=3000, matmul_precision=precision, progress=False, num_threads=threads,
+                               **settings)
+            results[variant][name] = recalls(ours, queries, query_counts, truth, (20, 50, 100))
+        print(f"  fixture {variant}, recall@10 at k' = 20 / 50 / 100: " + "; ".join(
+            f"{name} " + " / ".join(f"{figures[f'recall@10_k{k}']:.3f}" for k in (20, 50, 100))
+            for name, figures in results[variant].items()), flush=True)
     return results
 
 
@@ -144,7 +148,7 @@ def main() -> int:
     results = {"cpu": cpu_model(), "amx_bfloat16": kernels.AMX_BFLOAT16, "threads": args.threads, "docs": args.docs,
                "epochs": args.epochs, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
     if args.fixtures:
-        results["fixtures"] = fixture_quality(args.fixtures, args.threads)
+        results["fixtures"] = fixture_quality(args.fixtures, args.threads, args.matmul_precision)
     if not args.docs:
         return _write(results, args.out)
     tokens, counts = scale.corpus_tokens(args.docs)

@@ -21,8 +21,10 @@ The procedure is the original's ``Lemur.fit``:
    vectors, as :meth:`lemur.Index.add_documents` fits rows.
 
 The forward and backward passes run on lemur's kernels: OpenBLAS sgemm per
-block of rows (the output layer's products are nearly all the work: about
-3 x 2 x |batch| x final_hidden_dim x |T| operations per batch), fused
+block of rows, or with matmul_precision="bfloat16" AMX tile products
+(lemur/_amx.h) where the CPU has them (the output layer's products are
+nearly all the work: about 3 x 2 x |batch| x final_hidden_dim x |T|
+operations per batch), fused
 LayerNorm + activation passes, the squared-error gradient and Adam in place;
 every reduction sums in a fixed order, so a seed gives the same model for
 the same number of threads. The targets are computed once (lemur's MaxSim
