@@ -297,7 +297,10 @@ def test_bfloat16_products_are_the_rounded_operands_products(kernels, m, n, k, t
     assert np.all(np.abs(out - expected) <= (k + 1) * 2.0**-24 * magnitude + 1e-38)
 
 
-def test_bfloat16_products_do_not_depend_on_the_threads(kernels):
+def test_bfloat16_products_on_tiles_do_not_depend_on_the_threads_and_elsewhere_are_matmuls(kernels):
+    """On AMX tiles each block of out is computed alone: bitwise the same for
+    any number of threads. Without AMX the product is matmul of the rounded
+    operands, bitwise (and so depends on the threads as sgemm's row blocks do)."""
     random = np.random.default_rng(1)
     a, b = random.standard_normal((300, 530)).astype(np.float32), random.standard_normal((530, 700)).astype(np.float32)
     outs = []
@@ -305,8 +308,16 @@ def test_bfloat16_products_do_not_depend_on_the_threads(kernels):
         out = np.empty((300, 700), np.float32)
         kernels.matmul_bfloat16(a, False, b, False, out, False, threads)
         outs.append(out)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+        if not kernels.AMX_BFLOAT16:
+            rounded_a, rounded_b = a.copy(), b.copy()
+            kernels.round_bfloat16_inplace(rounded_a.reshape(-1), 1)
+            kernels.round_bfloat16_inplace(rounded_b.reshape(-1), 1)
+            expected = np.empty_like(out)
+            kernels.matmul(rounded_a, False, rounded_b, False, expected, False, threads)
+            np.testing.assert_array_equal(out, expected)
+    if kernels.AMX_BFLOAT16:
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[0], outs[2])
 
 
 def test_bfloat16_products_of_empty_shapes(kernels):
