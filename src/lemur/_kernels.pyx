@@ -1685,6 +1685,10 @@ def document_targets_bfloat16(const uint16_t[::1] sample_packed, Py_ssize_t num_
     cdef Py_ssize_t num_docs = out.shape[0], dim = doc_tokens.shape[1], steps = amx_steps(dim)
     if not AMX_BFLOAT16:
         raise RuntimeError("document_targets_bfloat16 needs AMX (kernels.AMX_BFLOAT16)")
+    if sample_packed.shape[0] < amx_panels(num_sample_rows) * steps * AMX_STEP_VALUES:
+        raise ValueError("sample_packed does not hold num_sample_rows rows of the tokens' dimension")
+    if doc_offsets.shape[0] != num_docs + 1:
+        raise ValueError("doc_offsets must have one more value than out has rows")
     if num_docs == 0 or num_sample_rows == 0:
         return
     # groups of whole documents: group g holds documents group_start[g]..group_start[g + 1] - 1
