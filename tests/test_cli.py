@@ -241,6 +241,7 @@ def test_ann_builds_the_graph_in_place_and_drops_it(capsys, tmp_path):
     assert lemur.load(index).ann is None
 
 
+@pytest.mark.filterwarnings("ignore:matmul_precision='bfloat16' without AMX")
 def test_train_writes_a_trained_index(capsys, tmp_path):
     random = np.random.default_rng(0)
     counts = random.integers(3, 20, 200)

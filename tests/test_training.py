@@ -191,6 +191,7 @@ def test_bfloat16_gradients_are_the_float32_ones_within_bfloat16_rounding():
         assert difference < 0.02
 
 
+@pytest.mark.filterwarnings("ignore:matmul_precision='bfloat16' without AMX")
 def test_bfloat16_training_is_reproducible_and_learns_as_float32_does():
     tokens, counts = corpus_of()
     settings = {**SMALL, "epochs": 4, "matmul_precision": "bfloat16"}
@@ -202,6 +203,13 @@ def test_bfloat16_training_is_reproducible_and_learns_as_float32_does():
     ours, theirs = first.training_log["losses"], exact.training_log["losses"]
     assert ours[-1] < 0.9 * ours[0]
     assert ours[-1] == pytest.approx(theirs[-1], rel=0.02)
+
+
+def test_bfloat16_without_amx_says_it_is_slower(monkeypatch):
+    monkeypatch.setattr(training.kernels, "AMX_BFLOAT16", False)
+    tokens, counts = corpus_of(num_docs=60)
+    with pytest.warns(RuntimeWarning, match="without AMX tiles here"):
+        lemur.train(tokens, counts, **{**SMALL, "epochs": 1, "matmul_precision": "bfloat16"})
 
 
 def test_epochs_0_is_fit_elm():

@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -409,6 +410,10 @@ def train(
     validation_split = _check_fraction(validation_split, "validation_split")
     if matmul_precision not in MATMULS:
         raise ValueError(f"matmul_precision must be one of {', '.join(map(repr, MATMULS))}, got {matmul_precision!r}")
+    if matmul_precision == "bfloat16" and not kernels.AMX_BFLOAT16:
+        warnings.warn("matmul_precision='bfloat16' without AMX tiles here (see lemur.show_config()): the rounded "
+                      "products run through float32 sgemm, slower than matmul_precision='float32'",
+                      RuntimeWarning, stacklevel=2)
     documents = Documents.check(doc_tokens, doc_counts, num_threads=threads)
     learn = documents.tokens if learn_tokens is None else check_vectors(
         learn_tokens, name="learn_tokens", dim=documents.dim, num_threads=threads)
