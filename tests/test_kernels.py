@@ -265,13 +265,12 @@ def test_bfloat16_rounding_is_to_nearest_even_and_flushes_subnormals(kernels):
     ties = (random.integers(0, 2**16, 2000).astype(np.uint32) << 16) | 0x8000
     bits = np.concatenate([bits, ties, ties | 0x10000, [0x7F7FFFFF, 0x00800000, 0x007FFFFF, 0x80000001]])
     values = bits.astype(np.uint32).view(np.float32)
-    finite = values[np.isfinite(values)].copy()
-    expected = reference.bfloat16(finite)
-    kernels.round_bfloat16_inplace(finite, 2)
-    np.testing.assert_array_equal(finite.astype(np.float64), expected)
-    special = np.array([np.inf, -np.inf, np.nan], np.float32)
-    kernels.round_bfloat16_inplace(special, 1)
+    finite = values[np.isfinite(values)]
+    np.testing.assert_array_equal(kernels.rounded_bfloat16(finite, 2).astype(np.float64), reference.bfloat16(finite))
+    special = kernels.rounded_bfloat16(np.array([np.inf, -np.inf, np.nan], np.float32), 1)
     assert special[0] == np.inf and special[1] == -np.inf and np.isnan(special[2])
+    halves = np.array([1.5, -2.0e-3, 65504.0], np.float16)
+    np.testing.assert_array_equal(kernels.rounded_bfloat16(halves, 1), reference.bfloat16(halves.astype(np.float32)))
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (5, 7, 3), (33, 65, 100), (200, 300, 70), (129, 17, 600)])
@@ -309,11 +308,9 @@ def test_bfloat16_products_on_tiles_do_not_depend_on_the_threads_and_elsewhere_a
         kernels.matmul_bfloat16(a, False, b, False, out, False, threads)
         outs.append(out)
         if not kernels.AMX_BFLOAT16:
-            rounded_a, rounded_b = a.copy(), b.copy()
-            kernels.round_bfloat16_inplace(rounded_a.reshape(-1), 1)
-            kernels.round_bfloat16_inplace(rounded_b.reshape(-1), 1)
             expected = np.empty_like(out)
-            kernels.matmul(rounded_a, False, rounded_b, False, expected, False, threads)
+            kernels.matmul(kernels.rounded_bfloat16(a, 1), False, kernels.rounded_bfloat16(b, 1), False, expected,
+                           False, threads)
             np.testing.assert_array_equal(out, expected)
     if kernels.AMX_BFLOAT16:
         np.testing.assert_array_equal(outs[0], outs[1])

@@ -1605,10 +1605,8 @@ def matmul_bfloat16(const float[:, ::1] a, bint transpose_a, const float[:, ::1]
     if empty_product(out, k, accumulate):
         return
     if not AMX_BFLOAT16:
-        rounded_a, rounded_b = np.array(a, dtype=np.float32), np.array(b, dtype=np.float32)
-        for rounded in (rounded_a, rounded_b):
-            round_in_place(rounded.reshape(-1), num_threads)
-        matmul(rounded_a, transpose_a, rounded_b, transpose_b, out, accumulate, num_threads)
+        matmul(rounded_bfloat16(a, num_threads), transpose_a, rounded_bfloat16(b, num_threads), transpose_b, out,
+               accumulate, num_threads)
         return
     cdef Py_ssize_t steps = amx_steps(k)
     cdef uint16_t[::1] left_packed = scratch("bfloat16 left", (amx_panels(m) * steps * AMX_STEP_VALUES,),
@@ -1647,9 +1645,12 @@ cdef void round_in_place(float[::1] values, int num_threads) noexcept nogil:
                        min(<Py_ssize_t>TRAIN_CHUNK_VALUES, size - chunk * TRAIN_CHUNK_VALUES))
 
 
-def round_bfloat16_inplace(float[::1] values, int num_threads):
-    """values[j] <- values[j] rounded to bfloat16 (and widened back)."""
-    round_in_place(values, num_threads)
+def rounded_bfloat16(values, int num_threads):
+    """A float32 C-order copy of `values` (float32 or float16, any shape),
+    rounded to bfloat16 and widened back (matmul_bfloat16's rounding)."""
+    out = np.array(values, dtype=np.float32, order="C")
+    round_in_place(out.reshape(-1), num_threads)
+    return out
 
 
 def pack_bfloat16_columns(const float[:, ::1] rows, int num_threads):

@@ -92,7 +92,7 @@ class OLSSample:
             if kernels.AMX_BFLOAT16:
                 self._bfloat16 = kernels.pack_bfloat16_columns(self.rows, num_threads)
             else:
-                self._bfloat16 = OLSSample(rounded_to_bfloat16(self.rows, num_threads))
+                self._bfloat16 = OLSSample(kernels.rounded_bfloat16(self.rows, num_threads))
         return self._bfloat16
 
     def projection(self, model: Model, num_threads: int) -> np.ndarray:
@@ -149,13 +149,6 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
-def rounded_to_bfloat16(values: np.ndarray, num_threads: int) -> np.ndarray:
-    """A float32 copy of `values` (float32 or float16) rounded to bfloat16."""
-    out = np.array(values, dtype=np.float32, order="C")
-    kernels.round_bfloat16_inplace(out.reshape(-1), num_threads)
-    return out
-
-
 def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
                      num_threads: int, out: np.ndarray | None = None,
                      matmul_precision: str = "float32") -> np.ndarray:
@@ -172,7 +165,7 @@ def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
                                               tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
                                               offsets, out, num_threads)
             return out
-        sample, tokens = rounded, rounded_to_bfloat16(tokens, num_threads)
+        sample, tokens = rounded, kernels.rounded_bfloat16(tokens, num_threads)
     kernels.document_targets(sample.chunks(), sample.size,
                              tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
                              offsets, out, num_threads)
