@@ -52,6 +52,12 @@ def check_vectors(
     return array
 
 
+def kernel_values(values: np.ndarray) -> np.ndarray:
+    """Checked float32 or float16 values as the kernels take them: float32,
+    or float16 as its bits (uint16)."""
+    return values.view(np.uint16) if values.dtype == np.float16 else values
+
+
 def check_finite(array: np.ndarray, *, name: str, num_threads: int | None = None) -> None:
     """Raise ValueError naming the first row of a float32 (or float16) array
     with NaN or inf."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from lemur._dispatch import kernels
 from lemur._scratch import aligned_empty, scratch
-from lemur._validation import check_positive_int, check_vectors
+from lemur._validation import check_positive_int, check_vectors, kernel_values
 from lemur.model import Layer, Model
 
 #: The original's default size of the OLS sample.
@@ -161,14 +161,11 @@ def document_targets(sample: OLSSample, tokens: np.ndarray, offsets: np.ndarray,
     if matmul_precision == "bfloat16":
         rounded = sample.bfloat16(num_threads)
         if isinstance(rounded, np.ndarray):
-            kernels.document_targets_bfloat16(rounded, sample.size,
-                                              tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
-                                              offsets, out, num_threads)
+            kernels.document_targets_bfloat16(rounded, sample.size, kernel_values(tokens), offsets, out,
+                                              num_threads)
             return out
         sample, tokens = rounded, kernels.rounded_bfloat16(tokens, num_threads)
-    kernels.document_targets(sample.chunks(), sample.size,
-                             tokens.view(np.uint16) if tokens.dtype == np.float16 else tokens,
-                             offsets, out, num_threads)
+    kernels.document_targets(sample.chunks(), sample.size, kernel_values(tokens), offsets, out, num_threads)
     return out
 
 

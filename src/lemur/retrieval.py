@@ -17,6 +17,7 @@ from lemur._validation import (
     check_positive_int,
     check_vectors,
     counts_to_offsets,
+    kernel_values,
 )
 
 #: Memory the first stage may use for its score blocks and thread-local k-best
@@ -73,7 +74,7 @@ class Documents:
     @property
     def kernel_tokens(self) -> np.ndarray:
         """The tokens as the kernels take them: float32, or float16 as its bits."""
-        return self.tokens.view(np.uint16) if self.tokens.dtype == np.float16 else self.tokens
+        return kernel_values(self.tokens)
 
     def subset(self, keep: np.ndarray) -> Documents:
         """The documents where `keep` (bool, (num_docs,)) is True, in their order,
