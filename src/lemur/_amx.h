@@ -283,11 +283,26 @@ LEMUR_BF16_TARGET static inline void lemur_amx_tile_out(const float *tile, ptrdi
     }
 }
 
-/* The extent of the block at block_row, block_column of an m x n product */
-static inline ptrdiff_t lemur_amx_extent(ptrdiff_t size, ptrdiff_t first, ptrdiff_t block)
+/* Panels of the block of an m x n product at block_row (rows) or
+ * block_column (columns) */
+static inline ptrdiff_t lemur_amx_row_panels(ptrdiff_t m, ptrdiff_t block_row)
 {
-    return size - first < block ? size - first : block;
+    return lemur_amx_panels(m - block_row < LEMUR_AMX_BLOCK_ROWS ? m - block_row : LEMUR_AMX_BLOCK_ROWS);
 }
+
+static inline ptrdiff_t lemur_amx_column_panels(ptrdiff_t n, ptrdiff_t block_column)
+{
+    return lemur_amx_panels(n - block_column < LEMUR_AMX_BLOCK_COLUMNS ? n - block_column : LEMUR_AMX_BLOCK_COLUMNS);
+}
+
+/* The 16 values of row r of tile `tile` (0-3) of piece (p, q) in a block's
+ * buffer with column_panels panels of columns */
+static inline const float *lemur_amx_tile_row(const float *buffer, ptrdiff_t column_panels, ptrdiff_t p,
+                                              ptrdiff_t q, int tile, int r)
+{
+    return buffer + ((p * column_panels + q) * 4 + tile) * 256 + r * 16;
+}
+
 
 /* One block of the product of the packed operands (a_packed: panels of A,
  * b_packed: panels of B, each steps x LEMUR_STEP_VALUES), m x n in all: rows
@@ -300,8 +315,7 @@ static inline void lemur_amx_products(const uint16_t *a_packed, const uint16_t *
                                       ptrdiff_t m, ptrdiff_t n, ptrdiff_t block_row, ptrdiff_t block_column,
                                       float *buffer)
 {
-    ptrdiff_t row_panels = lemur_amx_panels(lemur_amx_extent(m, block_row, LEMUR_AMX_BLOCK_ROWS));
-    ptrdiff_t column_panels = lemur_amx_panels(lemur_amx_extent(n, block_column, LEMUR_AMX_BLOCK_COLUMNS));
+    ptrdiff_t row_panels = lemur_amx_row_panels(m, block_row), column_panels = lemur_amx_column_panels(n, block_column);
     for (ptrdiff_t first = 0; first < steps; first += LEMUR_AMX_SLICE_STEPS) {
         ptrdiff_t count = steps - first < LEMUR_AMX_SLICE_STEPS ? steps - first : LEMUR_AMX_SLICE_STEPS;
         for (ptrdiff_t q = 0; q < column_panels; q++) {
@@ -309,18 +323,10 @@ static inline void lemur_amx_products(const uint16_t *a_packed, const uint16_t *
             for (ptrdiff_t p = 0; p < row_panels; p++) {
                 const uint16_t *a_panel = a_packed + (block_row / LEMUR_PANEL + p) * steps * LEMUR_STEP_VALUES;
                 lemur_amx_micro(a_panel, b_panel, first, count, first == 0,
-                                buffer + (p * column_panels + q) * LEMUR_PANEL * LEMUR_PANEL);
+                                (float *)lemur_amx_tile_row(buffer, column_panels, p, q, 0, 0));
             }
         }
     }
-}
-
-/* The 16 values of row r of tile `tile` (0-3) of piece (p, q) in a block's
- * buffer with column_panels panels of columns */
-static inline const float *lemur_amx_tile_row(const float *buffer, ptrdiff_t column_panels, ptrdiff_t p,
-                                              ptrdiff_t q, int tile, int r)
-{
-    return buffer + ((p * column_panels + q) * 4 + tile) * 256 + r * 16;
 }
 
 /* A block from lemur_amx_products into out[i * ldo + j] (i < m, j < n), or
@@ -329,8 +335,7 @@ LEMUR_BF16_TARGET static inline void lemur_amx_store(const float *buffer, ptrdif
                                                      ptrdiff_t block_row, ptrdiff_t block_column, float *out,
                                                      ptrdiff_t ldo, int accumulate)
 {
-    ptrdiff_t row_panels = lemur_amx_panels(lemur_amx_extent(m, block_row, LEMUR_AMX_BLOCK_ROWS));
-    ptrdiff_t column_panels = lemur_amx_panels(lemur_amx_extent(n, block_column, LEMUR_AMX_BLOCK_COLUMNS));
+    ptrdiff_t row_panels = lemur_amx_row_panels(m, block_row), column_panels = lemur_amx_column_panels(n, block_column);
     for (ptrdiff_t p = 0; p < row_panels; p++)
         for (ptrdiff_t q = 0; q < column_panels; q++)
             for (int tile = 0; tile < 4; tile++) {
@@ -351,8 +356,7 @@ LEMUR_BF16_TARGET static inline void lemur_amx_maxima(const float *buffer, ptrdi
                                                       ptrdiff_t block_row, ptrdiff_t block_column,
                                                       const int64_t *row_group, float *out, ptrdiff_t ldo)
 {
-    ptrdiff_t row_panels = lemur_amx_panels(lemur_amx_extent(m, block_row, LEMUR_AMX_BLOCK_ROWS));
-    ptrdiff_t column_panels = lemur_amx_panels(lemur_amx_extent(n, block_column, LEMUR_AMX_BLOCK_COLUMNS));
+    ptrdiff_t row_panels = lemur_amx_row_panels(m, block_row), column_panels = lemur_amx_column_panels(n, block_column);
     for (ptrdiff_t p = 0; p < row_panels; p++)
         for (int half = 0; half < 2; half++)
             for (int r = 0; r < 16; r++) {
