@@ -132,7 +132,14 @@ def test_the_bound_holds_where_cauchy_schwarz_is_tight(precision):
     exact = scores_unchecked(features[:3], W, 2)[kept_queries, kept_rows].astype(np.float64)
     middle, half = (lower + upper.astype(np.float64)) / 2, (upper - lower.astype(np.float64)) / 2
     aligned_pairs = kept_rows == np.array([0, 25, 100])[kept_queries]
-    assert np.all(np.abs(middle - exact)[aligned_pairs] > 0.5 * half[aligned_pairs])
+    # Where this CPU's scan rounds the query to bfloat16 too (VDPBF16PS, AMX:
+    # 4 code bytes a step), the bound also holds the query's own rounding
+    # error ||delta|| ||w^||, of the row's error's size, which no query can
+    # align with the row's error at the same time: half of the bound is
+    # attainable then.
+    steps, query_bytes = kernels.compact_layout(compact.KINDS[precision], h)
+    attainable = 0.25 if precision == "bfloat16" and query_bytes == 4 * steps else 0.5
+    assert np.all(np.abs(middle - exact)[aligned_pairs] > attainable * half[aligned_pairs])
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -44,13 +44,19 @@ def test_bitwise_the_float32_scan(precision, k):
     assert_same_as_float32(scan, features, k)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("num_queries", [1, 7, 8, 40])
-def test_int8_dots_of_every_tile_shape(num_queries):
-    """int8 with h a multiple of 64 takes AMX-INT8 tiles of 16 queries from 8
-    queries on where the CPU has them (40: two full tiles and one of 8), VNNI
-    below: integer dots, so bitwise the float32 scan either way."""
-    W, features, basis = bench_like(2000, h=320, num_queries=num_queries, seed=5)
-    scan = ExhaustiveScan.build(W, "int8", basis, num_threads=2)
+@pytest.mark.parametrize("h", [320, 336])
+def test_dots_of_every_tile_shape(precision, num_queries, h):
+    """Where the CPU has AMX, rows of whole tiles (int8: h a multiple of 64,
+    bfloat16: of 32; 336 is one only for bfloat16) take tiles of 16 queries
+    from 8 queries on (40: two full tiles and one of 8), VNNI / VDPBF16PS
+    below and for other h: bitwise the float32 scan either way."""
+    W, features, basis = bench_like(2000, h=h, num_queries=num_queries, seed=5)
+    scan = ExhaustiveScan.build(W, precision, basis, num_threads=2)
+    report = {}
+    scan.top_k(features, 30, 2, report)
+    assert report["rescored"] < features.shape[0] * W.shape[0] / 4  # the bound is tight enough to pay
     for k in (1, 30):
         assert_same_as_float32(scan, features, k)
 

@@ -25,9 +25,13 @@
  * step broadcast to every lane) or AVX-VNNI's where the CPU has them, else
  * plain vector code; exact int32 sums. bfloat16 with AVX512_BF16's
  * VDPBF16PS on AMD processors, where it runs at twice the rate of float32
- * multiply-adds; elsewhere, Intel's included (where it runs at half of it),
- * the rows' values widened to float32 (a shift) and multiply-added with the
- * query's float32 values, in vector code for every instruction set.
+ * multiply-adds; elsewhere, Intel's without AMX included (where it runs at
+ * half of it), the rows' values widened to float32 (a shift) and
+ * multiply-added with the query's float32 values, in vector code for every
+ * instruction set. Where the CPU has AMX (Intel), batches of 8 queries and
+ * more take tile products for both kinds (TDPBSUD, TDPBF16PS), smaller ones
+ * VPDPBUSD / VDPBF16PS: the query codes' format is the CPU's, not the
+ * batch's.
  */
 #ifndef LEMUR_COMPACT_H
 #define LEMUR_COMPACT_H
@@ -91,6 +95,7 @@ typedef struct {
     int bf16_512;    /* AVX512_BF16 present */
     int bf16_dot;    /* ... and used (AMD processors) */
     int amx_int8;    /* AMX-INT8 tiles, granted by Linux: used by the AVX-512 variant */
+    int amx_bf16;    /* AMX-BF16 tiles, likewise */
 } lemur_compact_cpu;
 
 /* What this kernel variant may use, if the CPU has it: the AVX-512 variant
@@ -98,7 +103,7 @@ typedef struct {
  * (so that LEMUR_KERNELS=baseline tests it on any machine). */
 static inline lemur_compact_cpu lemur_compact_detect(void)
 {
-    lemur_compact_cpu cpu = {0, 0, 0, 0, 0};
+    lemur_compact_cpu cpu = {0, 0, 0, 0, 0, 0};
 #if defined(LEMUR_X86_INTRINSICS) && (defined(__AVX512F__) || defined(__AVX2__))
     __builtin_cpu_init();
 #if defined(__AVX512F__)
@@ -106,6 +111,7 @@ static inline lemur_compact_cpu lemur_compact_detect(void)
     cpu.bf16_512 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
     cpu.bf16_dot = cpu.bf16_512 && __builtin_cpu_is("amd");
     cpu.amx_int8 = lemur_amx_usable(1);
+    cpu.amx_bf16 = lemur_amx_usable(0);
 #else
     cpu.avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
@@ -134,10 +140,14 @@ static inline ptrdiff_t lemur_compact_steps(int kind, ptrdiff_t h)
     return kind == LEMUR_INT8 ? (h + 3) / 4 : (h + 1) / 2;
 }
 
+/* 1 when bfloat16 rows are multiplied by the query's bfloat16 values
+ * (VDPBF16PS, AMX-BF16), 0 when widened to meet its float32 ones */
+static inline int lemur_bf16_query_rounded(lemur_compact_cpu cpu) { return cpu.bf16_dot || cpu.amx_bf16; }
+
 /* bytes of one query's codes per step */
 static inline ptrdiff_t lemur_query_step_bytes(int kind, lemur_compact_cpu cpu)
 {
-    return kind == LEMUR_BFLOAT16 && !cpu.bf16_dot ? 8 : 4;
+    return kind == LEMUR_BFLOAT16 && !lemur_bf16_query_rounded(cpu) ? 8 : 4;
 }
 
 /* ---- rounding -------------------------------------------------------------- */
@@ -152,11 +162,12 @@ static inline float lemur_rounded_up(double value) { return (float)(value * LEMU
 /* The most rounded operations on the way of one product into a compact dot
  * product X of rows with `steps` steps (compact.py's d_X): each lane is one
  * row's chain over the steps, two values a step; VDPBF16PS rounds twice a
- * step, widened multiply-adds at most twice a value (product and sum). int8
- * sums are exact. */
+ * step, widened multiply-adds at most twice a value (product and sum), and
+ * AMX-BF16 is given the same (its order of additions is the
+ * implementation's; the SDM's is VDPBF16PS's). int8 sums are exact. */
 static inline double lemur_compact_sum_depth(const lemur_compact_rows *rows)
 {
-    if (rows->kind == LEMUR_BFLOAT16 && rows->cpu.bf16_dot)
+    if (rows->kind == LEMUR_BFLOAT16 && rows->cpu.bf16_dot && !rows->cpu.amx_bf16)
         return 2.0 * (double)rows->steps + 2.0;
     return 4.0 * (double)rows->steps + 2.0;
 }
@@ -349,7 +360,7 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
         params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, 0, codes, &delta, &rounded_norm, &code_sum);
         params[LEMUR_QUERY_CODE_SUM] = (float)code_sum;
         delta = sqrt(delta);
-    } else if (rows->cpu.bf16_dot) {
+    } else if (lemur_bf16_query_rounded(rows->cpu)) {
         lemur_bfloat16_codes(perp, h, (uint16_t *)codes, &delta, &rounded_norm);
         delta = sqrt(delta) + lemur_gamma(lemur_compact_sum_depth(rows)) * sqrt(rounded_norm);
     } else {
@@ -649,18 +660,22 @@ static void lemur_bf16_dot512_block(const lemur_compact_rows *rows, const lemur_
 #endif /* LEMUR_X86_INTRINSICS */
 
 #if defined(LEMUR_AMX)
-/* AMX-INT8: up to 16 queries x the block's 64 rows, 16 steps (64 codes) a
- * tile product: the queries' codes (signed) as the left tile, the block's
- * codes as they are stored (16 steps x 16 rows x 4 codes: the right
- * operand's layout, 256 bytes a step) as four right tiles. TDPBSUD sums
- * exactly in int32, so the dots are VPDPBUSD's. Needs steps % 16 == 0. */
+/* AMX: up to 16 queries x the block's 64 rows, 16 steps a tile product:
+ * the queries' codes as the left tile (int8 codes, signed; or bfloat16
+ * pairs), the block's codes as they are stored (16 steps x 16 rows x 4
+ * bytes: the right operand's layout, 256 bytes a step) as four right tiles.
+ * int8: TDPBSUD sums exactly in int32, so the dots are VPDPBUSD's;
+ * bfloat16: TDPBF16PS, float32 sums. Needs steps % 16 == 0. */
 #define LEMUR_AMX_TILE_QUERIES 16
-__attribute__((target("amx-tile,amx-int8")))
-static void lemur_int8_amx_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
-                                 const uint8_t *block, ptrdiff_t q0, int num_queries, void *out)
+#define LEMUR_AMX_DOT(kind, c, a, b) \
+    do { if ((kind) == LEMUR_INT8) _tile_dpbsud(c, a, b); else _tile_dpbf16ps(c, a, b); } while (0)
+__attribute__((target("amx-tile,amx-int8,amx-bf16")))
+static void lemur_amx_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
+                            const uint8_t *block, ptrdiff_t q0, int num_queries, void *out)
 {
     ptrdiff_t stride = rows->steps * LEMUR_STEP_BYTES;
     const uint8_t *codes = queries->codes + q0 * stride;
+    int kind = rows->kind;
     lemur_amx_configure(num_queries);
     _tile_zero(0);
     _tile_zero(1);
@@ -670,13 +685,13 @@ static void lemur_int8_amx_block(const lemur_compact_rows *rows, const lemur_com
         const uint8_t *at = block + s * LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES;
         _tile_loadd(4, codes + s * LEMUR_STEP_BYTES, stride);
         _tile_loadd(6, at, LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES);
-        _tile_dpbsud(0, 4, 6);
+        LEMUR_AMX_DOT(kind, 0, 4, 6);
         _tile_loadd(7, at + 64, LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES);
-        _tile_dpbsud(1, 4, 7);
+        LEMUR_AMX_DOT(kind, 1, 4, 7);
         _tile_loadd(6, at + 128, LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES);
-        _tile_dpbsud(2, 4, 6);
+        LEMUR_AMX_DOT(kind, 2, 4, 6);
         _tile_loadd(7, at + 192, LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES);
-        _tile_dpbsud(3, 4, 7);
+        LEMUR_AMX_DOT(kind, 3, 4, 7);
     }
     _tile_stored(0, out, LEMUR_COMPACT_BLOCK * 4);
     _tile_stored(1, (int32_t *)out + 16, LEMUR_COMPACT_BLOCK * 4);
@@ -700,9 +715,10 @@ static inline lemur_block_kernel lemur_block_kernel_of(const lemur_compact_rows 
                                                        int *tile_queries)
 {
 #if defined(LEMUR_AMX)
-    if (rows->kind == LEMUR_INT8 && rows->cpu.amx_int8 && rows->steps % 16 == 0 && num_queries >= 8) {
+    if ((rows->kind == LEMUR_INT8 ? rows->cpu.amx_int8 : rows->cpu.amx_bf16) && rows->steps % 16 == 0
+        && num_queries >= 8) {
         *tile_queries = LEMUR_AMX_TILE_QUERIES;
-        return lemur_int8_amx_block;
+        return lemur_amx_block;
     }
 #endif
 #if defined(LEMUR_X86_INTRINSICS)
@@ -714,7 +730,7 @@ static inline lemur_block_kernel lemur_block_kernel_of(const lemur_compact_rows 
         *tile_queries = 2;
         return lemur_int8_avx_vnni_block;
     }
-    if (rows->kind == LEMUR_BFLOAT16 && rows->cpu.bf16_dot) {
+    if (rows->kind == LEMUR_BFLOAT16 && lemur_bf16_query_rounded(rows->cpu)) {
         *tile_queries = 6;
         return lemur_bf16_dot512_block;
     }

@@ -19,6 +19,7 @@ cdef extern from "_compact.h" nogil:
         int bf16_512
         int bf16_dot
         int amx_int8
+        int amx_bf16
     ctypedef struct compact_rows "lemur_compact_rows":
         int kind
         const uint8_t *codes

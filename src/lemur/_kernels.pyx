@@ -677,7 +677,8 @@ def compact_instructions():
         "int8": ("AMX-INT8 tiles (h a multiple of 64), else AVX512-VNNI" if COMPACT_CPU.amx_int8
                  else "AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
                  else "vector code"),
-        "bfloat16": ("AVX512_BF16" if COMPACT_CPU.bf16_dot else
+        "bfloat16": ("AMX-BF16 tiles (h a multiple of 32), else AVX512_BF16" if COMPACT_CPU.amx_bf16
+                     else "AVX512_BF16" if COMPACT_CPU.bf16_dot else
                      "widened to float32 (AVX512_BF16 runs at half that rate on Intel CPUs)"
                      if COMPACT_CPU.bf16_512 else "widened to float32"),
     }

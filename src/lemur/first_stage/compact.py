@@ -33,8 +33,8 @@ features f (float32) the scan computes, once per query (in float64),
   exactly.
 
 and for each row ŝ = fl(fl(Σ_k c_k p_k) + X), with X the compact dot product:
-for bfloat16 X = Σ_i q'_i ŵ_i (exact products, float32 sums: VDPBF16PS or
-widened multiply-adds), for int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact,
+for bfloat16 X = Σ_i q'_i ŵ_i (exact products, float32 sums: VDPBF16PS,
+AMX-BF16 tiles, or widened multiply-adds, where q' = f⊥ and δ = 0), for int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact,
 int32; with the query's codes shifted by 128 for VPDPBUSD's unsigned operand
 and the shift taken back with the row's code sum).
 
@@ -54,8 +54,10 @@ Bounding each remaining inner product by Cauchy–Schwarz:
 
 where |p_k − <v_k, w>| <= u (|p_k| + 2^-40 ||w||) + 2^-40 ||w|| (one rounding of
 a float64 sum), so the second line is at most 2u ||c|| (||p|| + ||w||) +
-γ_(m+2) ||c|| ||p||, and d_X is the depth of X's sums (h + 8 in plain C;
-2 h/32 + 4 + h mod 32 + 2 with VDPBF16PS). The float32 score itself is
+γ_(m+2) ||c|| ||p||, and d_X is the depth of X's sums, with s = ⌈h/2⌉
+steps of two values: 2 s + 2 with VDPBF16PS (two roundings a step), 4 s + 2
+for widened multiply-adds (at most two a value) and for AMX-BF16 (whose
+order of additions is the implementation's; the SDM gives it VDPBF16PS's). The float32 score itself is
 |s32 − s| <= γ_D Σ|f_i w_i| <= γ_D ||f|| ||w||, where D = h/VF + log2(VF) +
 h mod VF + 1 is the most roundings on the way of one product into s32 (its
 lane's chain, the pairwise sum of the VF lanes, the tail: _tiles.h's
