@@ -35,6 +35,7 @@
 #ifndef LEMUR_AMX_H
 #define LEMUR_AMX_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -376,6 +377,75 @@ LEMUR_BF16_TARGET static inline void lemur_amx_maxima(const float *buffer, ptrdi
             }
 }
 
+/* The largest squared norm of `rows` tokens (values: rows x dim float32)
+ * and of their rounding errors to bfloat16, out[0] and out[1], from the row
+ * panels they were packed into (packed: their A panels, as
+ * lemur_amx_pack_k_contiguous leaves them): float32 sums of squares (the
+ * differences are exact), summed in any order. */
+LEMUR_BF16_TARGET static inline void lemur_amx_largest_squares(const float *values, ptrdiff_t rows, ptrdiff_t dim,
+                                                              const uint16_t *packed, float *out)
+{
+    ptrdiff_t steps = lemur_amx_steps(dim);
+    float largest = 0, largest_error = 0;
+    for (ptrdiff_t j = 0; j < rows; j++) {
+        const float *row = values + j * dim;
+        const uint16_t *rounded = packed + (j / LEMUR_PANEL) * steps * LEMUR_STEP_VALUES
+                                  + ((j % LEMUR_PANEL) / 16) * LEMUR_TILE_VALUES + (j % 16) * 32;
+        __m512 squares = _mm512_setzero_ps(), errors = _mm512_setzero_ps();
+        for (ptrdiff_t step = 0; step < steps; step++, rounded += LEMUR_STEP_VALUES) {
+            ptrdiff_t k = step * 32;
+            __m512 low = _mm512_maskz_loadu_ps(lemur_lanes(dim - k), row + k);
+            __m512 high = _mm512_maskz_loadu_ps(lemur_lanes(dim - k - 16), row + k + 16);
+            __m512i bits = _mm512_loadu_si512((const void *)rounded);
+            __m512 low_rounded = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+            __m512 high_rounded = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+            __m512 low_error = _mm512_sub_ps(low, low_rounded), high_error = _mm512_sub_ps(high, high_rounded);
+            squares = _mm512_fmadd_ps(high, high, _mm512_fmadd_ps(low, low, squares));
+            errors = _mm512_fmadd_ps(high_error, high_error, _mm512_fmadd_ps(low_error, low_error, errors));
+        }
+        float norm = _mm512_reduce_add_ps(squares), error = _mm512_reduce_add_ps(errors);
+        if (!(norm <= largest))  /* an infinity or NaN too */
+            largest = norm;
+        if (!(error <= largest_error))
+            largest_error = error;
+    }
+    out[0] = largest;
+    out[1] = largest_error;
+}
+
+/* Running maxima over rows of a product's columns, for MaxSim: A holds a
+ * document's tokens (a_packed: its row panels, `rows` tokens), B a query's
+ * (b_packed: its column panels, `columns` tokens); maxima[j] (j < columns,
+ * room for the column panels' 32 each) = max(itself, max_i <A_i, B_j>)
+ * over the rows i < rows, or that max alone unless resume. c: 1,024 floats
+ * of scratch (one 32 x 32 piece). */
+__attribute__((target("amx-tile,amx-bf16,avx512f")))
+static inline void lemur_amx_column_maxima(const uint16_t *a_packed, ptrdiff_t rows, const uint16_t *b_packed,
+                                           ptrdiff_t columns, ptrdiff_t steps, int resume, float *c,
+                                           float *maxima)
+{
+    ptrdiff_t row_panels = lemur_amx_panels(rows), column_panels = lemur_amx_panels(columns);
+    for (ptrdiff_t q = 0; q < column_panels; q++) {
+        __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL) : _mm512_set1_ps(-INFINITY);
+        __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL + 16) : _mm512_set1_ps(-INFINITY);
+        for (ptrdiff_t p = 0; p < row_panels; p++) {
+            ptrdiff_t present = rows - p * LEMUR_PANEL < LEMUR_PANEL ? rows - p * LEMUR_PANEL : LEMUR_PANEL;
+            lemur_amx_micro(a_packed + p * steps * LEMUR_STEP_VALUES, b_packed + q * steps * LEMUR_STEP_VALUES,
+                            0, steps, 1, c);
+            /* tiles: rows 0-15 x columns 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31 */
+            for (ptrdiff_t r = 0; r < present; r++) {
+                const float *tiles = c + (r >> 4) * 512 + (r & 15) * 16;
+                low = _mm512_max_ps(low, _mm512_loadu_ps(tiles));
+                high = _mm512_max_ps(high, _mm512_loadu_ps(tiles + 256));
+            }
+        }
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL, low);
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL + 16, high);
+    }
+}
+
 #else
 
 /* Without AMX (never called: lemur_amx_detect() says 0) */
@@ -396,6 +466,11 @@ static inline void lemur_amx_store(const float *buffer, ptrdiff_t m, ptrdiff_t n
 static inline void lemur_amx_maxima(const float *buffer, ptrdiff_t m, ptrdiff_t n, ptrdiff_t block_row,
                                     ptrdiff_t block_column, const int64_t *row_group, float *out,
                                     ptrdiff_t ldo) {}
+static inline void lemur_amx_column_maxima(const uint16_t *a_packed, ptrdiff_t rows, const uint16_t *b_packed,
+                                           ptrdiff_t columns, ptrdiff_t steps, int resume, float *c,
+                                           float *maxima) {}
+static inline void lemur_amx_largest_squares(const float *values, ptrdiff_t rows, ptrdiff_t dim,
+                                             const uint16_t *packed, float *out) {}
 
 #endif
 

@@ -12,7 +12,7 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 
 cimport cython
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport INFINITY, NAN, sqrt, sqrtf
+from libc.math cimport INFINITY, NAN, fabs, sqrt, sqrtf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
@@ -54,10 +54,13 @@ from lemur._compact cimport (
 from lemur._amx cimport (
     AMX_BLOCK_COLUMNS,
     AMX_BLOCK_ROWS,
+    AMX_PANEL,
     AMX_STEP_VALUES,
     amx_begin,
+    amx_column_maxima,
     amx_detect,
     amx_end,
+    amx_largest_squares,
     amx_maxima,
     amx_pack_k_contiguous,
     amx_pack_k_strided,
@@ -66,7 +69,7 @@ from lemur._amx cimport (
     amx_steps,
     amx_store,
 )
-from lemur._half cimport half_to_float, round_bfloat16
+from lemur._half cimport bfloat16_bits, bfloat16_value, half_to_float, round_bfloat16
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
     DOC_ROWS,
@@ -1165,6 +1168,16 @@ cdef float maxsim_pair(const float *chunks, Py_ssize_t num_tokens, const doc_val
     return total
 
 
+# The (query, candidate) pairs grouped by document: (the candidates
+# flattened, their order by id (stable), the start of each id's run in it,
+# then the number of pairs).
+cdef tuple pairs_by_document(const int64_t[:, ::1] candidates):
+    flat = np.asarray(candidates).reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(flat[order])) + 1, [flat.shape[0]])).astype(np.int64)
+    return flat, order, starts
+
+
 # Exact MaxSim of each query with each of its candidate documents.
 #   query_tokens (total, dim), query_offsets (num_queries + 1)
 #   doc_tokens (total, dim), doc_offsets (num_docs + 1): every document has >= 1 token
@@ -1204,14 +1217,7 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
         chunk_offsets[query + 1] = chunk_offsets[query] + (
             (num_tokens + QUERY_LANES - 1) // QUERY_LANES) * dim * QUERY_LANES
     chunks = scratch("query chunks", (max(1, chunk_offsets[num_queries]),), np.float32)
-    flat_array = np.asarray(candidates).reshape(-1)
-    sorted_order = np.argsort(flat_array, kind="stable")
-    sorted_ids = flat_array[sorted_order]
-    flat_candidates = flat_array
-    order = sorted_order
-    group_starts = np.concatenate(
-        ([0], np.flatnonzero(np.diff(sorted_ids)) + 1, [num_pairs])
-    ).astype(np.int64)
+    flat_candidates, order, group_starts = pairs_by_document(candidates)
     num_groups = group_starts.shape[0] - 1
     flat_out = np.asarray(out).reshape(-1)
     with nogil:
@@ -1290,6 +1296,203 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
                         size = push_pair(&out_scores[query, 0], &out_indices[query, 0], size, k,
                                          scores[query, position], doc)
                 finish_list(&out_scores[query, 0], &out_indices[query, 0], size, k)
+
+
+# --------------------------------------------------------------------------
+# The rerank's screen: bounds on exact MaxSim from bfloat16 products on AMX
+# tiles (lemur/screening.py has the bound and its proof).
+# --------------------------------------------------------------------------
+
+cdef enum:
+    # document tokens packed at a time (a multiple of AMX_PANEL)
+    SCREEN_TOKENS = 512
+    # per query: sum ||q_i||, the bound's factors of N and R, its constant term
+    SCREEN_QUERY_TERMS = 4
+
+cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (scores could overflow)
+cdef double FLUSHED = 2.0 ** -126       # below this, AMX flushes a result to zero
+
+
+cdef inline double gamma_of(double n) noexcept nogil:
+    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+
+
+# An upper bound on a norm from its square summed in float32 in any order
+# over dim values (every term >= 0: at most 2 dim + 2 roundings, underflows
+# at most 2^-149 each): widened, square-rooted in float64.
+cdef inline double norm_above(float squares, Py_ssize_t dim) noexcept nogil:
+    return sqrt(<double>squares * (1 + gamma_of(2.0 * dim + 2)) + dim * 2.0 ** -149) * (1 + 2.0 ** -20)
+
+
+# One query's terms of the bound (screening.py): its tokens (num_tokens, dim)
+# -> terms[0] = sum ||q_i||, terms[1] = a, terms[2] = b, terms[3] = c, so
+# that the error of a pair with a document of largest token norm N and
+# largest rounding error R is at most a N + b R + c before the float32 sum's
+# own term. float64 throughout, widened by 2^-30 for that.
+cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
+                             double *terms) noexcept nogil:
+    cdef double norms = 0, rounded_terms = 0, norm, rounded, residual, value, wide
+    cdef double exact_depth = gamma_of(2.0 * dim), tile_depth = gamma_of(4.0 * ((dim + 1) // 2) + 2)
+    cdef Py_ssize_t j, i
+    for j in range(num_tokens):
+        norm = 0
+        rounded = 0
+        residual = 0
+        for i in range(dim):
+            value = tokens[j * dim + i]
+            wide = bfloat16_value(bfloat16_bits(tokens[j * dim + i]))
+            norm += value * value
+            rounded += wide * wide
+            residual += (wide - value) * (wide - value)
+        norms += sqrt(norm)
+        rounded_terms += sqrt(residual) + tile_depth * sqrt(rounded)
+    norms *= 1 + 2.0 ** -30
+    rounded_terms *= 1 + 2.0 ** -30
+    terms[0] = norms
+    terms[1] = (exact_depth * norms + rounded_terms) * (1 + 2.0 ** -30)
+    terms[2] = (rounded_terms + norms) * (1 + 2.0 ** -30)
+    terms[3] = num_tokens * (4.0 * ((dim + 1) // 2) + 2) * FLUSHED
+
+
+# Packs num_tokens (<= SCREEN_TOKENS) tokens of a document, widened into
+# `widened` first if float16, as AMX row panels into `packed`; norms[0] and
+# norms[1] become at least their largest norm N and rounding error R, or
+# stay if larger.
+cdef void pack_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
+                            float *widened, uint16_t *packed, double *norms) noexcept nogil:
+    cdef const float *values
+    cdef Py_ssize_t panel, steps = amx_steps(dim)
+    cdef float squares[2]
+    if doc_value is float:
+        values = tokens
+    else:
+        half_to_float(tokens, widened, num_tokens * dim)
+        values = widened
+    for panel in range(amx_panels(num_tokens)):
+        amx_pack_k_contiguous(values, dim, num_tokens, dim, panel, False, packed + panel * steps * AMX_STEP_VALUES)
+    amx_largest_squares(values, num_tokens, dim, packed, squares)
+    norms[0] = max(norms[0], norm_above(squares[0], dim))
+    norms[1] = max(norms[1], norm_above(squares[1], dim))
+
+
+# lower[q, c] <= maxsim_scores' value <= upper[q, c] for each (query,
+# candidate) pair, from the maxima of products of the bfloat16-rounded
+# tokens on AMX tiles (screening.py: the bound); (-inf, +inf) where no bound
+# is known (a query without tokens, magnitudes near overflow, values that
+# are not finite), (-inf, -inf) for -1 candidates. Queries are packed once,
+# up front; the pairs are grouped by document (pairs_by_document), the
+# groups are the parallel units (dynamic): a document of at most
+# SCREEN_TOKENS tokens is packed once for all its queries, a longer one
+# SCREEN_TOKENS at a time for each.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
+                           const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                           const int64_t[:, ::1] candidates, double[:, ::1] lower, double[:, ::1] upper,
+                           int num_threads):
+    cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
+    cdef Py_ssize_t dim = doc_tokens.shape[1], steps = amx_steps(dim)
+    cdef Py_ssize_t query, group, position, pair, num_tokens, num_groups, num_doc_tokens, start, count, i
+    cdef Py_ssize_t most_panels = 0
+    cdef int64_t doc
+    cdef double error, total, magnitude
+    cdef double *norms
+    cdef bint fits, finite
+    if not AMX_BFLOAT16:
+        raise RuntimeError("maxsim_bounds_bfloat16 needs AMX (kernels.AMX_BFLOAT16)")
+    if num_queries * num_candidates == 0:
+        return
+    cdef int64_t[::1] packed_offsets = np.empty(num_queries + 1, dtype=np.int64)
+    packed_offsets[0] = 0
+    for query in range(num_queries):
+        num_tokens = query_offsets[query + 1] - query_offsets[query]
+        most_panels = max(most_panels, amx_panels(num_tokens))
+        packed_offsets[query + 1] = packed_offsets[query] + amx_panels(num_tokens) * steps * AMX_STEP_VALUES
+    cdef uint16_t[::1] queries_packed = scratch("screen queries", (max(1, packed_offsets[num_queries]),), np.uint16)
+    cdef double[:, ::1] terms = scratch("screen terms", (num_queries, SCREEN_QUERY_TERMS), np.float64)
+    cdef uint16_t[:, ::1] packed = scratch(
+        "screen document", (num_threads, amx_panels(SCREEN_TOKENS) * steps * AMX_STEP_VALUES), np.uint16)
+    cdef float[:, ::1] widened = scratch(
+        "screen widened", (num_threads, SCREEN_TOKENS * dim if doc_value is uint16_t else 1), np.float32)
+    cdef float[:, ::1] pieces = scratch("screen pieces", (num_threads, 1024 + max(1, most_panels) * AMX_PANEL),
+                                        np.float32)
+    cdef double[:, ::1] document_norms = scratch("screen norms", (num_threads, 2), np.float64)
+    cdef float *maxima
+    flat_array, order_array, starts_array = pairs_by_document(candidates)
+    cdef const int64_t[::1] flat_candidates = flat_array
+    cdef const int64_t[::1] order = order_array
+    cdef const int64_t[::1] group_starts = starts_array
+    cdef double[::1] flat_lower = np.asarray(lower).reshape(-1)
+    cdef double[::1] flat_upper = np.asarray(upper).reshape(-1)
+    num_groups = group_starts.shape[0] - 1
+    with nogil:
+        for query in prange(num_queries, num_threads=min(num_threads, num_queries), schedule='static'):
+            num_tokens = query_offsets[query + 1] - query_offsets[query]
+            for i in range(amx_panels(num_tokens)):
+                amx_pack_k_contiguous(&query_tokens[query_offsets[query], 0], dim, num_tokens, dim, i, True,
+                                      &queries_packed[packed_offsets[query] + i * steps * AMX_STEP_VALUES])
+            screen_query_terms(&query_tokens[query_offsets[query], 0], num_tokens, dim, &terms[query, 0])
+        with parallel(num_threads=num_threads):
+            amx_begin()
+            for group in prange(num_groups, schedule='dynamic', chunksize=2):
+                doc = flat_candidates[order[group_starts[group]]]
+                maxima = &pieces[threadid(), 1024]
+                norms = &document_norms[threadid(), 0]
+                num_doc_tokens = 0
+                fits = False
+                if doc >= 0:
+                    num_doc_tokens = doc_offsets[doc + 1] - doc_offsets[doc]
+                    fits = num_doc_tokens <= SCREEN_TOKENS
+                    if fits:
+                        norms[0] = 0
+                        norms[1] = 0
+                        pack_screen_chunk(&doc_tokens[doc_offsets[doc], 0], num_doc_tokens, dim,
+                                          &widened[threadid(), 0], &packed[threadid(), 0], norms)
+                for position in range(group_starts[group], group_starts[group + 1]):
+                    pair = order[position]
+                    query = pair // num_candidates
+                    num_tokens = query_offsets[query + 1] - query_offsets[query]
+                    if doc < 0:
+                        flat_lower[pair] = -INFINITY
+                        flat_upper[pair] = -INFINITY
+                        continue
+                    if num_tokens == 0:
+                        flat_lower[pair] = -INFINITY
+                        flat_upper[pair] = INFINITY
+                        continue
+                    if fits:
+                        amx_column_maxima(&packed[threadid(), 0], num_doc_tokens,
+                                          &queries_packed[packed_offsets[query]], num_tokens, steps, False,
+                                          &pieces[threadid(), 0], maxima)
+                    else:
+                        norms[0] = 0
+                        norms[1] = 0
+                        start = 0
+                        while start < num_doc_tokens:
+                            count = min(<Py_ssize_t>SCREEN_TOKENS, num_doc_tokens - start)
+                            pack_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim,
+                                              &widened[threadid(), 0], &packed[threadid(), 0], norms)
+                            amx_column_maxima(&packed[threadid(), 0], count,
+                                              &queries_packed[packed_offsets[query]], num_tokens, steps,
+                                              start > 0, &pieces[threadid(), 0], maxima)
+                            start = start + count
+                    total = 0
+                    magnitude = 0
+                    for i in range(num_tokens):
+                        total = total + maxima[i]
+                        magnitude = magnitude + fabs(maxima[i])
+                    finite = magnitude <= 1e300 and terms[query, 0] * norms[0] <= SCREEN_LIMIT
+                    # the maxima's error, then the float32 sum's over them (gamma of its additions)
+                    error = terms[query, 1] * norms[0] + terms[query, 2] * norms[1] + terms[query, 3]
+                    error = (error + gamma_of(<double>num_tokens) * (magnitude + error)) * (1 + 2.0 ** -20) \
+                        + 2.0 ** -40 * magnitude + 1e-300
+                    if finite:
+                        flat_lower[pair] = total - error
+                        flat_upper[pair] = total + error
+                    else:
+                        flat_lower[pair] = -INFINITY
+                        flat_upper[pair] = INFINITY
+            amx_end()
 
 
 # --------------------------------------------------------------------------

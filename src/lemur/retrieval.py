@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lemur import screening
 from lemur._dispatch import kernels
 from lemur._scratch import aligned
 from lemur._threads import resolve_num_threads
@@ -182,7 +183,12 @@ def rerank_unchecked(
     k: int,
     num_threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`rerank` on validated arguments."""
+    """:func:`rerank` on validated arguments: where the CPU has AMX tiles and
+    there are many candidates per result, only those the screen
+    (:mod:`lemur.screening`) cannot rule out are scored exactly."""
+    if screening.applies(candidates.shape[0], candidates.shape[1], k):
+        candidates = screening.screened_candidates(query_tokens, query_offsets, documents.kernel_tokens,
+                                                   documents.offsets, candidates, k, num_threads)
     exact = maxsim_unchecked(query_tokens, query_offsets, documents, candidates, num_threads)
     indices = np.empty((candidates.shape[0], k), dtype=np.int64)
     scores = np.empty((candidates.shape[0], k), dtype=np.float32)

@@ -1,0 +1,123 @@
+r"""The rerank's screen: which candidates exact MaxSim must score.
+
+A rerank returns each query's k best candidates by exact MaxSim (the float32
+value of :func:`lemur.maxsim_scores`), bit for bit. Where the CPU has AMX
+tiles, MaxSim of bfloat16-rounded tokens costs a fraction of the float32
+one; a proven bound on its distance from the float32 value then says which
+candidates cannot be among the k best, and only the others are scored in
+float32. The returned ids and scores are those of scoring every candidate.
+
+The bound
+---------
+Write u = 2^-24, γ_n = n u / (1 − n u), b(x) for x rounded to bfloat16 (to
+nearest even, magnitudes below 2^-126 to zero: VCVTNE2PS2BF16's rule), and
+t = √d 2^-126 for tokens of dimension d. For a query's tokens q_1..q_n and a
+document's tokens d_1..d_m, the float32 MaxSim is S32 = fl(Σ_i M_i) (a float32
+sum in order), M_i = max_j fl(<q_i, d_j>), each dot product a chain of d
+multiply-adds (2d roundings at most, fused or not), so
+
+    |fl(<q_i, d_j>) − <q_i, d_j>| <= γ_2d ||q_i|| ||d_j||.
+
+The screen computes M'_i = max_j X_ij, X_ij the tile product of b(q_i) and
+b(d_j): exact products summed in float32, at most D = 4⌈d/2⌉ + 2 roundings
+(the SDM's order is VDPBF16PS's: two a pair; the implementation's may
+differ), each flushing a result below 2^-126 to zero, so
+
+    |X_ij − <b(q_i), b(d_j)>| <= γ_D ||b(q_i)|| ||b(d_j)|| + D 2^-126.
+
+With <b(q), b(d)> − <q, d> = <b(q) − q, b(d)> + <q, b(d) − d>, and, per
+value, |b(x) − x| <= 2^-8 |x| or < 2^-126 (flushed), so that
+||b(d) − d|| <= 2^-8 ||d|| + t and ||b(d)|| <= (1 + 2^-8) ||d|| + t, every
+pair of tokens has |X_ij − fl(<q_i, d_j>)| <= e_i, where, with N the
+document's largest token norm,
+
+    e_i = γ_2d ||q_i|| N + (||b(q_i) − q_i|| + γ_D ||b(q_i)||)((1 + 2^-8) N + t)
+          + ||q_i|| (2^-8 N + t) + D 2^-126,
+
+and since |max_j x_j − max_j y_j| <= max_j |x_j − y_j|, |M'_i − M_i| <= e_i.
+Summed: |Σ M'_i − Σ M_i| <= E_1 = Σ e_i = a N + b, with a and b per query:
+
+    a = γ_2d Σ||q_i|| + (1 + 2^-8) β + 2^-8 Σ||q_i||,
+    b = t (β + Σ||q_i||) + n D 2^-126,    β = Σ_i (||b(q_i) − q_i|| + γ_D ||b(q_i)||).
+
+The float32 sum adds |S32 − Σ M_i| <= γ_n Σ|M_i| <= γ_n (Σ|M'_i| + E_1). So
+
+    |S' − S32| <= E = E_1 + γ_n (Σ|M'_i| + E_1),    S' = Σ_i M'_i,
+
+computed in float64 (S', Σ|M'_i|, the norms; widened by 2^-20 and 2^-40 Σ|M'_i|
+for that arithmetic), N from float32 sums of squares widened by γ_(2d+2).
+Where Σ||q_i|| N passes 2^100, or a value is not finite, no bound is given
+(−∞, +∞): no float32 score can overflow below that.
+
+Which candidates are scored
+---------------------------
+Let L be the k-th largest lower bound S' − E of a query's candidates. Its
+k candidates with lower bounds of at least L all score at least L in float32
+and are all scored (their upper bounds S' + E are above L too), so the k-th
+best float32 score is at least L; a candidate with upper bound below L scores
+less than it and cannot be among the k best, nor tie with them. So the k best
+of the scored candidates, with the rerank's own order (best first, equal
+scores by smaller id), are the k best of all. A query without tokens keeps
+its candidates (the rerank keeps its first k in order).
+
+On bench/compare.py's data (unit tokens, d = 128, 32 query tokens, 200
+candidates, k = 10), E is about 0.15 on MaxSim values near 7, and a quarter
+of the candidates are scored in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lemur._dispatch import kernels
+
+#: The screen runs where a query has more than this many candidates per
+#: result wanted (fewer: nearly every candidate would be scored anyway) ...
+CANDIDATES_PER_RESULT = 2
+#: ... for batches of at least this many queries: below, the documents are
+#: mostly each one query's candidate, and both the screen and the float32
+#: MaxSim are bound by reading their tokens from memory once, so the screen
+#: costs more than it saves (bench/compare.py's data, 200 candidates: 1.3x
+#: the time of the float32 rerank for 1 query, 0.85x for 4, 0.5x for 100).
+SCREEN_MIN_QUERIES = 4
+
+
+def applies(num_queries: int, num_candidates: int, k: int) -> bool:
+    """Whether the rerank of `num_candidates` for each of `num_queries`
+    queries down to `k` is screened here."""
+    return (bool(kernels.AMX_BFLOAT16) and num_queries >= SCREEN_MIN_QUERIES
+            and num_candidates > CANDIDATES_PER_RESULT * k)
+
+
+def screened_candidates(
+    query_tokens: np.ndarray,
+    query_offsets: np.ndarray,
+    doc_tokens: np.ndarray,
+    doc_offsets: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    num_threads: int,
+    report: dict | None = None,
+) -> np.ndarray:
+    """The candidates exact MaxSim must score so that the k best are found.
+
+    Parameters are the rerank's, validated (`doc_tokens` as the kernels take
+    them); returns an int64 array (num_queries, width <= num_candidates) with
+    each query's kept candidates in their given order, padded with -1.
+    `report`, if given, gets "scored": the number of (query, candidate)
+    pairs kept.
+    """
+    num_queries, num_candidates = candidates.shape
+    lower = np.empty(candidates.shape, dtype=np.float64)
+    upper = np.empty(candidates.shape, dtype=np.float64)
+    kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates,
+                                   lower, upper, num_threads)
+    threshold = np.partition(lower, num_candidates - k, axis=1)[:, num_candidates - k]
+    keep = upper >= threshold[:, None]
+    counts = keep.sum(axis=1)
+    if report is not None:
+        report["scored"] = int(counts.sum())
+    kept = np.full((num_queries, int(counts.max(initial=0))), -1, dtype=np.int64)
+    rows, positions = np.nonzero(keep)
+    kept[rows, (np.cumsum(keep, axis=1) - 1)[rows, positions]] = candidates[rows, positions]
+    return kept
