@@ -18,6 +18,8 @@ selection over queries.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from lemur._dispatch import kernels
@@ -59,8 +61,12 @@ class ExhaustiveScan:
             raise ValueError(f"the compact copy ({rows.num_docs} x {rows.h}) does not match W {W.shape}")
         self.W = W
         self.rows = rows
-        self._max_row_norm = (float(rows.params[:, 0].max(initial=0.0))  # padding lanes are 0
-                              if rows is not None else 0.0)
+
+    @functools.cached_property
+    def _max_row_norm(self) -> float:
+        """The largest row norm of the compact copy (at the first scan, which
+        reads its parameters anyway: not when a mapped file is opened)."""
+        return float(self.rows.params[:, 0].max(initial=0.0)) if self.rows is not None else 0.0  # padding: 0
 
     @property
     def precision(self) -> str:

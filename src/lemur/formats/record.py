@@ -130,7 +130,8 @@ def index_of(record: Record, model: Model, *, path: str, num_threads: int | None
     try:
         rows = None
         if record.compact is not None:
-            rows = compact.CompactRows.check(record.precision, W.shape[0], *record.compact)
+            rows = compact.CompactRows.check(record.precision, W.shape[0], *record.compact,
+                                             check_values=not record.mapped)
         if record.mapped:
             mappings = tuple(mapping for mapping in (mapping_of(W), None if tokens is None else mapping_of(tokens))
                              if mapping is not None)
