@@ -118,6 +118,19 @@ def test_results_do_not_depend_on_thread_count():
         assert np.array_equal(model.features(tokens, counts, num_threads=threads), one)
 
 
+@pytest.mark.parametrize("counts", [[32], [200], [33], [0, 40, 0], [20, 12], [64]])
+def test_a_small_batch_split_over_threads_gives_the_batch_numbers(counts):
+    """Fewer groups of queries than threads (one query): every token's
+    features in parallel blocks, pooled after in the same order; bitwise the
+    features of the same queries inside a large batch, for any thread count."""
+    model = random_model("mlp", "gelu", dims=(32, 128, 96))
+    tokens = random_tokens(sum(counts), 32)
+    filler = random_tokens(3000, 32)
+    batch = model.features(np.concatenate([filler, tokens]), [3000 // 60] * 60 + list(counts), num_threads=2)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(model.features(tokens, counts, num_threads=threads), batch[60:])
+
+
 @pytest.mark.parametrize("variant_name", _dispatch.runnable_variants())
 def test_every_kernel_variant_is_exact(monkeypatch, variant_name):
     from lemur import model as model_module

@@ -166,6 +166,9 @@ cdef enum:
     # Rows of tokens pushed through the MLP together: one GEMM per layer per
     # block, then the fused per-row pass while the block is still in L2.
     BLOCK_ROWS = 64
+    # Rows per unit of work when a batch has fewer groups of queries than
+    # threads (a single query): every token's features in parallel, pooled after.
+    SPLIT_ROWS = 16
     # Panels of B per unit of work of gemm_packed.
     GEMM_GROUP_PANELS = 4
 
@@ -252,10 +255,9 @@ cdef void pooled_query_group(const FeatureMap *model, const float *tokens,
                              float *workspace) noexcept nogil:
     cdef Py_ssize_t width = model.layers[model.num_layers - 1].output_dim
     cdef Py_ssize_t query = first_query
-    cdef Py_ssize_t row_start, num_rows, row, token, j
+    cdef Py_ssize_t row_start, num_rows, row, token
     cdef Py_ssize_t group_end = query_offsets[end_query]
     cdef float *block
-    cdef float *query_out
     memset(out + first_query * width, 0, (end_query - first_query) * width * sizeof(float))
     row_start = query_offsets[first_query]
     while row_start < group_end:
@@ -267,10 +269,26 @@ cdef void pooled_query_group(const FeatureMap *model, const float *tokens,
                 query += 1
             add_row(out + query * width, block + row * width, width)
         row_start += num_rows
-    for query in range(first_query, end_query):
-        query_out = out + query * width
-        for j in range(width):
-            query_out[j] = query_out[j] / pool_divisor
+    divide_rows(out + first_query * width, end_query - first_query, width, pool_divisor)
+
+
+# rows[i] /= divisor for num_rows rows of width values
+cdef void divide_rows(float *rows, Py_ssize_t num_rows, Py_ssize_t width, float divisor) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(num_rows * width):
+        rows[i] = rows[i] / divisor
+
+
+# out[q] = sum of the rows of query q's tokens (in order) / pool_divisor, as
+# pooled_query_group sums them, from every token's features (num_tokens, width).
+cdef void pool_rows(const float *rows, const int64_t *query_offsets, Py_ssize_t num_queries, Py_ssize_t width,
+                    float pool_divisor, float *out) noexcept nogil:
+    cdef Py_ssize_t query, token
+    memset(out, 0, num_queries * width * sizeof(float))
+    for query in range(num_queries):
+        for token in range(query_offsets[query], query_offsets[query + 1]):
+            add_row(out + query * width, rows + token * width, width)
+    divide_rows(out, num_queries, width, pool_divisor)
 
 
 # Splits queries into groups of consecutive queries holding at most BLOCK_ROWS
@@ -376,7 +394,9 @@ def feature_workspace(object layers, int num_threads):
 #   workspace:      feature_workspace(layers, num_threads)
 # Parallel over groups of whole queries (pooled) or blocks of BLOCK_ROWS tokens
 # (unpooled), dynamic schedule; each thread keeps its blocks in its own slice
-# of workspace.
+# of workspace. A pooled batch of fewer groups than threads (one query) takes
+# blocks of SPLIT_ROWS tokens in parallel and pools them after, in the same
+# order: the same numbers.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offsets,
@@ -392,10 +412,24 @@ def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offset
     cdef float *thread_workspace
     cdef const float *tokens_data = &tokens[0, 0] if num_tokens > 0 else NULL
     cdef float *out_data = &out[0, 0]
+    cdef Py_ssize_t width = model.layers[model.num_layers - 1].output_dim
+    cdef float[:, ::1] unpooled
     if pool_divisor > 0:
         group_starts = np.empty(num_queries + 1, dtype=np.int64)
+        num_groups = split_query_groups(&query_offsets[0], num_queries, &group_starts[0])
+        if num_groups < num_threads and num_tokens >= 2 * SPLIT_ROWS:
+            # too few groups to give every thread one: every token's features in
+            # parallel (each row depends on its token alone), then pooled in order
+            unpooled = scratch("unpooled features", (num_tokens, width), np.float32)
+            with nogil:
+                for group in prange((num_tokens + SPLIT_ROWS - 1) // SPLIT_ROWS, num_threads=num_threads,
+                                    schedule='static'):
+                    row_start = group * SPLIT_ROWS
+                    psi_block(model, tokens_data, row_start, min(<Py_ssize_t>SPLIT_ROWS, num_tokens - row_start),
+                              &workspace[threadid(), 0], &unpooled[0, 0])
+                pool_rows(&unpooled[0, 0], &query_offsets[0], num_queries, width, pool_divisor, out_data)
+            return
         with nogil:
-            num_groups = split_query_groups(&query_offsets[0], num_queries, &group_starts[0])
             for group in prange(num_groups, num_threads=num_threads, schedule='dynamic'):
                 thread_workspace = &workspace[threadid(), 0]
                 pooled_query_group(model, tokens_data, &query_offsets[0],
