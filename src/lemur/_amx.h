@@ -233,13 +233,23 @@ LEMUR_BF16_TARGET static inline void lemur_amx_pack_k_strided(const float *sourc
     }
 }
 
-/* 32 x 32 of out over steps [first_step, first_step + count): the
- * accumulators start at 0 (fresh) or from c (4 tiles of 16 x 16 float32:
- * rows 0-15 x columns 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31) and
- * end in c. */
+/* Where the A tiles of a 32-row panel lie: tile t (0: rows 0-15, 1: rows
+ * 16-31) of step s at values + s * step_values + t * half_values, its rows
+ * row_bytes apart. Packed panels: (64, LEMUR_STEP_VALUES, LEMUR_TILE_VALUES);
+ * rows of `stride` bfloat16 values in place: (2 stride, 32, 16 stride). */
+typedef struct {
+    ptrdiff_t row_bytes, step_values, half_values;
+} lemur_amx_rows;
+
+static const lemur_amx_rows LEMUR_AMX_PACKED = {64, LEMUR_STEP_VALUES, LEMUR_TILE_VALUES};
+
+/* 32 x 32 of out over steps [first_step, first_step + count): A's panel at
+ * a_panel, laid out as `layout` says, B's packed; the accumulators start at
+ * 0 (fresh) or from c (4 tiles of 16 x 16 float32: rows 0-15 x columns 0-15,
+ * 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31) and end in c. */
 __attribute__((target("amx-tile,amx-bf16")))
-static inline void lemur_amx_micro(const uint16_t *a_panel, const uint16_t *b_panel, ptrdiff_t first_step,
-                                   ptrdiff_t count, int fresh, float *c)
+static inline void lemur_amx_micro(const uint16_t *a_panel, lemur_amx_rows layout, const uint16_t *b_panel,
+                                   ptrdiff_t first_step, ptrdiff_t count, int fresh, float *c)
 {
     if (fresh) {
         _tile_zero(0);
@@ -252,11 +262,11 @@ static inline void lemur_amx_micro(const uint16_t *a_panel, const uint16_t *b_pa
         _tile_loadd(2, c + 512, 64);
         _tile_loadd(3, c + 768, 64);
     }
-    const uint16_t *a = a_panel + first_step * LEMUR_STEP_VALUES, *b = b_panel + first_step * LEMUR_STEP_VALUES;
-    for (ptrdiff_t step = 0; step < count; step++, a += LEMUR_STEP_VALUES, b += LEMUR_STEP_VALUES) {
-        _tile_loadd(4, a, 64);
+    const uint16_t *a = a_panel + first_step * layout.step_values, *b = b_panel + first_step * LEMUR_STEP_VALUES;
+    for (ptrdiff_t step = 0; step < count; step++, a += layout.step_values, b += LEMUR_STEP_VALUES) {
+        _tile_loadd(4, a, layout.row_bytes);
         _tile_loadd(6, b, 64);
-        _tile_loadd(5, a + LEMUR_TILE_VALUES, 64);
+        _tile_loadd(5, a + layout.half_values, layout.row_bytes);
         _tile_loadd(7, b + LEMUR_TILE_VALUES, 64);
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
@@ -323,7 +333,7 @@ static inline void lemur_amx_products(const uint16_t *a_packed, const uint16_t *
             const uint16_t *b_panel = b_packed + (block_column / LEMUR_PANEL + q) * steps * LEMUR_STEP_VALUES;
             for (ptrdiff_t p = 0; p < row_panels; p++) {
                 const uint16_t *a_panel = a_packed + (block_row / LEMUR_PANEL + p) * steps * LEMUR_STEP_VALUES;
-                lemur_amx_micro(a_panel, b_panel, first, count, first == 0,
+                lemur_amx_micro(a_panel, LEMUR_AMX_PACKED, b_panel, first, count, first == 0,
                                 (float *)lemur_amx_tile_row(buffer, column_panels, p, q, 0, 0));
             }
         }
@@ -377,62 +387,63 @@ LEMUR_BF16_TARGET static inline void lemur_amx_maxima(const float *buffer, ptrdi
             }
 }
 
-/* The largest squared norm of `rows` tokens (values: rows x dim float32)
- * and of their rounding errors to bfloat16, out[0] and out[1], from the row
- * panels they were packed into (packed: their A panels, as
- * lemur_amx_pack_k_contiguous leaves them): float32 sums of squares (the
- * differences are exact), summed in any order. */
-LEMUR_BF16_TARGET static inline void lemur_amx_largest_squares(const float *values, ptrdiff_t rows, ptrdiff_t dim,
-                                                              const uint16_t *packed, float *out)
+/* Rows of values (rows x dim float32) rounded to bfloat16 into out, row r
+ * at out + r * stride (stride >= dim, a multiple of 32; values past dim 0),
+ * then zero rows up to a multiple of LEMUR_PANEL: A tiles can be loaded from
+ * them in place. largest[0] and largest[1] become the largest squared norm
+ * of the rows and of their rounding errors (float32 sums in any order; the
+ * differences are exact). */
+LEMUR_BF16_TARGET static inline void lemur_amx_round_rows(const float *values, ptrdiff_t rows, ptrdiff_t dim,
+                                                         ptrdiff_t stride, uint16_t *out, float *largest)
 {
-    ptrdiff_t steps = lemur_amx_steps(dim);
-    float largest = 0, largest_error = 0;
-    for (ptrdiff_t j = 0; j < rows; j++) {
-        const float *row = values + j * dim;
-        const uint16_t *rounded = packed + (j / LEMUR_PANEL) * steps * LEMUR_STEP_VALUES
-                                  + ((j % LEMUR_PANEL) / 16) * LEMUR_TILE_VALUES + (j % 16) * 32;
+    float most = 0, most_error = 0;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *row = values + r * dim;
+        uint16_t *rounded = out + r * stride;
         __m512 squares = _mm512_setzero_ps(), errors = _mm512_setzero_ps();
-        for (ptrdiff_t step = 0; step < steps; step++, rounded += LEMUR_STEP_VALUES) {
-            ptrdiff_t k = step * 32;
+        for (ptrdiff_t k = 0; k < stride; k += 32) {
             __m512 low = _mm512_maskz_loadu_ps(lemur_lanes(dim - k), row + k);
             __m512 high = _mm512_maskz_loadu_ps(lemur_lanes(dim - k - 16), row + k + 16);
-            __m512i bits = _mm512_loadu_si512((const void *)rounded);
-            __m512 low_rounded = _mm512_castsi512_ps(
-                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
-            __m512 high_rounded = _mm512_castsi512_ps(
-                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
-            __m512 low_error = _mm512_sub_ps(low, low_rounded), high_error = _mm512_sub_ps(high, high_rounded);
+            __m512i bits = (__m512i)_mm512_cvtne2ps_pbh(high, low);
+            _mm512_storeu_si512((void *)(rounded + k), bits);
+            __m512 low_error = _mm512_sub_ps(low, _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16)));
+            __m512 high_error = _mm512_sub_ps(high, _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16)));
             squares = _mm512_fmadd_ps(high, high, _mm512_fmadd_ps(low, low, squares));
             errors = _mm512_fmadd_ps(high_error, high_error, _mm512_fmadd_ps(low_error, low_error, errors));
         }
         float norm = _mm512_reduce_add_ps(squares), error = _mm512_reduce_add_ps(errors);
-        if (!(norm <= largest))  /* an infinity or NaN too */
-            largest = norm;
-        if (!(error <= largest_error))
-            largest_error = error;
+        if (!(norm <= most))  /* an infinity or NaN too */
+            most = norm;
+        if (!(error <= most_error))
+            most_error = error;
     }
-    out[0] = largest;
-    out[1] = largest_error;
+    memset(out + rows * stride, 0, (size_t)((lemur_amx_panels(rows) * LEMUR_PANEL - rows) * stride) * sizeof(uint16_t));
+    largest[0] = most;
+    largest[1] = most_error;
 }
 
 /* Running maxima over rows of a product's columns, for MaxSim: A holds a
- * document's tokens (a_packed: its row panels, `rows` tokens), B a query's
- * (b_packed: its column panels, `columns` tokens); maxima[j] (j < columns,
- * room for the column panels' 32 each) = max(itself, max_i <A_i, B_j>)
- * over the rows i < rows, or that max alone unless resume. c: 1,024 floats
- * of scratch (one 32 x 32 piece). */
+ * document's tokens (a_rows: `rows` of them, each `stride` bfloat16 values,
+ * as lemur_amx_round_rows leaves them), B a query's (b_packed: its column
+ * panels, `columns` tokens); maxima[j] (j < columns, room for the column
+ * panels' 32 each) = max(itself, max_i <A_i, B_j>) over the rows i < rows,
+ * or that max alone unless resume. c: 1,024 floats of scratch (one 32 x 32
+ * piece). */
 __attribute__((target("amx-tile,amx-bf16,avx512f")))
-static inline void lemur_amx_column_maxima(const uint16_t *a_packed, ptrdiff_t rows, const uint16_t *b_packed,
-                                           ptrdiff_t columns, ptrdiff_t steps, int resume, float *c,
-                                           float *maxima)
+static inline void lemur_amx_column_maxima(const uint16_t *a_rows, ptrdiff_t rows, ptrdiff_t stride,
+                                           const uint16_t *b_packed, ptrdiff_t columns, ptrdiff_t steps,
+                                           int resume, float *c, float *maxima)
 {
     ptrdiff_t row_panels = lemur_amx_panels(rows), column_panels = lemur_amx_panels(columns);
+    lemur_amx_rows layout = {2 * stride, 32, 16 * stride};
     for (ptrdiff_t q = 0; q < column_panels; q++) {
         __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL) : _mm512_set1_ps(-INFINITY);
         __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL + 16) : _mm512_set1_ps(-INFINITY);
         for (ptrdiff_t p = 0; p < row_panels; p++) {
             ptrdiff_t present = rows - p * LEMUR_PANEL < LEMUR_PANEL ? rows - p * LEMUR_PANEL : LEMUR_PANEL;
-            lemur_amx_micro(a_packed + p * steps * LEMUR_STEP_VALUES, b_packed + q * steps * LEMUR_STEP_VALUES,
+            lemur_amx_micro(a_rows + p * LEMUR_PANEL * stride, layout, b_packed + q * steps * LEMUR_STEP_VALUES,
                             0, steps, 1, c);
             /* tiles: rows 0-15 x columns 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31 */
             for (ptrdiff_t r = 0; r < present; r++) {
@@ -466,11 +477,11 @@ static inline void lemur_amx_store(const float *buffer, ptrdiff_t m, ptrdiff_t n
 static inline void lemur_amx_maxima(const float *buffer, ptrdiff_t m, ptrdiff_t n, ptrdiff_t block_row,
                                     ptrdiff_t block_column, const int64_t *row_group, float *out,
                                     ptrdiff_t ldo) {}
-static inline void lemur_amx_column_maxima(const uint16_t *a_packed, ptrdiff_t rows, const uint16_t *b_packed,
-                                           ptrdiff_t columns, ptrdiff_t steps, int resume, float *c,
-                                           float *maxima) {}
-static inline void lemur_amx_largest_squares(const float *values, ptrdiff_t rows, ptrdiff_t dim,
-                                             const uint16_t *packed, float *out) {}
+static inline void lemur_amx_column_maxima(const uint16_t *a_rows, ptrdiff_t rows, ptrdiff_t stride,
+                                           const uint16_t *b_packed, ptrdiff_t columns, ptrdiff_t steps,
+                                           int resume, float *c, float *maxima) {}
+static inline void lemur_amx_round_rows(const float *values, ptrdiff_t rows, ptrdiff_t dim, ptrdiff_t stride,
+                                        uint16_t *out, float *largest) {}
 
 #endif
 

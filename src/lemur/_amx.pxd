@@ -28,8 +28,8 @@ cdef extern from "_amx.h" nogil:
     void amx_maxima "lemur_amx_maxima"(const float *buffer, Py_ssize_t m, Py_ssize_t n, Py_ssize_t block_row,
                                        Py_ssize_t block_column, const int64_t *row_group, float *out,
                                        Py_ssize_t ldo)
-    void amx_column_maxima "lemur_amx_column_maxima"(const uint16_t *a_packed, Py_ssize_t rows,
+    void amx_column_maxima "lemur_amx_column_maxima"(const uint16_t *a_rows, Py_ssize_t rows, Py_ssize_t stride,
                                                      const uint16_t *b_packed, Py_ssize_t columns,
                                                      Py_ssize_t steps, int resume, float *c, float *maxima)
-    void amx_largest_squares "lemur_amx_largest_squares"(const float *values, Py_ssize_t rows, Py_ssize_t dim,
-                                                         const uint16_t *packed, float *out)
+    void amx_round_rows "lemur_amx_round_rows"(const float *values, Py_ssize_t rows, Py_ssize_t dim,
+                                               Py_ssize_t stride, uint16_t *out, float *largest)

@@ -60,12 +60,12 @@ from lemur._amx cimport (
     amx_column_maxima,
     amx_detect,
     amx_end,
-    amx_largest_squares,
     amx_maxima,
     amx_pack_k_contiguous,
     amx_pack_k_strided,
     amx_panels,
     amx_products,
+    amx_round_rows,
     amx_steps,
     amx_store,
 )
@@ -1388,23 +1388,20 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
     terms[3] = num_tokens * (4.0 * ((dim + 1) // 2) + 2) * FLUSHED
 
 
-# Packs num_tokens (<= SCREEN_TOKENS) tokens of a document, widened into
-# `widened` first if float16, as AMX row panels into `packed`; norms[0] and
-# norms[1] become at least their largest norm N and rounding error R, or
-# stay if larger.
-cdef void pack_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
-                            float *widened, uint16_t *packed, double *norms) noexcept nogil:
+# Rounds num_tokens (<= SCREEN_TOKENS) tokens of a document, widened into
+# `widened` first if float16, to bfloat16 rows of `stride` values in
+# `rounded` (amx_round_rows); norms[0] and norms[1] become at least their
+# largest norm N and rounding error R, or stay if larger.
+cdef void round_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_ssize_t dim, Py_ssize_t stride,
+                             float *widened, uint16_t *rounded, double *norms) noexcept nogil:
     cdef const float *values
-    cdef Py_ssize_t panel, steps = amx_steps(dim)
     cdef float squares[2]
     if doc_value is float:
         values = tokens
     else:
         half_to_float(tokens, widened, num_tokens * dim)
         values = widened
-    for panel in range(amx_panels(num_tokens)):
-        amx_pack_k_contiguous(values, dim, num_tokens, dim, panel, False, packed + panel * steps * AMX_STEP_VALUES)
-    amx_largest_squares(values, num_tokens, dim, packed, squares)
+    amx_round_rows(values, num_tokens, dim, stride, rounded, squares)
     norms[0] = max(norms[0], norm_above(squares[0], dim))
     norms[1] = max(norms[1], norm_above(squares[1], dim))
 
@@ -1444,8 +1441,8 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
         packed_offsets[query + 1] = packed_offsets[query] + amx_panels(num_tokens) * steps * AMX_STEP_VALUES
     cdef uint16_t[::1] queries_packed = scratch("screen queries", (max(1, packed_offsets[num_queries]),), np.uint16)
     cdef double[:, ::1] terms = scratch("screen terms", (num_queries, SCREEN_QUERY_TERMS), np.float64)
-    cdef uint16_t[:, ::1] packed = scratch(
-        "screen document", (num_threads, amx_panels(SCREEN_TOKENS) * steps * AMX_STEP_VALUES), np.uint16)
+    cdef Py_ssize_t stride = steps * AMX_PANEL   # a rounded token's values, padded to whole steps
+    cdef uint16_t[:, ::1] rounded = scratch("screen document", (num_threads, SCREEN_TOKENS * stride), np.uint16)
     cdef float[:, ::1] widened = scratch(
         "screen widened", (num_threads, SCREEN_TOKENS * dim if doc_value is uint16_t else 1), np.float32)
     cdef float[:, ::1] pieces = scratch("screen pieces", (num_threads, 1024 + max(1, most_panels) * AMX_PANEL),
@@ -1480,8 +1477,8 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                     if fits:
                         norms[0] = 0
                         norms[1] = 0
-                        pack_screen_chunk(&doc_tokens[doc_offsets[doc], 0], num_doc_tokens, dim,
-                                          &widened[threadid(), 0], &packed[threadid(), 0], norms)
+                        round_screen_chunk(&doc_tokens[doc_offsets[doc], 0], num_doc_tokens, dim, stride,
+                                           &widened[threadid(), 0], &rounded[threadid(), 0], norms)
                 for position in range(group_starts[group], group_starts[group + 1]):
                     pair = order[position]
                     query = pair // num_candidates
@@ -1495,7 +1492,7 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                         flat_upper[pair] = INFINITY
                         continue
                     if fits:
-                        amx_column_maxima(&packed[threadid(), 0], num_doc_tokens,
+                        amx_column_maxima(&rounded[threadid(), 0], num_doc_tokens, stride,
                                           &queries_packed[packed_offsets[query]], num_tokens, steps, False,
                                           &pieces[threadid(), 0], maxima)
                     else:
@@ -1504,9 +1501,9 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                         start = 0
                         while start < num_doc_tokens:
                             count = min(<Py_ssize_t>SCREEN_TOKENS, num_doc_tokens - start)
-                            pack_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim,
-                                              &widened[threadid(), 0], &packed[threadid(), 0], norms)
-                            amx_column_maxima(&packed[threadid(), 0], count,
+                            round_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim, stride,
+                                               &widened[threadid(), 0], &rounded[threadid(), 0], norms)
+                            amx_column_maxima(&rounded[threadid(), 0], count, stride,
                                               &queries_packed[packed_offsets[query]], num_tokens, steps,
                                               start > 0, &pieces[threadid(), 0], maxima)
                             start = start + count
