@@ -308,6 +308,21 @@ def resident_bytes_of(path: pathlib.Path) -> int:
     return total
 
 
+def test_what_a_mapped_opening_reads_comes_first_in_the_file(tmp_path):
+    """The members read at opening (the model, doc_counts, doc_ids, the
+    basis) lie together before the mapped arrays: one stretch to read."""
+    index = compact_index("int8")
+    index = lemur.Index(index.model, index.W, index.doc_tokens, index.doc_counts, precision="int8",
+                        doc_ids=np.arange(index.num_docs) * 3)
+    index.save(tmp_path / "index.npz")
+    with zipfile.ZipFile(tmp_path / "index.npz") as archive:
+        names = [member.filename.removesuffix(".npy")
+                 for member in sorted(archive.infolist(), key=lambda member: member.header_offset)]
+    mapped = [name in lemur_npz.MAPPED for name in names]
+    assert {"W", "doc_tokens", "compact_codes", "compact_params"} <= set(names)
+    assert mapped == sorted(mapped)  # no read member after a mapped one
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
 def test_opening_a_mapped_index_reads_none_of_its_large_arrays(tmp_path):
     """Not W, the token store, nor the compact copy's codes or parameters (8 MB

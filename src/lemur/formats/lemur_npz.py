@@ -232,6 +232,8 @@ def write(record: Record, path: str | os.PathLike[str]) -> str:
         arrays["doc_counts"] = np.asarray(record.doc_counts, dtype=np.int64)
     if record.doc_ids is not None:
         arrays["doc_ids"] = np.asarray(record.doc_ids, dtype=np.int64)
+    # what a mapped opening reads first, together at the start of the file; the mapped arrays after
+    arrays = dict(sorted(arrays.items(), key=lambda item: item[0] in MAPPED))
     write_npz(path, arrays)
     if not record.is_index:
         return "lemur model"
