@@ -24,9 +24,9 @@ def test_show_config_as_dicts():
     assert facts["lemur"]["kernel variant"].split(" ")[0] == _dispatch.variant
     assert facts["blas"]["core type"]
     scans = facts["first stage"]
-    assert scans["int8 scan"] in ("AMX-INT8 tiles (h a multiple of 64), else AVX512-VNNI", "AVX512-VNNI",
+    assert scans["int8 scan"] in ("AMX-INT8 tiles (8 queries and more, h a multiple of 64), else AVX512-VNNI", "AVX512-VNNI",
                                   "AVX-VNNI", "vector code")
-    assert scans["bfloat16 scan"] in ("AMX-BF16 tiles (h a multiple of 32), else AVX512_BF16", "AVX512_BF16") \
+    assert scans["bfloat16 scan"] in ("AMX-BF16 tiles (8 queries and more, h a multiple of 32), else AVX512_BF16", "AVX512_BF16") \
         or scans["bfloat16 scan"].startswith("widened to float32")
     assert facts["platform"]["cpu"]
     training = facts["training (lemur.train)"]["matmul_precision='bfloat16'"]

@@ -46,10 +46,10 @@ def test_bitwise_the_float32_scan(precision, k):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("num_queries", [1, 7, 8, 40])
-@pytest.mark.parametrize("h", [320, 336])
+@pytest.mark.parametrize("h", [320, 352, 336])
 def test_dots_of_every_tile_shape(precision, num_queries, h):
     """Where the CPU has AMX, rows of whole tiles (int8: h a multiple of 64,
-    bfloat16: of 32; 336 is one only for bfloat16) take tiles of 16 queries
+    bfloat16: of 32; 352 is one only for bfloat16, 336 for neither) take tiles of 16 queries
     from 8 queries on (40: two full tiles and one of 8), VNNI / VDPBF16PS
     below and for other h: bitwise the float32 scan either way."""
     W, features, basis = bench_like(2000, h=h, num_queries=num_queries, seed=5)

@@ -112,14 +112,15 @@ def test_no_bound_where_scores_could_overflow():
 
 
 @needs_amx
-def test_long_documents_query_panels_and_empty_queries():
+@pytest.mark.parametrize("store", [np.float32, np.float16])
+def test_long_documents_query_panels_and_empty_queries(store):
     """Documents longer than the screen's chunk (SCREEN_TOKENS = 512), queries
     of 1 and 33 tokens (one and two panels of 32), a query without tokens
     (keeps its first k in order), and -1 candidates."""
     tokens, counts, queries, _ = corpus(num_docs=60, num_queries=6, query_tokens=33, seed=7, lengths=(1, 1300))
     query_counts = np.array([33, 1, 0, 33, 65, 0])
     queries = queries[: query_counts.sum()]
-    documents = documents_of(tokens, counts)
+    documents = documents_of(tokens.astype(store), counts)
     assert counts.max() > 1024
     candidates = random_candidates(6, 60, 40, seed=8)
     candidates[1, ::3] = -1
@@ -150,6 +151,19 @@ def test_exact_ties_and_near_ties_stay_in_order(store):
 
 
 @needs_amx
+def test_a_document_that_is_not_finite_gets_no_bound():
+    """A token store that was not checked (a mapped file) may hold a NaN: the
+    document's norm counts as infinite, whatever rows follow it."""
+    tokens, counts, queries, query_counts = corpus(num_docs=20, num_queries=4, seed=13)
+    tokens[1] = np.nan  # the second token of document 0, followed by finite ones
+    documents = documents_of(tokens, counts)
+    candidates = np.tile(np.arange(20), (4, 1))
+    lower, upper = bounds(queries, query_counts, documents, candidates)
+    assert np.all(np.isneginf(lower[:, 0])) and np.all(np.isposinf(upper[:, 0]))
+    assert np.all(np.isfinite(lower[:, 1:])) and np.all(np.isfinite(upper[:, 1:]))
+
+
+@needs_amx
 def test_the_same_results_for_any_thread_count():
     tokens, counts, queries, query_counts = corpus(seed=11)
     documents = documents_of(tokens, counts)
@@ -166,6 +180,14 @@ def test_the_screen_runs_only_where_it_pays():
     assert not screening.applies(1, 200, 10)          # one query: bound by reading the tokens
     assert not screening.applies(100, 20, 10)         # nearly every candidate needed
     assert screening.applies(100, 200, 10) == bool(kernels.AMX_BFLOAT16)
+
+
+@needs_amx
+def test_bounds_of_the_wrong_shape_are_refused():
+    tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.maxsim_bounds_bfloat16(queries, offsets_of(query_counts), tokens, offsets_of(counts),
+                                       np.zeros((1, 3), dtype=np.int64), np.empty((1, 2)), np.empty((1, 3)), 1)
 
 
 @pytest.mark.skipif(bool(kernels.AMX_BFLOAT16), reason="this CPU has AMX tiles")

@@ -12,7 +12,9 @@
  *
  * Packed operands: A in panels of LEMUR_PANEL (32) rows, B in panels of 32
  * columns; a panel is its k steps of 32 values in order, a step two tiles
- * of 1 KiB (rows 0-15, then 16-31; columns 0-15, then 16-31):
+ * of 1 KiB (rows 0-15, then 16-31; columns 0-15, then 16-31). (The rerank's
+ * screen loads A's tiles from rows of bfloat16 values in place instead:
+ * lemur_amx_round_rows, lemur_amx_rows.)
  *   A tile: 16 rows x 32 bfloat16 along k (a row of A's step)
  *   B tile: 16 rows x 16 columns x 2: row p holds, for each column n, the
  *           pair B[2p, n], B[2p + 1, n] (the "VNNI" layout TDPBF16PS reads)
@@ -414,10 +416,11 @@ LEMUR_BF16_TARGET static inline void lemur_amx_round_rows(const float *values, p
             errors = _mm512_fmadd_ps(high_error, high_error, _mm512_fmadd_ps(low_error, low_error, errors));
         }
         float norm = _mm512_reduce_add_ps(squares), error = _mm512_reduce_add_ps(errors);
-        if (!(norm <= most))  /* an infinity or NaN too */
-            most = norm;
+        /* a NaN (a value that is not finite) counts as infinite, which no later row undoes */
+        if (!(norm <= most))
+            most = norm == norm ? norm : INFINITY;
         if (!(error <= most_error))
-            most_error = error;
+            most_error = error == error ? error : INFINITY;
     }
     memset(out + rows * stride, 0, (size_t)((lemur_amx_panels(rows) * LEMUR_PANEL - rows) * stride) * sizeof(uint16_t));
     largest[0] = most;

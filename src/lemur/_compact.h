@@ -28,10 +28,11 @@
  * multiply-adds; elsewhere, Intel's without AMX included (where it runs at
  * half of it), the rows' values widened to float32 (a shift) and
  * multiply-added with the query's float32 values, in vector code for every
- * instruction set. Where the CPU has AMX (Intel), batches of 8 queries and
- * more take tile products for both kinds (TDPBSUD, TDPBF16PS), smaller ones
- * VPDPBUSD / VDPBF16PS: the query codes' format is the CPU's, not the
- * batch's.
+ * instruction set. Where the CPU has AMX (Intel), rows of whole tiles
+ * (int8: h a multiple of 64; bfloat16: of 32) take tile products (TDPBSUD,
+ * TDPBF16PS) for batches of 8 queries and more, VPDPBUSD / VDPBF16PS for
+ * smaller ones: the query codes' format depends on the CPU and h, not on
+ * the batch.
  */
 #ifndef LEMUR_COMPACT_H
 #define LEMUR_COMPACT_H
@@ -140,14 +141,20 @@ static inline ptrdiff_t lemur_compact_steps(int kind, ptrdiff_t h)
     return kind == LEMUR_INT8 ? (h + 3) / 4 : (h + 1) / 2;
 }
 
-/* 1 when bfloat16 rows are multiplied by the query's bfloat16 values
- * (VDPBF16PS, AMX-BF16), 0 when widened to meet its float32 ones */
-static inline int lemur_bf16_query_rounded(lemur_compact_cpu cpu) { return cpu.bf16_dot || cpu.amx_bf16; }
-
-/* bytes of one query's codes per step */
-static inline ptrdiff_t lemur_query_step_bytes(int kind, lemur_compact_cpu cpu)
+/* 1 when bfloat16 rows of `steps` steps are multiplied by the query's
+ * bfloat16 values (VDPBF16PS on AMD; on Intel with AMX, rows of whole tiles:
+ * AMX-BF16 for batches of 8 queries and more, VDPBF16PS for the smaller
+ * ones, which are bound by reading the rows), 0 when widened to meet its
+ * float32 ones */
+static inline int lemur_bf16_query_rounded(lemur_compact_cpu cpu, ptrdiff_t steps)
 {
-    return kind == LEMUR_BFLOAT16 && !lemur_bf16_query_rounded(cpu) ? 8 : 4;
+    return cpu.bf16_dot || (cpu.amx_bf16 && steps % 16 == 0);
+}
+
+/* bytes of one query's codes per step, for rows of `steps` steps */
+static inline ptrdiff_t lemur_query_step_bytes(int kind, ptrdiff_t steps, lemur_compact_cpu cpu)
+{
+    return kind == LEMUR_BFLOAT16 && !lemur_bf16_query_rounded(cpu, steps) ? 8 : 4;
 }
 
 /* ---- rounding -------------------------------------------------------------- */
@@ -353,14 +360,14 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
     perp_norm = sqrt(lemur_dot64(perp, perp, h));
     /* plus the float64 roundings of g and f - g, with basis rows of norm <= 2 */
     split_error = sqrt(lemur_partials_total(partial_split)) + 0x1p-40 * (f_norm + 2 * c_sum);
-    memset(codes, 0, (size_t)(rows->steps * lemur_query_step_bytes(rows->kind, rows->cpu)));
+    memset(codes, 0, (size_t)(rows->steps * lemur_query_step_bytes(rows->kind, rows->steps, rows->cpu)));
     params[LEMUR_QUERY_CODE_SUM] = 0;
     params[LEMUR_QUERY_SCALE] = 1;
     if (rows->kind == LEMUR_INT8) {
         params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, 0, codes, &delta, &rounded_norm, &code_sum);
         params[LEMUR_QUERY_CODE_SUM] = (float)code_sum;
         delta = sqrt(delta);
-    } else if (lemur_bf16_query_rounded(rows->cpu)) {
+    } else if (lemur_bf16_query_rounded(rows->cpu, rows->steps)) {
         lemur_bfloat16_codes(perp, h, (uint16_t *)codes, &delta, &rounded_norm);
         delta = sqrt(delta) + lemur_gamma(lemur_compact_sum_depth(rows)) * sqrt(rounded_norm);
     } else {
@@ -730,7 +737,7 @@ static inline lemur_block_kernel lemur_block_kernel_of(const lemur_compact_rows 
         *tile_queries = 2;
         return lemur_int8_avx_vnni_block;
     }
-    if (rows->kind == LEMUR_BFLOAT16 && lemur_bf16_query_rounded(rows->cpu)) {
+    if (rows->kind == LEMUR_BFLOAT16 && lemur_bf16_query_rounded(rows->cpu, rows->steps)) {
         *tile_queries = 6;
         return lemur_bf16_dot512_block;
     }

@@ -167,8 +167,10 @@ cdef enum:
     # block, then the fused per-row pass while the block is still in L2.
     BLOCK_ROWS = 64
     # Rows per unit of work when a batch has fewer groups of queries than
-    # threads (a single query): every token's features in parallel, pooled after.
+    # threads (a single query): every token's features in parallel, pooled
+    # after, for batches of at most SPLIT_VALUES features (8 MiB).
     SPLIT_ROWS = 16
+    SPLIT_VALUES = 1 << 21
     # Panels of B per unit of work of gemm_packed.
     GEMM_GROUP_PANELS = 4
 
@@ -394,9 +396,9 @@ def feature_workspace(object layers, int num_threads):
 #   workspace:      feature_workspace(layers, num_threads)
 # Parallel over groups of whole queries (pooled) or blocks of BLOCK_ROWS tokens
 # (unpooled), dynamic schedule; each thread keeps its blocks in its own slice
-# of workspace. A pooled batch of fewer groups than threads (one query) takes
-# blocks of SPLIT_ROWS tokens in parallel and pools them after, in the same
-# order: the same numbers.
+# of workspace. A pooled batch of fewer groups than threads (one query) of at
+# most SPLIT_VALUES features takes blocks of SPLIT_ROWS tokens in parallel and
+# pools them after, in the same order: the same numbers.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offsets,
@@ -417,7 +419,7 @@ def compute_features(const float[:, ::1] tokens, const int64_t[::1] query_offset
     if pool_divisor > 0:
         group_starts = np.empty(num_queries + 1, dtype=np.int64)
         num_groups = split_query_groups(&query_offsets[0], num_queries, &group_starts[0])
-        if num_groups < num_threads and num_tokens >= 2 * SPLIT_ROWS:
+        if num_groups < num_threads and 2 * SPLIT_ROWS <= num_tokens and num_tokens * width <= SPLIT_VALUES:
             # too few groups to give every thread one: every token's features in
             # parallel (each row depends on its token alone), then pooled in order
             unpooled = scratch("unpooled features", (num_tokens, width), np.float32)
@@ -711,10 +713,12 @@ cdef compact_cpu COMPACT_CPU = compact_detect()
 def compact_instructions():
     """The instructions the compact scan uses here, by precision."""
     return {
-        "int8": ("AMX-INT8 tiles (h a multiple of 64), else AVX512-VNNI" if COMPACT_CPU.amx_int8
+        "int8": ("AMX-INT8 tiles (8 queries and more, h a multiple of 64), else AVX512-VNNI"
+                 if COMPACT_CPU.amx_int8
                  else "AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
                  else "vector code"),
-        "bfloat16": ("AMX-BF16 tiles (h a multiple of 32), else AVX512_BF16" if COMPACT_CPU.amx_bf16
+        "bfloat16": ("AMX-BF16 tiles (8 queries and more, h a multiple of 32), else AVX512_BF16"
+                     if COMPACT_CPU.amx_bf16
                      else "AVX512_BF16" if COMPACT_CPU.bf16_dot else
                      "widened to float32 (AVX512_BF16 runs at half that rate on Intel CPUs)"
                      if COMPACT_CPU.bf16_512 else "widened to float32"),
@@ -725,7 +729,7 @@ def compact_layout(int kind, Py_ssize_t h):
     """(steps, bytes of one query's codes) of the compact scan of rows of
     length h on this CPU (_compact.h's layout)."""
     cdef Py_ssize_t steps = compact_steps(kind, h)
-    return steps, steps * query_step_bytes(kind, COMPACT_CPU)
+    return steps, steps * query_step_bytes(kind, steps, COMPACT_CPU)
 
 
 # Codes and parameters of rows of W: W[i] becomes row first_row + i of the
@@ -1338,7 +1342,7 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # document tokens packed at a time (a multiple of AMX_PANEL)
+    # document tokens rounded at a time (a multiple of AMX_PANEL)
     SCREEN_TOKENS = 512
     # per query: sum ||q_i||, the bound's factors of N and R, its constant term
     SCREEN_QUERY_TERMS = 4
@@ -1365,7 +1369,8 @@ cdef inline double norm_above(float squares, Py_ssize_t dim) noexcept nogil:
 # own term. float64 throughout, widened by 2^-30 for that.
 cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
                              double *terms) noexcept nogil:
-    cdef double norms = 0, rounded_terms = 0, norm, rounded, residual, value, wide
+    # norm_sum: sum ||q_i||; beta_sum: sum beta_i (screening.py)
+    cdef double norm_sum = 0, beta_sum = 0, norm, rounded, residual, value, wide
     cdef double exact_depth = gamma_of(2.0 * dim), tile_depth = gamma_of(4.0 * ((dim + 1) // 2) + 2)
     cdef Py_ssize_t j, i
     for j in range(num_tokens):
@@ -1374,17 +1379,17 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
         residual = 0
         for i in range(dim):
             value = tokens[j * dim + i]
-            wide = bfloat16_value(bfloat16_bits(tokens[j * dim + i]))
+            wide = bfloat16_value(bfloat16_bits(<float>value))
             norm += value * value
             rounded += wide * wide
             residual += (wide - value) * (wide - value)
-        norms += sqrt(norm)
-        rounded_terms += sqrt(residual) + tile_depth * sqrt(rounded)
-    norms *= 1 + 2.0 ** -30
-    rounded_terms *= 1 + 2.0 ** -30
-    terms[0] = norms
-    terms[1] = (exact_depth * norms + rounded_terms) * (1 + 2.0 ** -30)
-    terms[2] = (rounded_terms + norms) * (1 + 2.0 ** -30)
+        norm_sum += sqrt(norm)
+        beta_sum += sqrt(residual) + tile_depth * sqrt(rounded)
+    norm_sum *= 1 + 2.0 ** -30
+    beta_sum *= 1 + 2.0 ** -30
+    terms[0] = norm_sum
+    terms[1] = (exact_depth * norm_sum + beta_sum) * (1 + 2.0 ** -30)
+    terms[2] = (beta_sum + norm_sum) * (1 + 2.0 ** -30)
     terms[3] = num_tokens * (4.0 * ((dim + 1) // 2) + 2) * FLUSHED
 
 
@@ -1413,8 +1418,8 @@ cdef void round_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_
 # are not finite), (-inf, -inf) for -1 candidates. Queries are packed once,
 # up front; the pairs are grouped by document (pairs_by_document), the
 # groups are the parallel units (dynamic): a document of at most
-# SCREEN_TOKENS tokens is packed once for all its queries, a longer one
-# SCREEN_TOKENS at a time for each.
+# SCREEN_TOKENS tokens is rounded once for all its queries
+# (round_screen_chunk), a longer one SCREEN_TOKENS at a time for each.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
@@ -1431,6 +1436,8 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
     cdef bint fits, finite
     if not AMX_BFLOAT16:
         raise RuntimeError("maxsim_bounds_bfloat16 needs AMX (kernels.AMX_BFLOAT16)")
+    if tuple(lower.shape) != tuple(candidates.shape) or tuple(upper.shape) != tuple(candidates.shape):
+        raise ValueError("lower and upper must have the candidates' shape")
     if num_queries * num_candidates == 0:
         return
     cdef int64_t[::1] packed_offsets = np.empty(num_queries + 1, dtype=np.int64)
@@ -1447,7 +1454,8 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
         "screen widened", (num_threads, SCREEN_TOKENS * dim if doc_value is uint16_t else 1), np.float32)
     cdef float[:, ::1] pieces = scratch("screen pieces", (num_threads, 1024 + max(1, most_panels) * AMX_PANEL),
                                         np.float32)
-    cdef double[:, ::1] document_norms = scratch("screen norms", (num_threads, 2), np.float64)
+    # (N, R) of each thread's document, a cache line each
+    cdef double[:, ::1] document_norms = scratch("screen norms", (num_threads, 8), np.float64)
     cdef float *maxima
     flat_array, order_array, starts_array = pairs_by_document(candidates)
     cdef const int64_t[::1] flat_candidates = flat_array
@@ -1512,11 +1520,12 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                     for i in range(num_tokens):
                         total = total + maxima[i]
                         magnitude = magnitude + fabs(maxima[i])
-                    finite = magnitude <= 1e300 and terms[query, 0] * norms[0] <= SCREEN_LIMIT
+                    # not finite (an infinity, a NaN): no bound
+                    finite = magnitude < INFINITY and terms[query, 0] * norms[0] <= SCREEN_LIMIT
                     # the maxima's error, then the float32 sum's over them (gamma of its additions)
                     error = terms[query, 1] * norms[0] + terms[query, 2] * norms[1] + terms[query, 3]
                     error = (error + gamma_of(<double>num_tokens) * (magnitude + error)) * (1 + 2.0 ** -20) \
-                        + 2.0 ** -40 * magnitude + 1e-300
+                        + 2.0 ** -40 * magnitude
                     if finite:
                         flat_lower[pair] = total - error
                         flat_upper[pair] = total + error

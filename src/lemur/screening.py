@@ -16,7 +16,10 @@ tokens d_1..d_m, the float32 MaxSim is S32 = fl(Σ_i M_i) (a float32
 sum in order), M_i = max_j fl(<q_i, d_j>), each dot product a chain of d
 multiply-adds (2d roundings at most, fused or not), so
 
-    |fl(<q_i, d_j>) − <q_i, d_j>| <= γ_2d ||q_i|| ||d_j||.
+    |fl(<q_i, d_j>) − <q_i, d_j>| <= γ_2d ||q_i|| ||d_j|| + 2d 2^-150
+
+(the last term: gradual underflow, at most half a subnormal step a rounding;
+the D 2^-126 below covers it).
 
 The screen computes M'_i = max_j X_ij, X_ij the tile product of b(q_i) and
 b(d_j): exact products summed in float32, at most D = 4⌈d/2⌉ + 2 roundings
@@ -79,8 +82,8 @@ CANDIDATES_PER_RESULT = 2
 #: ... for batches of at least this many queries: below, the documents are
 #: mostly each one query's candidate, and both the screen and the float32
 #: MaxSim are bound by reading their tokens from memory once, so the screen
-#: costs more than it saves (bench/compare.py's data, 200 candidates: 1.3x
-#: the time of the float32 rerank for 1 query, 0.85x for 4, 0.5x for 100).
+#: costs more than it saves (bench/compare.py's data, 200 candidates: 1.1x
+#: the time of the float32 rerank for 1 query, 0.76x for 4, 0.53x for 100).
 SCREEN_MIN_QUERIES = 4
 
 

@@ -34,9 +34,10 @@ features f (float32) the scan computes, once per query (in float64),
 
 and for each row ŝ = fl(fl(Σ_k c_k p_k) + X), with X the compact dot product:
 for bfloat16 X = Σ_i q'_i ŵ_i (exact products, float32 sums: VDPBF16PS,
-AMX-BF16 tiles, or widened multiply-adds, where q' = f⊥ and δ = 0), for int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact,
-int32; with the query's codes shifted by 128 for VPDPBUSD's unsigned operand
-and the shift taken back with the row's code sum).
+AMX-BF16 tiles, or widened multiply-adds, where q' = f⊥ and δ = 0), for
+int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact, int32; with the query's
+codes shifted by 128 for VPDPBUSD's unsigned operand and the shift taken
+back with the row's code sum).
 
 The bound
 ---------
@@ -71,8 +72,9 @@ with, per query, α_w = γ_D ||f|| + ||ε|| + 2u ||c||, α_p = (2u + γ_(m+2)) |
 four norms: all computed in float64 and stored rounded up (multiplied by
 1 + 2^-20 before the rounding to float32). The scan computes E in float32 and
 widens it to E' = E (1 + 16u) + 8u |ŝ| + 10^-30, which covers the roundings of
-computing E, ŝ − E' and ŝ + E' themselves, and values below 2^-126 that
-VDPBF16PS flushes (at most h 2^-126 in all). The scan runs only where
+computing E, ŝ − E' and ŝ + E' themselves, and results below 2^-126 that
+VDPBF16PS and AMX-BF16 flush to zero (one a rounding: at most (4 s + 2) 2^-126
+in all). The scan runs only where
 max ||f|| max ||w|| < 10^37, so that no score overflows.
 
 Why it is tight enough to pay: the split puts most of f into the m exact
