@@ -29,6 +29,8 @@ def test_show_config_as_dicts():
     assert scans["bfloat16 scan"] in ("AMX-BF16 tiles (8 queries and more, h a multiple of 32), else AVX512_BF16", "AVX512_BF16") \
         or scans["bfloat16 scan"].startswith("widened to float32")
     assert facts["platform"]["cpu"]
+    screen = facts["rerank"]["screen (lemur.screening)"]
+    assert screen.startswith("AMX-BF16 tiles") is _dispatch.kernels.AMX_BFLOAT16
     training = facts["training (lemur.train)"]["matmul_precision='bfloat16'"]
     assert (training == "AMX tiles") is _dispatch.kernels.AMX_BFLOAT16
     with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts'"):

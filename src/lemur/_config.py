@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from lemur import _build_info, _cpu, _dispatch
+from lemur import _build_info, _cpu, _dispatch, screening
 from lemur._threads import available_cores, default_num_threads
 
 
@@ -46,6 +46,12 @@ def config() -> dict[str, dict[str, object]]:
             "embedded ANN (lemur-retrieval[ann])": f"usearch {_version_of('usearch')}",
             "PostgreSQL (lemur-retrieval[postgres])": ", ".join(
                 f"{name} {_version_of(name)}" for name in ("psycopg", "pgvector")),
+        },
+        "rerank": {
+            "screen (lemur.screening)": (
+                f"AMX-BF16 tiles, batches of {screening.SCREEN_MIN_QUERIES} queries and more with over "
+                f"{screening.CANDIDATES_PER_RESULT}k candidates" if kernels.AMX_BFLOAT16 else
+                "none (no AMX: every candidate scored in float32)"),
         },
         "training (lemur.train)": {
             "matmul_precision='bfloat16'": "AMX tiles" if kernels.AMX_BFLOAT16 else
