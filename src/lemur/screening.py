@@ -106,11 +106,27 @@ def screened_candidates(
 ) -> np.ndarray:
     """The candidates exact MaxSim must score so that the k best are found.
 
-    Parameters are the rerank's, validated (`doc_tokens` as the kernels take
-    them); returns an int64 array (num_queries, width <= num_candidates) with
-    each query's kept candidates in their given order, padded with -1.
-    `report`, if given, gets "scored": the number of (query, candidate)
-    pairs kept.
+    Parameters
+    ----------
+    query_tokens, query_offsets : ndarray
+        The queries' tokens (total, d) float32 and offsets (num_queries + 1)
+        int64, validated.
+    doc_tokens, doc_offsets : ndarray
+        The documents' tokens as the kernels take them (float32, or float16
+        as uint16 bits) and offsets (num_docs + 1), validated.
+    candidates : ndarray of int64, shape (num_queries, num_candidates)
+        Document ids, or -1; num_candidates > k.
+    k : int
+        The results wanted per query.
+    num_threads : int
+    report : dict, optional
+        Gets "scored": the number of (query, candidate) pairs kept.
+
+    Returns
+    -------
+    ndarray of int64, shape (num_queries, width <= num_candidates)
+        Each query's kept candidates in their given order, padded with -1:
+        the rerank of these gives bitwise the rerank of `candidates`.
     """
     num_queries, num_candidates = candidates.shape
     lower = np.empty(candidates.shape, dtype=np.float64)
