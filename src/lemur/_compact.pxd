@@ -48,6 +48,7 @@ cdef extern from "_compact.h" nogil:
         void *dots
         survivors_list survivors
     compact_cpu compact_detect "lemur_compact_detect"()
+    double gamma_of "lemur_gamma"(double n)
     Py_ssize_t compact_steps "lemur_compact_steps"(int kind, Py_ssize_t h)
     Py_ssize_t query_step_bytes "lemur_query_step_bytes"(int kind, Py_ssize_t steps, compact_cpu cpu)
     void encode_row "lemur_compact_encode_row"(int kind, const float *w, Py_ssize_t h, const float *basis,

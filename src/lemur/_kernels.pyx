@@ -43,6 +43,7 @@ from lemur._compact cimport (
     compact_steps,
     encode_query,
     encode_row,
+    gamma_of,
     kth_largest,
     query_step_bytes,
     scan_block,
@@ -1351,10 +1352,6 @@ cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (s
 cdef double FLUSHED = 2.0 ** -126       # below this, AMX flushes a result to zero
 
 
-cdef inline double gamma_of(double n) noexcept nogil:
-    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
-
-
 # An upper bound on a norm from its square summed in float32 in any order
 # over dim values (every term >= 0: at most 2 dim + 2 roundings, underflows
 # at most 2^-149 each): widened, square-rooted in float64.
@@ -1371,7 +1368,8 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
                              double *terms) noexcept nogil:
     # norm_sum: sum ||q_i||; beta_sum: sum beta_i (screening.py)
     cdef double norm_sum = 0, beta_sum = 0, norm, rounded, residual, value, wide
-    cdef double exact_depth = gamma_of(2.0 * dim), tile_depth = gamma_of(4.0 * ((dim + 1) // 2) + 2)
+    cdef double tile_roundings = 4.0 * ((dim + 1) // 2) + 2   # D: the tile product's roundings
+    cdef double exact_depth = gamma_of(2.0 * dim), tile_depth = gamma_of(tile_roundings)
     cdef Py_ssize_t j, i
     for j in range(num_tokens):
         norm = 0
@@ -1390,7 +1388,7 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
     terms[0] = norm_sum
     terms[1] = (exact_depth * norm_sum + beta_sum) * (1 + 2.0 ** -30)
     terms[2] = (beta_sum + norm_sum) * (1 + 2.0 ** -30)
-    terms[3] = num_tokens * (4.0 * ((dim + 1) // 2) + 2) * FLUSHED
+    terms[3] = num_tokens * tile_roundings * FLUSHED
 
 
 # Rounds num_tokens (<= SCREEN_TOKENS) tokens of a document, widened into
