@@ -82,8 +82,8 @@ CANDIDATES_PER_RESULT = 2
 #: ... for batches of at least this many queries: below, the documents are
 #: mostly each one query's candidate, and both the screen and the float32
 #: MaxSim are bound by reading their tokens from memory once, so the screen
-#: costs more than it saves (bench/compare.py's data, 200 candidates: 1.1x
-#: the time of the float32 rerank for 1 query, 0.76x for 4, 0.53x for 100).
+#: costs more than it saves (python bench/stages.py, 200 candidates: 1.25x
+#: the time of the float32 rerank for 1 query, 0.79x for 4, 0.51x for 100).
 SCREEN_MIN_QUERIES = 4
 
 
