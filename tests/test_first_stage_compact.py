@@ -15,11 +15,17 @@ from lemur.retrieval import scores_unchecked
 PRECISIONS = ("bfloat16", "int8")
 
 
+def rows_of(codes: np.ndarray) -> np.ndarray:
+    """Lanes-packed codes (blocks, steps, BLOCK * 4) one row after the other:
+    (blocks * BLOCK, steps * 4) bytes."""
+    blocks, steps, _ = codes.shape
+    per_row = codes.reshape(blocks, steps, compact.BLOCK, 4).transpose(0, 2, 1, 3)
+    return per_row.reshape(blocks * compact.BLOCK, steps * 4)
+
+
 def unpacked_codes(rows: compact.CompactRows) -> np.ndarray:
     """The lanes-packed codes one row after the other: (num_docs, steps * 4) bytes."""
-    blocks, steps, _ = rows.codes.shape
-    per_row = rows.codes.reshape(blocks, steps, compact.BLOCK, 4).transpose(0, 2, 1, 3)
-    return per_row.reshape(blocks * compact.BLOCK, steps * 4)[: rows.num_docs]
+    return rows_of(rows.codes)[: rows.num_docs]
 
 
 def decoded(rows: compact.CompactRows) -> np.ndarray:
@@ -68,6 +74,61 @@ def test_row_codes_and_parameters_match_a_float64_reference(precision, h):
     padding = unpacked_codes(compact.CompactRows(precision, blocks * compact.BLOCK, rows.codes, rows.params,
                                                  basis))[150:]
     assert np.all(padding == (128 if precision == "int8" else 0))
+
+
+@pytest.mark.parametrize("h", [2048, 100, 4])
+def test_every_int8_dot_kernel_gives_the_exact_integer_dots(h):
+    """Each int8 dot-product kernel this CPU runs (AMX tiles, VNNI, AVX2's
+    VPMADDWD, plain vector code) equals the integer product of the codes, at
+    the codes' extremes too, for every tail of its tile of queries."""
+    rng = np.random.default_rng(h)
+    steps, query_bytes = kernels.compact_layout(compact.KINDS["int8"], h)
+    codes = rng.integers(0, 256, (2, steps, compact.BLOCK * 4), dtype=np.uint8)
+    codes[0, :, : 4 * 8] = 255  # rows 0-7: the largest unsigned code everywhere
+    queries = rng.integers(-128, 128, (21, query_bytes), dtype=np.int8)
+    queries[0], queries[1] = -128, 127  # the most negative and positive sums
+    expected = queries.astype(np.int64) @ rows_of(codes).astype(np.int64).T
+    dots = kernels.compact_block_dots(codes, compact.KINDS["int8"], h, queries.view(np.uint8))
+    assert dots and list(dots)[-1] == "vector code"
+    for name, got in dots.items():
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+@pytest.mark.parametrize("h", [2048, 100])
+def test_every_bfloat16_dot_kernel_is_within_float32_rounding_of_the_exact_dots(h):
+    """Each bfloat16 kernel this CPU runs (AMX tiles, VDPBF16PS, or the rows
+    widened to meet the query's float32 values) sums the products of the
+    values the codes stand for, off by at most a float32 sum's rounding."""
+    rng = np.random.default_rng(h)
+    steps, query_bytes = kernels.compact_layout(compact.KINDS["bfloat16"], h)
+    codes = rng.standard_normal((2, steps, compact.BLOCK * 2)).astype(np.float32)
+    codes = (codes.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    values = rng.standard_normal((9, 2 * steps)).astype(np.float32)
+    if query_bytes == steps * 8:  # the rows widened: the query's own float32 values
+        query_codes, query_values = values, values.astype(np.float64)
+    else:  # bfloat16 (truncated here: any bits are valid codes)
+        query_codes = (values.view(np.uint32) >> 16).astype(np.uint16)
+        query_values = (query_codes.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    row_values = (rows_of(codes).view(np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    expected = query_values @ row_values.T
+    magnitude = np.abs(query_values) @ np.abs(row_values).T
+    dots = kernels.compact_block_dots(codes, compact.KINDS["bfloat16"], h, query_codes.view(np.uint8))
+    for name, got in dots.items():
+        # a sum of 2 * steps products, rounded at most once each: gamma_n
+        n = 2 * steps
+        bound = n * 2.0**-24 / (1 - n * 2.0**-24) * magnitude
+        assert np.all(np.abs(got - expected) <= bound), name
+
+
+def test_block_dots_reject_codes_of_the_wrong_shape():
+    steps, query_bytes = kernels.compact_layout(compact.KINDS["int8"], 64)
+    queries = np.zeros((1, query_bytes), np.uint8)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        kernels.compact_block_dots(np.zeros((1, steps + 1, compact.BLOCK * 4), np.uint8),
+                                   compact.KINDS["int8"], 64, queries)
+    with pytest.raises(ValueError, match="query_codes"):
+        kernels.compact_block_dots(np.zeros((1, steps, compact.BLOCK * 4), np.uint8),
+                                   compact.KINDS["int8"], 64, queries[:, 1:])
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -93,6 +93,7 @@ enum lemur_compact_kind { LEMUR_INT8 = 0, LEMUR_BFLOAT16 = 1 };
 typedef struct {
     int vnni512;     /* AVX512-VNNI: used */
     int avx_vnni;    /* AVX-VNNI (VEX): used by the AVX2 variant */
+    int avx2;        /* AVX2 (this variant is built for it): VPMADDWD where there is no VNNI */
     int bf16_512;    /* AVX512_BF16 present */
     int bf16_dot;    /* ... and used (AMD processors) */
     int amx_int8;    /* AMX-INT8 tiles, granted by Linux: used by the AVX-512 variant */
@@ -100,13 +101,15 @@ typedef struct {
 } lemur_compact_cpu;
 
 /* What this kernel variant may use, if the CPU has it: the AVX-512 variant
- * the 512-bit instructions, the AVX2 one AVX-VNNI, the others vector code
- * (so that LEMUR_KERNELS=baseline tests it on any machine). */
+ * the 512-bit instructions (and AVX2), the AVX2 one AVX2 and AVX-VNNI, the
+ * others vector code (so that LEMUR_KERNELS=baseline tests it on any
+ * machine). */
 static inline lemur_compact_cpu lemur_compact_detect(void)
 {
-    lemur_compact_cpu cpu = {0, 0, 0, 0, 0, 0};
+    lemur_compact_cpu cpu = {0, 0, 0, 0, 0, 0, 0};
 #if defined(LEMUR_X86_INTRINSICS) && (defined(__AVX512F__) || defined(__AVX2__))
     __builtin_cpu_init();
+    cpu.avx2 = 1;
 #if defined(__AVX512F__)
     cpu.vnni512 = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
     cpu.bf16_512 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
@@ -625,6 +628,61 @@ static void lemur_int8_avx_vnni_block(const lemur_compact_rows *rows, const lemu
     LEMUR_NQ_SWITCH(2, LEMUR_AVX_VNNI_TILE, rows, queries, q0, out)
 }
 
+#if defined(__AVX2__)
+/* AVX2 without VNNI: VPMADDWD on the codes widened to 16 bits, exact in
+ * int32 (u8 x s8, two products a lane: at most 2 * 255 * 128 < 2^31).
+ * One step of 8 rows (32 bytes): the low and high bytes of each 128-bit
+ * lane widened (rows 0, 1, 4, 5 and rows 2, 3, 6, 7, four codes each) and
+ * multiplied by the query's four codes (16 bits, repeated); each half
+ * accumulates two partial sums a row, which one VPHADDD puts in row order
+ * at the end. NQ queries x LEMUR_AVX2_VECTORS(NQ) vectors of 8 rows a part
+ * (two accumulators each, all in the 16 registers), the block in parts. */
+#define LEMUR_AVX2_VECTORS(NQ) ((NQ) == 1 ? 4 : (NQ) == 2 ? 2 : 1)
+#define LEMUR_INT8_AVX2_TILE(NQ, rows, queries, q0, out)                                           \
+    do {                                                                                           \
+        enum { V_ = LEMUR_AVX2_VECTORS(NQ) };                                                      \
+        const int32_t *cq_[NQ];                                                                    \
+        const __m256i zero_ = _mm256_setzero_si256();                                              \
+        ptrdiff_t part_, s_;                                                                       \
+        int q_, v_;                                                                                \
+        for (q_ = 0; q_ < NQ; q_++)                                                                \
+            cq_[q_] = (const int32_t *)((queries)->codes + ((q0) + q_) * (rows)->steps * 4);        \
+        for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += 8 * V_) {                            \
+            __m256i low_[NQ][V_], high_[NQ][V_];                                                   \
+            const uint8_t *at_ = block + part_ * LEMUR_STEP_BYTES;                                 \
+            _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                    \
+                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++)                                \
+                    low_[q_][v_] = high_[q_][v_] = zero_;                                          \
+            for (s_ = 0; s_ < (rows)->steps; s_++, at_ += LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES) { \
+                __m256i b_[NQ];                                                                    \
+                _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                \
+                    b_[q_] = _mm256_cvtepi8_epi16(_mm_set1_epi32(cq_[q_][s_]));                    \
+                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++) {                              \
+                    __m256i x_ = _mm256_loadu_si256((const __m256i *)(at_ + 32 * v_));             \
+                    __m256i lo_ = _mm256_unpacklo_epi8(x_, zero_);                                 \
+                    __m256i hi_ = _mm256_unpackhi_epi8(x_, zero_);                                 \
+                    _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++) {                          \
+                        low_[q_][v_] = _mm256_add_epi32(low_[q_][v_], _mm256_madd_epi16(lo_, b_[q_])); \
+                        high_[q_][v_] = _mm256_add_epi32(high_[q_][v_], _mm256_madd_epi16(hi_, b_[q_])); \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                    \
+                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++)                                \
+                    _mm256_storeu_si256((__m256i *)((int32_t *)(out) + q_ * LEMUR_COMPACT_BLOCK    \
+                                                    + part_ + 8 * v_),                             \
+                                        _mm256_hadd_epi32(low_[q_][v_], high_[q_][v_]));           \
+        }                                                                                          \
+    } while (0)
+
+__attribute__((target("avx2")))
+static void lemur_int8_avx2_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
+                                  const uint8_t *block, ptrdiff_t q0, int num_queries, void *out)
+{
+    LEMUR_NQ_SWITCH(4, LEMUR_INT8_AVX2_TILE, rows, queries, q0, out)
+}
+#endif /* __AVX2__ */
+
 /* AVX512_BF16: NQ queries x the block's four vectors of 16 rows; each step
  * one VDPBF16PS per pair, the query's two values broadcast */
 #define LEMUR_BF16_512_TILE(NQ, rows, queries, q0, out)                                            \
@@ -714,36 +772,60 @@ static void lemur_amx_block(const lemur_compact_rows *rows, const lemur_compact_
 typedef void (*lemur_block_kernel)(const lemur_compact_rows *, const lemur_compact_queries *, const uint8_t *,
                                    ptrdiff_t, int, void *);
 
-/* The dot-product kernel of this CPU for these rows and this many queries,
- * and its queries per tile (AMX's tiles from 8 queries on: with fewer, most
- * of each tile product is wasted and VNNI is faster; one query: 0.58 against
- * 0.64 ms for 10k rows of h = 2048, 100 queries: 7.8 against 6.0 ms). */
-static inline lemur_block_kernel lemur_block_kernel_of(const lemur_compact_rows *rows, ptrdiff_t num_queries,
-                                                       int *tile_queries)
+/* A dot-product kernel: its name, the most queries it takes a call, and the
+ * batch from which it is the fastest. */
+typedef struct {
+    const char *name;
+    lemur_block_kernel kernel;
+    int tile_queries;
+    ptrdiff_t min_queries;
+} lemur_block_kernel_info;
+
+#define LEMUR_MAX_BLOCK_KERNELS 4
+
+/* The kernels that multiply these rows on this CPU (each takes the query
+ * codes in this CPU's format, lemur_query_step_bytes), into `kernels`, in
+ * order of preference; returns their number. The last takes any batch.
+ * AMX's tiles from 8 queries on: with fewer, most of each tile product is
+ * wasted and VNNI is faster (one query: 0.58 against 0.64 ms for 10k rows
+ * of h = 2048, 100 queries: 7.8 against 6.0 ms). */
+static inline int lemur_block_kernels(const lemur_compact_rows *rows, lemur_block_kernel_info *kernels)
 {
+    int n = 0;
 #if defined(LEMUR_AMX)
-    if ((rows->kind == LEMUR_INT8 ? rows->cpu.amx_int8 : rows->cpu.amx_bf16) && rows->steps % 16 == 0
-        && num_queries >= 8) {
-        *tile_queries = LEMUR_AMX_TILE_QUERIES;
-        return lemur_amx_block;
-    }
+    if ((rows->kind == LEMUR_INT8 ? rows->cpu.amx_int8 : rows->cpu.amx_bf16) && rows->steps % 16 == 0)
+        kernels[n++] = (lemur_block_kernel_info){"AMX", lemur_amx_block, LEMUR_AMX_TILE_QUERIES, 8};
 #endif
 #if defined(LEMUR_X86_INTRINSICS)
-    if (rows->kind == LEMUR_INT8 && rows->cpu.vnni512) {
-        *tile_queries = 6;
-        return lemur_int8_vnni512_block;
-    }
-    if (rows->kind == LEMUR_INT8 && rows->cpu.avx_vnni) {
-        *tile_queries = 2;
-        return lemur_int8_avx_vnni_block;
-    }
+    if (rows->kind == LEMUR_INT8 && rows->cpu.vnni512)
+        kernels[n++] = (lemur_block_kernel_info){"AVX512-VNNI", lemur_int8_vnni512_block, 6, 1};
+    if (rows->kind == LEMUR_INT8 && rows->cpu.avx_vnni)
+        kernels[n++] = (lemur_block_kernel_info){"AVX-VNNI", lemur_int8_avx_vnni_block, 2, 1};
     if (rows->kind == LEMUR_BFLOAT16 && lemur_bf16_query_rounded(rows->cpu, rows->steps)) {
-        *tile_queries = 6;
-        return lemur_bf16_dot512_block;
+        /* the query's values are bfloat16: not the widened kernel's float32 */
+        kernels[n++] = (lemur_block_kernel_info){"AVX512_BF16", lemur_bf16_dot512_block, 6, 1};
+        return n;
     }
+#if defined(__AVX2__)
+    if (rows->kind == LEMUR_INT8 && rows->cpu.avx2)
+        kernels[n++] = (lemur_block_kernel_info){"AVX2 (VPMADDWD)", lemur_int8_avx2_block, 4, 1};
 #endif
-    *tile_queries = LEMUR_PLAIN_NQ;
-    return rows->kind == LEMUR_INT8 ? lemur_int8_vector_block : lemur_bf16_widen_block;
+#endif
+    kernels[n++] = rows->kind == LEMUR_INT8
+        ? (lemur_block_kernel_info){"vector code", lemur_int8_vector_block, LEMUR_PLAIN_NQ, 1}
+        : (lemur_block_kernel_info){"widened to float32", lemur_bf16_widen_block, LEMUR_PLAIN_NQ, 1};
+    return n;
+}
+
+/* The kernel of this CPU for these rows and a batch of num_queries. */
+static inline lemur_block_kernel_info lemur_block_kernel_of(const lemur_compact_rows *rows,
+                                                            ptrdiff_t num_queries)
+{
+    lemur_block_kernel_info kernels[LEMUR_MAX_BLOCK_KERNELS];
+    int n = lemur_block_kernels(rows, kernels), i = 0;
+    while (i < n - 1 && num_queries < kernels[i].min_queries)
+        i++;
+    return kernels[i];
 }
 
 /* ---- bounds ------------------------------------------------------------ */
@@ -1034,14 +1116,14 @@ static inline int lemur_compact_scan_block(const lemur_compact_rows *rows, const
     ptrdiff_t count = queries->num_queries, q0, q, d;
     const uint8_t *block = rows->codes + (d0 / LEMUR_COMPACT_BLOCK) * rows->steps * LEMUR_COMPACT_BLOCK
                            * LEMUR_STEP_BYTES;
-    int tile_queries, tile, i;
-    lemur_block_kernel kernel = lemur_block_kernel_of(rows, count, &tile_queries);
+    lemur_block_kernel_info kernel = lemur_block_kernel_of(rows, count);
+    int tile, i;
     lemur_survivors *survivors = &state->survivors;
     float lower[LEMUR_COMPACT_BLOCK], upper[LEMUR_COMPACT_BLOCK];
     uint64_t mask;
-    for (q0 = 0; q0 < count; q0 += tile_queries) {
-        tile = (int)(count - q0 < tile_queries ? count - q0 : tile_queries);
-        kernel(rows, queries, block, q0, tile, state->dots);
+    for (q0 = 0; q0 < count; q0 += kernel.tile_queries) {
+        tile = (int)(count - q0 < kernel.tile_queries ? count - q0 : kernel.tile_queries);
+        kernel.kernel(rows, queries, block, q0, tile, state->dots);
         for (i = 0; i < tile; i++) {
             float *heap, bar;
             ptrdiff_t size;

@@ -16,6 +16,7 @@ cdef extern from "_compact.h" nogil:
     ctypedef struct compact_cpu "lemur_compact_cpu":
         int vnni512
         int avx_vnni
+        int avx2
         int bf16_512
         int bf16_dot
         int amx_int8
@@ -47,6 +48,17 @@ cdef extern from "_compact.h" nogil:
         float *thresholds
         void *dots
         survivors_list survivors
+    ctypedef void (*block_kernel "lemur_block_kernel")(const compact_rows *rows, const compact_queries *queries,
+                                                      const uint8_t *block, Py_ssize_t q0, int num_queries,
+                                                      void *out)
+    ctypedef struct block_kernel_info "lemur_block_kernel_info":
+        const char *name
+        block_kernel kernel
+        int tile_queries
+        Py_ssize_t min_queries
+    enum:
+        MAX_BLOCK_KERNELS "LEMUR_MAX_BLOCK_KERNELS"
+    int block_kernels "lemur_block_kernels"(const compact_rows *rows, block_kernel_info *kernels)
     compact_cpu compact_detect "lemur_compact_detect"()
     double gamma_of "lemur_gamma"(double n)
     Py_ssize_t compact_steps "lemur_compact_steps"(int kind, Py_ssize_t h)

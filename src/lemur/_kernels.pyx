@@ -15,7 +15,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, NAN, fabs, sqrt, sqrtf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from lemur._blas cimport (
     LAPACK_ROW_MAJOR,
@@ -33,9 +33,13 @@ from lemur._blas cimport (
     scipy_openblas_set_num_threads,
 )
 from lemur._compact cimport (
+    COMPACT_BFLOAT16,
     COMPACT_BLOCK,
     COMPACT_INT8,
+    MAX_BLOCK_KERNELS,
     MAX_TILE_QUERIES,
+    block_kernel_info,
+    block_kernels,
     compact_cpu,
     compact_detect,
     compact_queries,
@@ -711,19 +715,73 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
 cdef compact_cpu COMPACT_CPU = compact_detect()
 
 
+# Rows of length h (no codes yet) on this CPU, and the block kernels
+# (_compact.h) that multiply them, best first: their number.
+cdef int block_kernels_of(int kind, Py_ssize_t h, compact_rows *rows, block_kernel_info *kernels):
+    memset(rows, 0, sizeof(compact_rows))
+    rows.kind = kind
+    rows.h = h
+    rows.steps = compact_steps(kind, h)
+    rows.cpu = COMPACT_CPU
+    return block_kernels(rows, kernels)
+
+
 def compact_instructions():
-    """The instructions the compact scan uses here, by precision."""
-    return {
-        "int8": ("AMX-INT8 tiles (8 queries and more, h a multiple of 64), else AVX512-VNNI"
-                 if COMPACT_CPU.amx_int8
-                 else "AVX512-VNNI" if COMPACT_CPU.vnni512 else "AVX-VNNI" if COMPACT_CPU.avx_vnni
-                 else "vector code"),
-        "bfloat16": ("AMX-BF16 tiles (8 queries and more, h a multiple of 32), else AVX512_BF16"
-                     if COMPACT_CPU.amx_bf16
-                     else "AVX512_BF16" if COMPACT_CPU.bf16_dot else
-                     "widened to float32 (AVX512_BF16 runs at half that rate on Intel CPUs)"
-                     if COMPACT_CPU.bf16_512 else "widened to float32"),
-    }
+    """The instructions the compact scan uses here, by precision (for rows
+    of h = 2048, the original's)."""
+    cdef block_kernel_info kernels[MAX_BLOCK_KERNELS]
+    cdef compact_rows rows
+    used = {}
+    for name, kind, multiple in (("int8", COMPACT_INT8, 64), ("bfloat16", COMPACT_BFLOAT16, 32)):
+        block_kernels_of(kind, 2048, &rows, kernels)
+        text = kernels[0].name.decode()
+        if kernels[0].min_queries > 1:
+            text = (f"{text}-{name.upper().replace('FLOAT', 'F')} tiles ({kernels[0].min_queries} queries and "
+                    f"more, h a multiple of {multiple}), else {kernels[1].name.decode()}")
+        elif kind == COMPACT_BFLOAT16 and COMPACT_CPU.bf16_512 and not COMPACT_CPU.bf16_dot:
+            text += " (AVX512_BF16 runs at half that rate on Intel CPUs)"
+        used[name] = text
+    return used
+
+
+# The dot products of each query's codes with each row's (codes: the
+# lanes-packed blocks; query_codes: this CPU's format, compact_layout) by
+# each block kernel this CPU can run for them: {name: (num_queries,
+# blocks * COMPACT_BLOCK) int32 (int8) or float32 (bfloat16)}. For tests:
+# every kernel must give what the others give.
+def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
+                       const uint8_t[:, ::1] query_codes):
+    cdef block_kernel_info kernels[MAX_BLOCK_KERNELS]
+    cdef compact_rows rows
+    cdef compact_queries queries
+    cdef int num_kernels = block_kernels_of(kind, h, &rows, kernels), which, tile, i
+    cdef Py_ssize_t num_blocks = codes.shape[0], num_queries = query_codes.shape[0], block, q0
+    cdef uint8_t[:, ::1] out
+    cdef uint8_t[::1] dots = np.empty(MAX_TILE_QUERIES * COMPACT_BLOCK * 4, np.uint8)
+    if codes.shape[1] != rows.steps or codes.shape[2] != COMPACT_BLOCK * 4:
+        raise ValueError(f"codes must have shape (blocks, {rows.steps}, {COMPACT_BLOCK * 4})")
+    if query_codes.shape[1] != rows.steps * query_step_bytes(kind, rows.steps, COMPACT_CPU):
+        raise ValueError("query_codes must be in this CPU's format (compact_layout)")
+    if num_blocks == 0 or num_queries == 0:
+        raise ValueError("codes and query_codes must not be empty")
+    rows.codes = &codes[0, 0, 0]
+    rows.num_docs = num_blocks * COMPACT_BLOCK
+    queries.codes = &query_codes[0, 0]
+    queries.params = NULL
+    queries.num_queries = num_queries
+    results = {}
+    for which in range(num_kernels):
+        result = np.empty((num_queries, num_blocks * COMPACT_BLOCK), np.int32 if kind == COMPACT_INT8 else np.float32)
+        out = result.view(np.uint8)
+        for block in range(num_blocks):
+            for q0 in range(0, num_queries, kernels[which].tile_queries):
+                tile = min(num_queries - q0, kernels[which].tile_queries)
+                kernels[which].kernel(&rows, &queries, &codes[block, 0, 0], q0, tile, &dots[0])
+                for i in range(tile):
+                    memcpy(&out[q0 + i, block * COMPACT_BLOCK * 4], &dots[i * COMPACT_BLOCK * 4],
+                           COMPACT_BLOCK * 4)
+        results[kernels[which].name.decode()] = result
+    return results
 
 
 def compact_layout(int kind, Py_ssize_t h):
