@@ -25,7 +25,7 @@ def test_show_config_as_dicts():
     assert facts["blas"]["core type"]
     scans = facts["first stage"]
     assert scans["int8 scan"] in ("AMX-INT8 tiles (8 queries and more, h a multiple of 64), else AVX512-VNNI", "AVX512-VNNI",
-                                  "AVX-VNNI", "AVX2 (VPMADDWD)", "vector code")
+                                  "AVX-VNNI", "AVX2 (VPMADDUBSW)", "vector code")
     assert scans["bfloat16 scan"] in ("AMX-BF16 tiles (8 queries and more, h a multiple of 32), else AVX512_BF16", "AVX512_BF16") \
         or scans["bfloat16 scan"].startswith("widened to float32")
     assert facts["platform"]["cpu"]

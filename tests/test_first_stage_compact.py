@@ -79,19 +79,33 @@ def test_row_codes_and_parameters_match_a_float64_reference(precision, h):
 @pytest.mark.parametrize("h", [2048, 100, 4])
 def test_every_int8_dot_kernel_gives_the_exact_integer_dots(h):
     """Each int8 dot-product kernel this CPU runs (AMX tiles, VNNI, AVX2's
-    VPMADDWD, plain vector code) equals the integer product of the codes, at
-    the codes' extremes too, for every tail of its tile of queries."""
+    VPMADDUBSW, plain vector code) equals the integer product of the codes,
+    at the codes' extremes too (the query's within this CPU's limit), for
+    every tail of its tile of queries."""
     rng = np.random.default_rng(h)
+    limit = kernels.INT8_QUERY_LIMIT
     steps, query_bytes = kernels.compact_layout(compact.KINDS["int8"], h)
     codes = rng.integers(0, 256, (2, steps, compact.BLOCK * 4), dtype=np.uint8)
     codes[0, :, : 4 * 8] = 255  # rows 0-7: the largest unsigned code everywhere
-    queries = rng.integers(-128, 128, (21, query_bytes), dtype=np.int8)
-    queries[0], queries[1] = -128, 127  # the most negative and positive sums
+    queries = rng.integers(-limit, limit + 1, (21, query_bytes), dtype=np.int8)
+    queries[0], queries[1] = -limit, limit  # the most negative and positive sums
     expected = queries.astype(np.int64) @ rows_of(codes).astype(np.int64).T
     dots = kernels.compact_block_dots(codes, compact.KINDS["int8"], h, queries.view(np.uint8))
     assert dots and list(dots)[-1] == "vector code"
     for name, got in dots.items():
         np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_int8_query_codes_stay_within_this_cpus_limit():
+    """The query's codes use the whole range the int8 kernel here takes
+    exactly, and no more (AVX2 without VNNI: 64, its 16-bit pair sums)."""
+    assert kernels.INT8_QUERY_LIMIT == (
+        64 if kernels.compact_instructions()["int8"] == "AVX2 (VPMADDUBSW)" else 127)
+    W = np.random.default_rng(9).standard_normal((70, 40)).astype(np.float32)
+    rows = compact.build(W, "int8", orthonormal(2, 40), num_threads=1)
+    codes, _ = compact.encode_queries(W[:5], rows, 1)
+    magnitudes = np.abs(codes.view(np.int8).astype(np.int64)).max(axis=1)
+    np.testing.assert_array_equal(magnitudes, kernels.INT8_QUERY_LIMIT)
 
 
 @pytest.mark.parametrize("h", [2048, 100])
@@ -197,9 +211,11 @@ def test_the_bound_holds_where_cauchy_schwarz_is_tight(precision):
     # 4 code bytes a step), the bound also holds the query's own rounding
     # error ||delta|| ||w^||, of the row's error's size, which no query can
     # align with the row's error at the same time: half of the bound is
-    # attainable then.
+    # attainable then. The same holds for int8 query codes of half the range
+    # (AVX2's VPMADDUBSW), whose error is twice the row's.
     steps, query_bytes = kernels.compact_layout(compact.KINDS[precision], h)
-    attainable = 0.25 if precision == "bfloat16" and query_bytes == 4 * steps else 0.5
+    coarse_query = (query_bytes == 4 * steps) if precision == "bfloat16" else kernels.INT8_QUERY_LIMIT < 127
+    attainable = 0.25 if coarse_query else 0.5
     assert np.all(np.abs(middle - exact)[aligned_pairs] > attainable * half[aligned_pairs])
 
 

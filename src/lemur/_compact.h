@@ -23,7 +23,8 @@
  *
  * Dot products: int8 with AVX512-VNNI's VPDPBUSD (the query's 4 codes of a
  * step broadcast to every lane) or AVX-VNNI's where the CPU has them, else
- * plain vector code; exact int32 sums. bfloat16 with AVX512_BF16's
+ * AVX2's VPMADDUBSW (with query codes of half the range:
+ * lemur_int8_query_limit), else plain vector code; exact int32 sums. bfloat16 with AVX512_BF16's
  * VDPBF16PS on AMD processors, where it runs at twice the rate of float32
  * multiply-adds; elsewhere, Intel's without AMX included (where it runs at
  * half of it), the rows' values widened to float32 (a shift) and
@@ -93,7 +94,7 @@ enum lemur_compact_kind { LEMUR_INT8 = 0, LEMUR_BFLOAT16 = 1 };
 typedef struct {
     int vnni512;     /* AVX512-VNNI: used */
     int avx_vnni;    /* AVX-VNNI (VEX): used by the AVX2 variant */
-    int avx2;        /* AVX2 (this variant is built for it): VPMADDWD where there is no VNNI */
+    int avx2;        /* AVX2 (this variant is built for it): VPMADDUBSW where there is no VNNI */
     int bf16_512;    /* AVX512_BF16 present */
     int bf16_dot;    /* ... and used (AMD processors) */
     int amx_int8;    /* AMX-INT8 tiles, granted by Linux: used by the AVX-512 variant */
@@ -158,6 +159,14 @@ static inline int lemur_bf16_query_rounded(lemur_compact_cpu cpu, ptrdiff_t step
 static inline ptrdiff_t lemur_query_step_bytes(int kind, ptrdiff_t steps, lemur_compact_cpu cpu)
 {
     return kind == LEMUR_BFLOAT16 && !lemur_bf16_query_rounded(cpu, steps) ? 8 : 4;
+}
+
+/* The largest magnitude of a query's int8 codes: 64 where the int8 kernel
+ * is AVX2's VPMADDUBSW (no VNNI: its sums of two products saturate at 16
+ * bits, and 2 * 255 * 64 < 2^15), else 127 */
+static inline int lemur_int8_query_limit(lemur_compact_cpu cpu)
+{
+    return cpu.avx2 && !cpu.vnni512 && !cpu.avx_vnni && !cpu.amx_int8 ? 64 : 127;
 }
 
 /* ---- rounding -------------------------------------------------------------- */
@@ -230,12 +239,12 @@ static inline float lemur_largest_magnitude(const float *a, ptrdiff_t n)
     return best;
 }
 
-/* The int8 codes of values x (n floats): scale = max|x| / 127 (float32; the
- * smallest positive float where that underflows, 1 for all zeros), codes =
- * round(x / scale) in [-127, 127] plus `shift` (0, or 128 for unsigned
- * codes). Returns the scale; residual and compact receive the float64 sums
+/* The int8 codes of values x (n floats): scale = max|x| / limit (float32;
+ * the smallest positive float where that underflows, 1 for all zeros),
+ * codes = round(x / scale) in [-limit, limit] (limit <= 127) plus `shift`
+ * (0, or 128 for unsigned codes). Returns the scale; residual and compact receive the float64 sums
  * of (x - scale * code)^2 and (scale * code)^2, and code_sum the codes' sum. */
-static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int shift, void *codes,
+static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int limit, int shift, void *codes,
                                      double *residual, double *compact, double *code_sum)
 {
     double partial_residual[LEMUR_PARTIALS] = {0}, partial_compact[LEMUR_PARTIALS] = {0};
@@ -243,8 +252,8 @@ static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int shift, voi
     float largest = lemur_largest_magnitude(x, n), scale, inverse;
     ptrdiff_t i0, i, full = n / LEMUR_PARTIALS * LEMUR_PARTIALS;
     int j;
-    scale = largest > 0 ? (float)((double)largest / 127.0) : 1.0f;
-    if (!(scale > 0))  /* largest / 127 underflowed */
+    scale = largest > 0 ? (float)((double)largest / limit) : 1.0f;
+    if (!(scale > 0))  /* largest / limit underflowed */
         scale = 0x1p-149f;
     /* any code is exact for the bound (its error is measured); the nearest
      * one, near enough, from a product */
@@ -257,7 +266,7 @@ static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int shift, voi
             if (i0 >= full && i >= n)
                 break;
             code = nearbyintf(x[i] * inverse);
-            code = code > 127 ? 127 : code < -127 ? -127 : code;
+            code = code > limit ? (float)limit : code < -limit ? (float)-limit : code;
             if (shift)
                 ((uint8_t *)codes)[i] = (uint8_t)(int)(code + (float)shift);
             else
@@ -315,7 +324,7 @@ static inline void lemur_compact_encode_row(int kind, const float *w, ptrdiff_t 
     }
     memset(work, kind == LEMUR_INT8 ? 128 : 0, (size_t)(steps * 4));
     if (kind == LEMUR_INT8)
-        scale = lemur_int8_codes(w, h, 128, work, &residual, &compact, &code_sum);
+        scale = lemur_int8_codes(w, h, 127, 128, work, &residual, &compact, &code_sum);
     else
         lemur_bfloat16_codes(w, h, (uint16_t *)work, &residual, &compact);
     for (s = 0; s < steps; s++)
@@ -367,7 +376,7 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
     params[LEMUR_QUERY_CODE_SUM] = 0;
     params[LEMUR_QUERY_SCALE] = 1;
     if (rows->kind == LEMUR_INT8) {
-        params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, 0, codes, &delta, &rounded_norm, &code_sum);
+        params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, lemur_int8_query_limit(rows->cpu), 0, codes, &delta, &rounded_norm, &code_sum);
         params[LEMUR_QUERY_CODE_SUM] = (float)code_sum;
         delta = sqrt(delta);
     } else if (lemur_bf16_query_rounded(rows->cpu, rows->steps)) {
@@ -629,49 +638,43 @@ static void lemur_int8_avx_vnni_block(const lemur_compact_rows *rows, const lemu
 }
 
 #if defined(__AVX2__)
-/* AVX2 without VNNI: VPMADDWD on the codes widened to 16 bits, exact in
- * int32 (u8 x s8, two products a lane: at most 2 * 255 * 128 < 2^31).
- * One step of 8 rows (32 bytes): the low and high bytes of each 128-bit
- * lane widened (rows 0, 1, 4, 5 and rows 2, 3, 6, 7, four codes each) and
- * multiplied by the query's four codes (16 bits, repeated); each half
- * accumulates two partial sums a row, which one VPHADDD puts in row order
- * at the end. NQ queries x LEMUR_AVX2_VECTORS(NQ) vectors of 8 rows a part
- * (two accumulators each, all in the 16 registers), the block in parts. */
-#define LEMUR_AVX2_VECTORS(NQ) ((NQ) == 1 ? 4 : (NQ) == 2 ? 2 : 1)
+/* AVX2 without VNNI: VPMADDUBSW multiplies a lane's four unsigned codes by
+ * the query's four signed ones and adds them in pairs, at 16 bits with
+ * saturation: exact for query codes of magnitude at most 64
+ * (lemur_int8_query_limit; 2 * 255 * 64 < 2^15); VPMADDWD by ones sums each
+ * pair into int32. NQ queries x LEMUR_AVX2_VECTORS(NQ) vectors of 8 rows
+ * a part (the fastest on Zen 3, measured), the block in parts. */
+#define LEMUR_AVX2_VECTORS(NQ) ((NQ) == 1 ? 8 : (NQ) <= 3 ? 2 : 1)
 #define LEMUR_INT8_AVX2_TILE(NQ, rows, queries, q0, out)                                           \
     do {                                                                                           \
         enum { V_ = LEMUR_AVX2_VECTORS(NQ) };                                                      \
         const int32_t *cq_[NQ];                                                                    \
-        const __m256i zero_ = _mm256_setzero_si256();                                              \
+        const __m256i ones_ = _mm256_set1_epi16(1);                                                \
         ptrdiff_t part_, s_;                                                                       \
         int q_, v_;                                                                                \
         for (q_ = 0; q_ < NQ; q_++)                                                                \
             cq_[q_] = (const int32_t *)((queries)->codes + ((q0) + q_) * (rows)->steps * 4);        \
         for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += 8 * V_) {                            \
-            __m256i low_[NQ][V_], high_[NQ][V_];                                                   \
+            __m256i acc_[NQ][V_];                                                                  \
             const uint8_t *at_ = block + part_ * LEMUR_STEP_BYTES;                                 \
-            _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                    \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++)                                \
-                    low_[q_][v_] = high_[q_][v_] = zero_;                                          \
+            _Pragma("GCC unroll 6") for (q_ = 0; q_ < NQ; q_++)                                    \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++)                                \
+                    acc_[q_][v_] = _mm256_setzero_si256();                                         \
             for (s_ = 0; s_ < (rows)->steps; s_++, at_ += LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES) { \
                 __m256i b_[NQ];                                                                    \
-                _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                \
-                    b_[q_] = _mm256_cvtepi8_epi16(_mm_set1_epi32(cq_[q_][s_]));                    \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++) {                              \
+                _Pragma("GCC unroll 6") for (q_ = 0; q_ < NQ; q_++)                                \
+                    b_[q_] = _mm256_set1_epi32(cq_[q_][s_]);                                       \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++) {                              \
                     __m256i x_ = _mm256_loadu_si256((const __m256i *)(at_ + 32 * v_));             \
-                    __m256i lo_ = _mm256_unpacklo_epi8(x_, zero_);                                 \
-                    __m256i hi_ = _mm256_unpackhi_epi8(x_, zero_);                                 \
-                    _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++) {                          \
-                        low_[q_][v_] = _mm256_add_epi32(low_[q_][v_], _mm256_madd_epi16(lo_, b_[q_])); \
-                        high_[q_][v_] = _mm256_add_epi32(high_[q_][v_], _mm256_madd_epi16(hi_, b_[q_])); \
-                    }                                                                              \
+                    _Pragma("GCC unroll 6") for (q_ = 0; q_ < NQ; q_++)                            \
+                        acc_[q_][v_] = _mm256_add_epi32(                                           \
+                            acc_[q_][v_], _mm256_madd_epi16(_mm256_maddubs_epi16(x_, b_[q_]), ones_)); \
                 }                                                                                  \
             }                                                                                      \
-            _Pragma("GCC unroll 4") for (q_ = 0; q_ < NQ; q_++)                                    \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < V_; v_++)                                \
+            _Pragma("GCC unroll 6") for (q_ = 0; q_ < NQ; q_++)                                    \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++)                                \
                     _mm256_storeu_si256((__m256i *)((int32_t *)(out) + q_ * LEMUR_COMPACT_BLOCK    \
-                                                    + part_ + 8 * v_),                             \
-                                        _mm256_hadd_epi32(low_[q_][v_], high_[q_][v_]));           \
+                                                    + part_ + 8 * v_), acc_[q_][v_]);              \
         }                                                                                          \
     } while (0)
 
@@ -679,7 +682,7 @@ __attribute__((target("avx2")))
 static void lemur_int8_avx2_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
                                   const uint8_t *block, ptrdiff_t q0, int num_queries, void *out)
 {
-    LEMUR_NQ_SWITCH(4, LEMUR_INT8_AVX2_TILE, rows, queries, q0, out)
+    LEMUR_NQ_SWITCH(6, LEMUR_INT8_AVX2_TILE, rows, queries, q0, out)
 }
 #endif /* __AVX2__ */
 
@@ -807,8 +810,8 @@ static inline int lemur_block_kernels(const lemur_compact_rows *rows, lemur_bloc
         return n;
     }
 #if defined(__AVX2__)
-    if (rows->kind == LEMUR_INT8 && rows->cpu.avx2)
-        kernels[n++] = (lemur_block_kernel_info){"AVX2 (VPMADDWD)", lemur_int8_avx2_block, 4, 1};
+    if (rows->kind == LEMUR_INT8 && lemur_int8_query_limit(rows->cpu) < 127)
+        kernels[n++] = (lemur_block_kernel_info){"AVX2 (VPMADDUBSW)", lemur_int8_avx2_block, 6, 1};
 #endif
 #endif
     kernels[n++] = rows->kind == LEMUR_INT8

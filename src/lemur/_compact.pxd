@@ -63,6 +63,7 @@ cdef extern from "_compact.h" nogil:
     double gamma_of "lemur_gamma"(double n)
     Py_ssize_t compact_steps "lemur_compact_steps"(int kind, Py_ssize_t h)
     Py_ssize_t query_step_bytes "lemur_query_step_bytes"(int kind, Py_ssize_t steps, compact_cpu cpu)
+    int int8_query_limit "lemur_int8_query_limit"(compact_cpu cpu)
     void encode_row "lemur_compact_encode_row"(int kind, const float *w, Py_ssize_t h, const float *basis,
                                                Py_ssize_t m, uint8_t *block_codes, float *block_params,
                                                Py_ssize_t lane, uint8_t *work)

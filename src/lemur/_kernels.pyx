@@ -48,6 +48,7 @@ from lemur._compact cimport (
     encode_query,
     encode_row,
     gamma_of,
+    int8_query_limit,
     kth_largest,
     query_step_bytes,
     scan_block,
@@ -713,6 +714,9 @@ def top_k_inner_products(const float[:, ::1] features, const float[:, ::1] W, Py
 
 # What the compact scan of this variant uses on this CPU (_compact.h).
 cdef compact_cpu COMPACT_CPU = compact_detect()
+#: The largest magnitude of a query's int8 codes here (64 where the int8
+#: scan is AVX2's VPMADDUBSW, else 127).
+INT8_QUERY_LIMIT = int8_query_limit(COMPACT_CPU)
 
 
 # Rows of length h (no codes yet) on this CPU, and the block kernels

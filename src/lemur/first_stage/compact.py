@@ -29,15 +29,17 @@ features f (float32) the scan computes, once per query (in float64),
   exactly, with ε = f − g − f⊥ (its norm computed, plus a margin for the
   float64 arithmetic);
 * bfloat16: q' = bf16(f⊥); int8: f⊥ ≈ b q_f, q_f = round(f⊥ / b) in
-  [−127, 127], b = max|f⊥| / 127; in both cases δ = f⊥ − (q' or b q_f)
-  exactly.
+  [−L, L], b = max|f⊥| / L, with L = 127, or L = 64 where the CPU's int8
+  kernel is AVX2's VPMADDUBSW (no VNNI), whose sums of two products
+  saturate at 16 bits (2 · 255 · 64 < 2^15); in both cases
+  δ = f⊥ − (q' or b q_f) exactly.
 
 and for each row ŝ = fl(fl(Σ_k c_k p_k) + X), with X the compact dot product:
 for bfloat16 X = Σ_i q'_i ŵ_i (exact products, float32 sums: VDPBF16PS,
 AMX-BF16 tiles, or widened multiply-adds, where q' = f⊥ and δ = 0), for
-int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact, int32; with the query's
-codes shifted by 128 for VPDPBUSD's unsigned operand and the shift taken
-back with the row's code sum).
+int8 X = fl(fl(a b) D), D = Σ_i q_f,i q_i (exact, int32; with the row's
+codes stored shifted by 128 for the unsigned operand of VPDPBUSD and
+VPMADDUBSW, and the shift taken back with the query's code sum).
 
 The bound
 ---------
