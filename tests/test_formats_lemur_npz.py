@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import pathlib
 import pickle
@@ -334,6 +335,28 @@ def test_opening_a_mapped_index_reads_none_of_its_large_arrays(tmp_path):
     queries = np.random.default_rng(9).standard_normal((8, 12)).astype(np.float32)
     np.testing.assert_array_equal(mapped.search(queries, [2] * 4, k=3, candidates=10)[0],
                                   index.search(queries, [2] * 4, k=3, candidates=10)[0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_a_mapped_index_keeps_at_most_its_budget_of_w_and_tokens_resident(tmp_path, monkeypatch):
+    """Whatever the kernel maps around each row and token read (64 KiB, or a
+    whole large folio of the page cache: 512 KiB on Linux 6.18), after every
+    search no more than MAPPED_READS_BYTES of the file beyond its compact
+    copy stays resident: the kernel's own count decides, not the estimate
+    of what a read maps (here made to say nothing)."""
+    index = compact_index("int8", num_docs=20000)
+    index.save(tmp_path / "index.npz")
+    mapped = lemur.load(tmp_path / "index.npz", mmap=True)
+    budget = 2**18
+    monkeypatch.setattr(lemur.Index, "MAPPED_READS_BYTES", budget)
+    monkeypatch.setattr(lemur.index, "_MAPPED_WINDOW", 0)
+    # the compact copy's mappings, each rounded out to whole pages
+    compact_bytes = index.compact.codes.nbytes + index.compact.params.nbytes + 4 * mmap.PAGESIZE
+    queries = np.random.default_rng(10).standard_normal((30, 12)).astype(np.float32)
+    for query in queries.reshape(10, 3, 12):
+        np.testing.assert_array_equal(mapped.search(query, [3], k=5, candidates=40)[0],
+                                      index.search(query, [3], k=5, candidates=40)[0])
+        assert resident_bytes_of(tmp_path / "index.npz") <= compact_bytes + budget
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")

@@ -124,8 +124,22 @@ class _Store:
         return replace(store, tokens=kept.tokens, offsets=kept.offsets)
 
 
-#: what the kernel maps around a page read through a file mapping (fault-around)
+#: What the kernel maps around a page read through a file mapping: at least
+#: its fault-around window (64 KiB), up to a whole large folio of the page
+#: cache (512 KiB seen on Linux 6.18). The estimate where the process's
+#: resident file pages cannot be read (see _file_pages_resident).
 _MAPPED_WINDOW = 65536
+
+
+def _file_pages_resident() -> int | None:
+    """Bytes of file pages mapped into this process and resident: Linux's
+    count (/proc/self/statm's shared pages, kept by the kernel as it maps
+    them, so reading it costs microseconds); None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _room(buffer: np.ndarray, filled: int, needed: int, owned: bool) -> np.ndarray:
@@ -232,9 +246,12 @@ class Index:
     training_log: dict | None = None
 
     #: A mapped index reads W's rows (those it rescores) and the candidates'
-    #: tokens through the file's mappings; the kernel maps a 64 KiB window
-    #: around every page touched. Once about this many bytes may have been
-    #: mapped so, they are let go (madvise MADV_DONTNEED: they stay in the page
+    #: tokens through the file's mappings; the kernel maps a window around
+    #: every page touched (64 KiB, or a whole large folio of the page cache).
+    #: Once the process's resident file pages have grown by this many bytes
+    #: since they were last let go (on Linux, where the kernel counts them;
+    #: elsewhere once this many may have been mapped, a 64 KiB window a
+    #: read), they are let go (madvise MADV_DONTNEED: they stay in the page
     #: cache, shared with other processes, out of this one's resident memory),
     #: so that what stays resident is the compact copy the first stage scans
     #: (with an embedded ANN: the graph and the rows it rescores).
@@ -247,16 +264,22 @@ class Index:
     REMOVED_FRACTION = 0.2
 
     def _read_from_mappings(self, store: _Store, touched: int) -> None:
-        """Count `touched` bytes read through the store's mappings; let them
-        all go when the count passes MAPPED_READS_BYTES."""
+        """After `touched` bytes were read through the store's mappings: let
+        them all go once what they hold resident passes MAPPED_READS_BYTES."""
         if not store.mappings:
             return
+        resident = _file_pages_resident()
         self._mapped_reads = getattr(self, "_mapped_reads", 0) + touched
-        if self._mapped_reads > self.MAPPED_READS_BYTES:
-            self._mapped_reads = 0
+        if resident is None:
+            grown = self._mapped_reads
+        else:  # before the first letting go: all of them (the compact copy's too)
+            grown = resident - getattr(self, "_resident_after_letting_go", 0)
+        if grown > self.MAPPED_READS_BYTES:
             for mapping in store.mappings:
                 if hasattr(mapping, "madvise"):  # not on Windows
                     mapping.madvise(mmap.MADV_DONTNEED)
+            self._mapped_reads = 0
+            self._resident_after_letting_go = _file_pages_resident()
 
     @staticmethod
     def _first_stage_reads(store: _Store, report: dict) -> int:
