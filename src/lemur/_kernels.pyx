@@ -736,12 +736,13 @@ def compact_instructions():
     cdef block_kernel_info kernels[MAX_BLOCK_KERNELS]
     cdef compact_rows rows
     used = {}
-    for name, kind, multiple in (("int8", COMPACT_INT8, 64), ("bfloat16", COMPACT_BFLOAT16, 32)):
+    for name, kind, tiles, multiple in (("int8", COMPACT_INT8, "AMX-INT8", 64),
+                                        ("bfloat16", COMPACT_BFLOAT16, "AMX-BF16", 32)):
         block_kernels_of(kind, 2048, &rows, kernels)
         text = kernels[0].name.decode()
-        if kernels[0].min_queries > 1:
-            text = (f"{text}-{name.upper().replace('FLOAT', 'F')} tiles ({kernels[0].min_queries} queries and "
-                    f"more, h a multiple of {multiple}), else {kernels[1].name.decode()}")
+        if kernels[0].min_queries > 1:  # AMX's tiles, for batches
+            text = (f"{tiles} tiles ({kernels[0].min_queries} queries and more, h a multiple of {multiple}), "
+                    f"else {kernels[1].name.decode()}")
         elif kind == COMPACT_BFLOAT16 and COMPACT_CPU.bf16_512 and not COMPACT_CPU.bf16_dot:
             text += " (AVX512_BF16 runs at half that rate on Intel CPUs)"
         used[name] = text
@@ -753,6 +754,8 @@ def compact_instructions():
 # each block kernel this CPU can run for them: {name: (num_queries,
 # blocks * COMPACT_BLOCK) int32 (int8) or float32 (bfloat16)}. For tests:
 # every kernel must give what the others give.
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
                        const uint8_t[:, ::1] query_codes):
     cdef block_kernel_info kernels[MAX_BLOCK_KERNELS]
@@ -762,6 +765,7 @@ def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
     cdef Py_ssize_t num_blocks = codes.shape[0], num_queries = query_codes.shape[0], block, q0
     cdef uint8_t[:, ::1] out
     cdef uint8_t[::1] dots = np.empty(MAX_TILE_QUERIES * COMPACT_BLOCK * 4, np.uint8)
+    cdef block_kernel_info kernel
     if codes.shape[1] != rows.steps or codes.shape[2] != COMPACT_BLOCK * 4:
         raise ValueError(f"codes must have shape (blocks, {rows.steps}, {COMPACT_BLOCK * 4})")
     if query_codes.shape[1] != rows.steps * query_step_bytes(kind, rows.steps, COMPACT_CPU):
@@ -775,16 +779,20 @@ def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
     queries.num_queries = num_queries
     results = {}
     for which in range(num_kernels):
+        kernel = kernels[which]
         result = np.empty((num_queries, num_blocks * COMPACT_BLOCK), np.int32 if kind == COMPACT_INT8 else np.float32)
         out = result.view(np.uint8)
-        for block in range(num_blocks):
-            for q0 in range(0, num_queries, kernels[which].tile_queries):
-                tile = min(num_queries - q0, kernels[which].tile_queries)
-                kernels[which].kernel(&rows, &queries, &codes[block, 0, 0], q0, tile, &dots[0])
-                for i in range(tile):
-                    memcpy(&out[q0 + i, block * COMPACT_BLOCK * 4], &dots[i * COMPACT_BLOCK * 4],
-                           COMPACT_BLOCK * 4)
-        results[kernels[which].name.decode()] = result
+        with nogil:
+            for block in range(num_blocks):
+                q0 = 0
+                while q0 < num_queries:
+                    tile = <int>min(num_queries - q0, <Py_ssize_t>kernel.tile_queries)
+                    kernel.kernel(&rows, &queries, &codes[block, 0, 0], q0, tile, &dots[0])
+                    for i in range(tile):
+                        memcpy(&out[q0 + i, block * COMPACT_BLOCK * 4], &dots[i * COMPACT_BLOCK * 4],
+                               COMPACT_BLOCK * 4)
+                    q0 += tile
+        results[kernel.name.decode()] = result
     return results
 
 
