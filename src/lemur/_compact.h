@@ -24,8 +24,8 @@
  * Dot products: int8 with AVX512-VNNI's VPDPBUSD (the query's 4 codes of a
  * step broadcast to every lane) or AVX-VNNI's where the CPU has them, else
  * AVX2's VPMADDUBSW (with query codes of half the range:
- * lemur_int8_query_limit), else plain vector code; exact int32 sums. bfloat16 with AVX512_BF16's
- * VDPBF16PS on AMD processors, where it runs at twice the rate of float32
+ * lemur_int8_query_limit), else plain vector code; exact int32 sums.
+ * bfloat16 with AVX512_BF16's VDPBF16PS on AMD processors, where it runs at twice the rate of float32
  * multiply-adds; elsewhere, Intel's without AMX included (where it runs at
  * half of it), the rows' values widened to float32 (a shift) and
  * multiply-added with the query's float32 values, in vector code for every
@@ -242,8 +242,9 @@ static inline float lemur_largest_magnitude(const float *a, ptrdiff_t n)
 /* The int8 codes of values x (n floats): scale = max|x| / limit (float32;
  * the smallest positive float where that underflows, 1 for all zeros),
  * codes = round(x / scale) in [-limit, limit] (limit <= 127) plus `shift`
- * (0, or 128 for unsigned codes). Returns the scale; residual and compact receive the float64 sums
- * of (x - scale * code)^2 and (scale * code)^2, and code_sum the codes' sum. */
+ * (0, or 128 for unsigned codes). Returns the scale; residual and compact
+ * receive the float64 sums of (x - scale * code)^2 and (scale * code)^2, and
+ * code_sum the codes' sum. */
 static inline float lemur_int8_codes(const float *x, ptrdiff_t n, int limit, int shift, void *codes,
                                      double *residual, double *compact, double *code_sum)
 {
@@ -376,7 +377,8 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
     params[LEMUR_QUERY_CODE_SUM] = 0;
     params[LEMUR_QUERY_SCALE] = 1;
     if (rows->kind == LEMUR_INT8) {
-        params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, lemur_int8_query_limit(rows->cpu), 0, codes, &delta, &rounded_norm, &code_sum);
+        params[LEMUR_QUERY_SCALE] = lemur_int8_codes(perp, h, lemur_int8_query_limit(rows->cpu), 0, codes,
+                                                     &delta, &rounded_norm, &code_sum);
         params[LEMUR_QUERY_CODE_SUM] = (float)code_sum;
         delta = sqrt(delta);
     } else if (lemur_bf16_query_rounded(rows->cpu, rows->steps)) {
@@ -784,6 +786,7 @@ typedef struct {
     ptrdiff_t min_queries;
 } lemur_block_kernel_info;
 
+/* the longest list: AMX, a VNNI kernel, the vector code */
 #define LEMUR_MAX_BLOCK_KERNELS 4
 
 /* The kernels that multiply these rows on this CPU (each takes the query

@@ -780,7 +780,8 @@ def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
     results = {}
     for which in range(num_kernels):
         kernel = kernels[which]
-        result = np.empty((num_queries, num_blocks * COMPACT_BLOCK), np.int32 if kind == COMPACT_INT8 else np.float32)
+        result = np.empty((num_queries, num_blocks * COMPACT_BLOCK),
+                          np.int32 if kind == COMPACT_INT8 else np.float32)
         out = result.view(np.uint8)
         with nogil:
             for block in range(num_blocks):
