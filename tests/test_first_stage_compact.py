@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import reference
 
+from lemur import _dispatch
 from lemur._dispatch import kernels
 from lemur.first_stage import compact
 from lemur.retrieval import scores_unchecked
@@ -77,21 +78,24 @@ def test_row_codes_and_parameters_match_a_float64_reference(precision, h):
 
 
 @pytest.mark.parametrize("h", [2048, 100, 4])
-def test_every_int8_dot_kernel_gives_the_exact_integer_dots(h):
+@pytest.mark.parametrize("limit", [kernels.INT8_QUERY_LIMIT, 64, 128])
+def test_every_int8_dot_kernel_gives_the_exact_integer_dots(h, limit):
     """Each int8 dot-product kernel this CPU runs (AMX tiles, VNNI, AVX2's
     VPMADDUBSW, plain vector code) equals the integer product of the codes,
-    at the codes' extremes too (the query's within this CPU's limit), for
-    every tail of its tile of queries."""
+    at the codes' extremes too, for every tail of its tile of queries: with
+    query codes up to this CPU's limit, up to 64 (so AVX2's kernel runs on
+    every AVX2 CPU, VNNI or not), and down to -128 (every kernel but AVX2's)."""
     rng = np.random.default_rng(h)
-    limit = kernels.INT8_QUERY_LIMIT
     steps, query_bytes = kernels.compact_layout(compact.KINDS["int8"], h)
     codes = rng.integers(0, 256, (2, steps, compact.BLOCK * 4), dtype=np.uint8)
     codes[0, :, : 4 * 8] = 255  # rows 0-7: the largest unsigned code everywhere
-    queries = rng.integers(-limit, limit + 1, (21, query_bytes), dtype=np.int8)
-    queries[0], queries[1] = -limit, limit  # the most negative and positive sums
+    queries = rng.integers(-limit, min(limit, 127) + 1, (21, query_bytes), dtype=np.int8)
+    queries[0], queries[1] = -limit, min(limit, 127)  # the most negative and positive sums
     expected = queries.astype(np.int64) @ rows_of(codes).astype(np.int64).T
     dots = kernels.compact_block_dots(codes, compact.KINDS["int8"], h, queries.view(np.uint8))
     assert dots and list(dots)[-1] == "vector code"
+    has_avx2 = _dispatch.variant in ("x86_64_v3", "x86_64_v4")
+    assert ("AVX2 (VPMADDUBSW)" in dots) == (has_avx2 and limit <= 64)
     for name, got in dots.items():
         np.testing.assert_array_equal(got, expected, err_msg=name)
 

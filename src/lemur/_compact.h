@@ -786,16 +786,19 @@ typedef struct {
     ptrdiff_t min_queries;
 } lemur_block_kernel_info;
 
-/* the longest list: AMX, a VNNI kernel, the vector code */
+/* the longest list: AMX, a VNNI kernel, AVX2's, the vector code */
 #define LEMUR_MAX_BLOCK_KERNELS 4
 
 /* The kernels that multiply these rows on this CPU (each takes the query
- * codes in this CPU's format, lemur_query_step_bytes), into `kernels`, in
- * order of preference; returns their number. The last takes any batch.
+ * codes in this CPU's format, lemur_query_step_bytes), exact for int8 query
+ * codes of magnitude at most query_limit (the scan's: lemur_int8_query_limit),
+ * into `kernels`, in order of preference; returns their number. The last
+ * takes any batch.
  * AMX's tiles from 8 queries on: with fewer, most of each tile product is
  * wasted and VNNI is faster (one query: 0.58 against 0.64 ms for 10k rows
  * of h = 2048, 100 queries: 7.8 against 6.0 ms). */
-static inline int lemur_block_kernels(const lemur_compact_rows *rows, lemur_block_kernel_info *kernels)
+static inline int lemur_block_kernels(const lemur_compact_rows *rows, int query_limit,
+                                      lemur_block_kernel_info *kernels)
 {
     int n = 0;
 #if defined(LEMUR_AMX)
@@ -813,7 +816,7 @@ static inline int lemur_block_kernels(const lemur_compact_rows *rows, lemur_bloc
         return n;
     }
 #if defined(__AVX2__)
-    if (rows->kind == LEMUR_INT8 && lemur_int8_query_limit(rows->cpu) < 127)
+    if (rows->kind == LEMUR_INT8 && rows->cpu.avx2 && query_limit <= 64)
         kernels[n++] = (lemur_block_kernel_info){"AVX2 (VPMADDUBSW)", lemur_int8_avx2_block, 6, 1};
 #endif
 #endif
@@ -828,7 +831,7 @@ static inline lemur_block_kernel_info lemur_block_kernel_of(const lemur_compact_
                                                             ptrdiff_t num_queries)
 {
     lemur_block_kernel_info kernels[LEMUR_MAX_BLOCK_KERNELS];
-    int n = lemur_block_kernels(rows, kernels), i = 0;
+    int n = lemur_block_kernels(rows, lemur_int8_query_limit(rows->cpu), kernels), i = 0;
     while (i < n - 1 && num_queries < kernels[i].min_queries)
         i++;
     return kernels[i];

@@ -58,7 +58,8 @@ cdef extern from "_compact.h" nogil:
         Py_ssize_t min_queries
     enum:
         MAX_BLOCK_KERNELS "LEMUR_MAX_BLOCK_KERNELS"
-    int block_kernels "lemur_block_kernels"(const compact_rows *rows, block_kernel_info *kernels)
+    int block_kernels "lemur_block_kernels"(const compact_rows *rows, int query_limit,
+                                            block_kernel_info *kernels)
     compact_cpu compact_detect "lemur_compact_detect"()
     double gamma_of "lemur_gamma"(double n)
     Py_ssize_t compact_steps "lemur_compact_steps"(int kind, Py_ssize_t h)

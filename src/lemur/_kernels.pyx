@@ -720,14 +720,16 @@ INT8_QUERY_LIMIT = int8_query_limit(COMPACT_CPU)
 
 
 # Rows of length h (no codes yet) on this CPU, and the block kernels
-# (_compact.h) that multiply them, best first: their number.
-cdef int block_kernels_of(int kind, Py_ssize_t h, compact_rows *rows, block_kernel_info *kernels):
+# (_compact.h) that multiply them, exact for int8 query codes of magnitude
+# at most query_limit, best first: their number.
+cdef int block_kernels_of(int kind, Py_ssize_t h, int query_limit, compact_rows *rows,
+                          block_kernel_info *kernels):
     memset(rows, 0, sizeof(compact_rows))
     rows.kind = kind
     rows.h = h
     rows.steps = compact_steps(kind, h)
     rows.cpu = COMPACT_CPU
-    return block_kernels(rows, kernels)
+    return block_kernels(rows, query_limit, kernels)
 
 
 def compact_instructions():
@@ -738,7 +740,7 @@ def compact_instructions():
     used = {}
     for name, kind, tiles, multiple in (("int8", COMPACT_INT8, "AMX-INT8", 64),
                                         ("bfloat16", COMPACT_BFLOAT16, "AMX-BF16", 32)):
-        block_kernels_of(kind, 2048, &rows, kernels)
+        block_kernels_of(kind, 2048, INT8_QUERY_LIMIT, &rows, kernels)
         text = kernels[0].name.decode()
         if kernels[0].min_queries > 1:  # AMX's tiles, for batches
             text = (f"{tiles} tiles ({kernels[0].min_queries} queries and more, h a multiple of {multiple}), "
@@ -751,7 +753,9 @@ def compact_instructions():
 
 # The dot products of each query's codes with each row's (codes: the
 # lanes-packed blocks; query_codes: this CPU's format, compact_layout) by
-# each block kernel this CPU can run for them: {name: (num_queries,
+# each block kernel this CPU can run for them (for int8: every kernel exact
+# for codes of their largest magnitude, AVX2's too where they are within
+# [-64, 64], even on CPUs whose scan takes VNNI): {name: (num_queries,
 # blocks * COMPACT_BLOCK) int32 (int8) or float32 (bfloat16)}. For tests:
 # every kernel must give what the others give.
 @cython.boundscheck(False)
@@ -761,11 +765,15 @@ def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
     cdef block_kernel_info kernels[MAX_BLOCK_KERNELS]
     cdef compact_rows rows
     cdef compact_queries queries
-    cdef int num_kernels = block_kernels_of(kind, h, &rows, kernels), which, tile, i
+    cdef int num_kernels, which, tile, i
     cdef Py_ssize_t num_blocks = codes.shape[0], num_queries = query_codes.shape[0], block, q0
     cdef uint8_t[:, ::1] out
     cdef uint8_t[::1] dots = np.empty(MAX_TILE_QUERIES * COMPACT_BLOCK * 4, np.uint8)
     cdef block_kernel_info kernel
+    cdef int query_limit = 127
+    if kind == COMPACT_INT8 and query_codes.size:
+        query_limit = int(np.abs(np.asarray(query_codes).view(np.int8).astype(np.int16)).max())
+    num_kernels = block_kernels_of(kind, h, query_limit, &rows, kernels)
     if codes.shape[1] != rows.steps or codes.shape[2] != COMPACT_BLOCK * 4:
         raise ValueError(f"codes must have shape (blocks, {rows.steps}, {COMPACT_BLOCK * 4})")
     if query_codes.shape[1] != rows.steps * query_step_bytes(kind, rows.steps, COMPACT_CPU):
