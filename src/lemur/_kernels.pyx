@@ -719,19 +719,6 @@ cdef compact_cpu COMPACT_CPU = compact_detect()
 INT8_QUERY_LIMIT = int8_query_limit(COMPACT_CPU)
 
 
-# Rows of length h (no codes yet) on this CPU, and the block kernels
-# (_compact.h) that multiply them, exact for int8 query codes of magnitude
-# at most query_limit, best first: their number.
-cdef int block_kernels_of(int kind, Py_ssize_t h, int query_limit, compact_rows *rows,
-                          block_kernel_info *kernels):
-    memset(rows, 0, sizeof(compact_rows))
-    rows.kind = kind
-    rows.h = h
-    rows.steps = compact_steps(kind, h)
-    rows.cpu = COMPACT_CPU
-    return block_kernels(rows, query_limit, kernels)
-
-
 def compact_instructions():
     """The instructions the compact scan uses here, by precision (for rows
     of h = 2048, the original's)."""
@@ -740,7 +727,9 @@ def compact_instructions():
     used = {}
     for name, kind, tiles, multiple in (("int8", COMPACT_INT8, "AMX-INT8", 64),
                                         ("bfloat16", COMPACT_BFLOAT16, "AMX-BF16", 32)):
-        block_kernels_of(kind, 2048, INT8_QUERY_LIMIT, &rows, kernels)
+        # rows of h = 2048, none stored: what the kernels take them with
+        rows = compact_rows_of(np.empty((0, 0, 0), np.uint8), np.empty((0, 0, 0), np.float32), kind, 0, 2048, 0)
+        block_kernels(&rows, INT8_QUERY_LIMIT, kernels)
         text = kernels[0].name.decode()
         if kernels[0].min_queries > 1:  # AMX's tiles, for batches
             text = (f"{tiles} tiles ({kernels[0].min_queries} queries and more, h a multiple of {multiple}), "
@@ -770,18 +759,18 @@ def compact_block_dots(const uint8_t[:, :, ::1] codes, int kind, Py_ssize_t h,
     cdef uint8_t[:, ::1] out
     cdef uint8_t[::1] dots = np.empty(MAX_TILE_QUERIES * COMPACT_BLOCK * 4, np.uint8)
     cdef block_kernel_info kernel
+    cdef Py_ssize_t steps = compact_steps(kind, h)
     cdef int query_limit = 127
-    if kind == COMPACT_INT8 and query_codes.size:
-        query_limit = int(np.abs(np.asarray(query_codes).view(np.int8).astype(np.int16)).max())
-    num_kernels = block_kernels_of(kind, h, query_limit, &rows, kernels)
-    if codes.shape[1] != rows.steps or codes.shape[2] != COMPACT_BLOCK * 4:
-        raise ValueError(f"codes must have shape (blocks, {rows.steps}, {COMPACT_BLOCK * 4})")
-    if query_codes.shape[1] != rows.steps * query_step_bytes(kind, rows.steps, COMPACT_CPU):
+    if codes.shape[1] != steps or codes.shape[2] != COMPACT_BLOCK * 4:
+        raise ValueError(f"codes must have shape (blocks, {steps}, {COMPACT_BLOCK * 4})")
+    if query_codes.shape[1] != steps * query_step_bytes(kind, steps, COMPACT_CPU):
         raise ValueError("query_codes must be in this CPU's format (compact_layout)")
     if num_blocks == 0 or num_queries == 0:
         raise ValueError("codes and query_codes must not be empty")
-    rows.codes = &codes[0, 0, 0]
-    rows.num_docs = num_blocks * COMPACT_BLOCK
+    if kind == COMPACT_INT8:
+        query_limit = int(np.abs(np.asarray(query_codes).view(np.int8).astype(np.int16)).max())
+    rows = compact_rows_of(codes, np.empty((0, 0, 0), np.float32), kind, num_blocks * COMPACT_BLOCK, h, 0)
+    num_kernels = block_kernels(&rows, query_limit, kernels)
     queries.codes = &query_codes[0, 0]
     queries.params = NULL
     queries.num_queries = num_queries

@@ -269,9 +269,8 @@ class Index:
         if not store.mappings:
             return
         resident = _file_pages_resident()
-        self._mapped_reads = getattr(self, "_mapped_reads", 0) + touched
-        if resident is None:
-            grown = self._mapped_reads
+        if resident is None:  # no count of the kernel's: an estimate of what was mapped
+            self._mapped_reads = grown = getattr(self, "_mapped_reads", 0) + touched
         else:  # before the first letting go: all of them (the compact copy's too)
             grown = resident - getattr(self, "_resident_after_letting_go", 0)
         if grown > self.MAPPED_READS_BYTES:
