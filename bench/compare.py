@@ -228,10 +228,10 @@ class LemurPipeline(Pipeline):
         if screening.applies(*candidates.shape, FINAL_K):
             documents = self.index._require_documents("rerank")
             screen = {}
-            screening.screened_candidates(self.index._model.centred(tokens, self.threads),
-                                          np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
-                                          documents.kernel_tokens, documents.offsets, candidates, FINAL_K,
-                                          self.threads, screen)
+            screening.screened_scores(self.index._model.centred(tokens, self.threads),
+                                      np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+                                      documents.kernel_tokens, documents.offsets, candidates, FINAL_K,
+                                      self.threads, screen)
             fractions["rerank_scored_200"] = screen["scored"] / candidates.size
         return fractions
 

@@ -12,7 +12,7 @@ the single queries:
   ``search``;
 * the rerank of B queries x 200 candidates -> 10 with the screen
   (``lemur.screening``, where the CPU has AMX) against the float32 MaxSim of
-  every candidate, for B = 1, 4, 16, 100 (the screen forced on or off by
+  every candidate, for B = 1, 2, 4, 8, 16, 100 (the screen forced on or off by
   setting ``screening.SCREEN_MIN_QUERIES``, for this measurement only).
 
 Run it with OPENBLAS_CORETYPE as you want it (the stages here do not use
@@ -54,7 +54,7 @@ def screen_against_float32(index, queries: np.ndarray, threads: int, repeat: int
     results = {}
     features = index.features(queries, [QUERY_TOKENS] * (len(queries) // QUERY_TOKENS), num_threads=threads)
     candidates = index.top_k(features, CANDIDATES[-1], num_threads=threads)[0]
-    for batch in (1, 4, 16, 100):
+    for batch in (1, 2, 4, 8, 16, 100):
         tokens, counts, rows = queries[: batch * QUERY_TOKENS], [QUERY_TOKENS] * batch, candidates[:batch]
         times = {}
         for label, minimum in (("screened", 1), ("float32", 10**9)):

@@ -31,6 +31,7 @@ def test_show_config_as_dicts():
     assert facts["platform"]["cpu"]
     screen = facts["rerank"]["screen (lemur.screening)"]
     assert screen.startswith("AMX-BF16 tiles") is _dispatch.kernels.AMX_BFLOAT16
+    assert screen.startswith("none") is (not _dispatch.kernels.SCREEN_KERNEL)
     training = facts["training (lemur.train)"]["matmul_precision='bfloat16'"]
     assert (training == "AMX tiles") is _dispatch.kernels.AMX_BFLOAT16
     with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts'"):

@@ -11,7 +11,8 @@ from lemur import screening
 from lemur._dispatch import kernels
 from lemur.retrieval import Documents, maxsim_unchecked, rerank_unchecked
 
-needs_amx = pytest.mark.skipif(not kernels.AMX_BFLOAT16, reason="the screen runs only where the CPU has AMX tiles")
+needs_screen = pytest.mark.skipif(not kernels.SCREEN_KERNEL,
+                                  reason="the screen runs only where the CPU has AMX tiles or AMD's AVX512_BF16")
 
 
 def corpus(num_docs=300, dim=128, num_queries=8, query_tokens=32, seed=0, lengths=(20, 90)):
@@ -68,7 +69,7 @@ def random_candidates(num_queries, num_docs, num_candidates, seed=1):
     return np.stack([random.choice(num_docs, num_candidates, replace=False) for _ in range(num_queries)])
 
 
-@needs_amx
+@needs_screen
 @pytest.mark.parametrize("dim", [128, 100, 7, 33])
 @pytest.mark.parametrize("store", [np.float32, np.float16])
 def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store):
@@ -79,12 +80,17 @@ def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store):
     # unit tokens: the bound is a few bfloat16 roundings of each query token's maximum
     assert np.all(upper - lower < 32 * 2 * 3 * 2.0 ** -8)
     report = {}
-    screening.screened_candidates(queries, offsets_of(query_counts), documents.kernel_tokens,
-                                  documents.offsets, candidates, 10, 2, report)
+    kept, scores = screening.screened_scores(queries, offsets_of(query_counts), documents.kernel_tokens,
+                                             documents.offsets, candidates, 10, 2, report)
     assert report["scored"] < candidates.size / 2
+    # no more than the k-th largest lower bound would keep, and the float32 scores of those kept
+    kth_lower = np.sort(lower, axis=1)[:, -10]
+    assert report["scored"] <= np.count_nonzero(upper >= kth_lower[:, None])
+    np.testing.assert_array_equal(scores[kept >= 0], exact.astype(np.float32)[kept >= 0])
+    assert np.all(np.isneginf(scores[kept < 0]))
 
 
-@needs_amx
+@needs_screen
 def test_the_bounds_hold_for_wild_norms_and_tiny_values():
     tokens, counts, queries, query_counts = corpus(num_docs=200, seed=3)
     random = np.random.default_rng(4)
@@ -99,7 +105,7 @@ def test_the_bounds_hold_for_wild_norms_and_tiny_values():
     assert_rerank_unchanged(queries, query_counts, documents, candidates, 10)
 
 
-@needs_amx
+@needs_screen
 def test_no_bound_where_scores_could_overflow():
     tokens, counts, queries, query_counts = corpus(num_docs=50, num_queries=4, seed=6)
     tokens[: counts[0]] *= np.float32(1e30)  # document 0: its scores near float32's limit
@@ -111,7 +117,7 @@ def test_no_bound_where_scores_could_overflow():
     assert_rerank_unchanged(queries, query_counts, documents, candidates, 5)
 
 
-@needs_amx
+@needs_screen
 @pytest.mark.parametrize("store", [np.float32, np.float16])
 def test_long_documents_query_panels_and_empty_queries(store):
     """Documents longer than the screen's chunk (SCREEN_TOKENS = 512), queries
@@ -130,7 +136,7 @@ def test_long_documents_query_panels_and_empty_queries(store):
     assert_rerank_unchanged(queries, query_counts, documents, candidates, 8)
 
 
-@needs_amx
+@needs_screen
 @pytest.mark.parametrize("store", [np.float32, np.float16])
 def test_exact_ties_and_near_ties_stay_in_order(store):
     """Candidates that are copies of a few documents (exact ties: the smaller
@@ -150,7 +156,7 @@ def test_exact_ties_and_near_ties_stay_in_order(store):
         assert_rerank_unchanged(queries, query_counts, documents, candidates, k)
 
 
-@needs_amx
+@needs_screen
 def test_a_document_that_is_not_finite_gets_no_bound():
     """A token store that was not checked (a mapped file) may hold a NaN: the
     document's norm counts as infinite, whatever rows follow it."""
@@ -163,7 +169,7 @@ def test_a_document_that_is_not_finite_gets_no_bound():
     assert np.all(np.isfinite(lower[:, 1:])) and np.all(np.isfinite(upper[:, 1:]))
 
 
-@needs_amx
+@needs_screen
 def test_the_same_results_for_any_thread_count():
     tokens, counts, queries, query_counts = corpus(seed=11)
     documents = documents_of(tokens, counts)
@@ -179,10 +185,10 @@ def test_the_same_results_for_any_thread_count():
 def test_the_screen_runs_only_where_it_pays():
     assert not screening.applies(1, 200, 10)          # one query: bound by reading the tokens
     assert not screening.applies(100, 20, 10)         # nearly every candidate needed
-    assert screening.applies(100, 200, 10) == bool(kernels.AMX_BFLOAT16)
+    assert screening.applies(100, 200, 10) == bool(kernels.SCREEN_KERNEL)
 
 
-@needs_amx
+@needs_screen
 def test_bounds_of_the_wrong_shape_are_refused():
     tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
     with pytest.raises(ValueError, match="shape"):
@@ -190,8 +196,8 @@ def test_bounds_of_the_wrong_shape_are_refused():
                                        np.zeros((1, 3), dtype=np.int64), np.empty((1, 2)), np.empty((1, 3)), 1)
 
 
-@pytest.mark.skipif(bool(kernels.AMX_BFLOAT16), reason="this CPU has AMX tiles")
-def test_the_bounds_kernel_refuses_to_run_without_amx():
+@pytest.mark.skipif(bool(kernels.SCREEN_KERNEL), reason="this CPU has a screen")
+def test_the_bounds_kernel_refuses_to_run_without_a_screen():
     tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
-    with pytest.raises(RuntimeError, match="AMX"):
+    with pytest.raises(RuntimeError, match="AMX or AMD's AVX512_BF16"):
         bounds(queries, query_counts, documents_of(tokens, counts), np.zeros((1, 2), dtype=np.int64))

@@ -433,19 +433,25 @@ LEMUR_BF16_TARGET static inline void lemur_amx_round_rows(const float *values, p
  * panels, `columns` tokens); maxima[j] (j < columns, room for the column
  * panels' 32 each) = max(itself, max_i <A_i, B_j>) over the rows i < rows,
  * or that max alone unless resume. c: 1,024 floats of scratch (one 32 x 32
- * piece). */
+ * piece). While the first column panel is multiplied, the next_bytes at
+ * `next` (NULL: none) are prefetched, a share with each row panel. */
 __attribute__((target("amx-tile,amx-bf16,avx512f")))
 static inline void lemur_amx_column_maxima(const uint16_t *a_rows, ptrdiff_t rows, ptrdiff_t stride,
                                            const uint16_t *b_packed, ptrdiff_t columns, ptrdiff_t steps,
-                                           int resume, float *c, float *maxima)
+                                           int resume, const char *next, ptrdiff_t next_bytes, float *c,
+                                           float *maxima)
 {
-    ptrdiff_t row_panels = lemur_amx_panels(rows), column_panels = lemur_amx_panels(columns);
+    ptrdiff_t row_panels = lemur_amx_panels(rows), column_panels = lemur_amx_panels(columns), prefetched = 0;
     lemur_amx_rows layout = {2 * stride, 32, 16 * stride};
     for (ptrdiff_t q = 0; q < column_panels; q++) {
         __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL) : _mm512_set1_ps(-INFINITY);
         __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL + 16) : _mm512_set1_ps(-INFINITY);
         for (ptrdiff_t p = 0; p < row_panels; p++) {
             ptrdiff_t present = rows - p * LEMUR_PANEL < LEMUR_PANEL ? rows - p * LEMUR_PANEL : LEMUR_PANEL;
+            if (next != NULL && q == 0)
+                for (ptrdiff_t end = next_bytes * (p * LEMUR_PANEL + present) / rows; prefetched < end;
+                     prefetched += 64)
+                    _mm_prefetch(next + prefetched, _MM_HINT_T2);
             lemur_amx_micro(a_rows + p * LEMUR_PANEL * stride, layout, b_packed + q * steps * LEMUR_STEP_VALUES,
                             0, steps, 1, c);
             /* tiles: rows 0-15 x columns 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31 */
@@ -453,6 +459,66 @@ static inline void lemur_amx_column_maxima(const uint16_t *a_rows, ptrdiff_t row
                 const float *tiles = c + (r >> 4) * 512 + (r & 15) * 16;
                 low = _mm512_max_ps(low, _mm512_loadu_ps(tiles));
                 high = _mm512_max_ps(high, _mm512_loadu_ps(tiles + 256));
+            }
+        }
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL, low);
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL + 16, high);
+    }
+}
+
+/* The running maxima of lemur_amx_column_maxima, from the same operands,
+ * with VDPBF16PS instead of tiles: where AVX512_BF16 multiplies twice as
+ * fast as float32 FMA (AMD's processors) and there are no tiles. For 8 of
+ * the document's rows at a time and each 32-token panel of the query: row p
+ * of a step's B tile holds 16 tokens' pair p, which multiplies each row's
+ * pair p broadcast, into 8 x 2 accumulators (tokens 0-15 and 16-31); each
+ * accumulator adds its row's products pair by pair, in order (exact
+ * products, at most two roundings a pair). Rows past `rows` (the zero rows
+ * lemur_amx_round_rows leaves up to a whole panel) are computed but not
+ * taken. While the first panel's rows are multiplied, the next_bytes at
+ * `next` (NULL: none; the document the caller rounds next) are prefetched,
+ * a share of them with each block of rows, so that reading them from memory
+ * overlaps the products. */
+#define LEMUR_DOT_ROWS 8
+LEMUR_BF16_TARGET static inline void lemur_bf16_dot_column_maxima(const uint16_t *a_rows, ptrdiff_t rows,
+                                                                  ptrdiff_t stride, const uint16_t *b_packed,
+                                                                  ptrdiff_t columns, ptrdiff_t steps,
+                                                                  int resume, const char *next,
+                                                                  ptrdiff_t next_bytes, float *maxima)
+{
+    ptrdiff_t column_panels = lemur_amx_panels(columns), prefetched = 0;
+    for (ptrdiff_t q = 0; q < column_panels; q++) {
+        const uint16_t *b_panel = b_packed + q * steps * LEMUR_STEP_VALUES;
+        __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL) : _mm512_set1_ps(-INFINITY);
+        __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL + 16) : _mm512_set1_ps(-INFINITY);
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += LEMUR_DOT_ROWS) {
+            __m512 acc[LEMUR_DOT_ROWS][2];
+            const int32_t *pairs[LEMUR_DOT_ROWS];
+            ptrdiff_t present = rows - r0 < LEMUR_DOT_ROWS ? rows - r0 : LEMUR_DOT_ROWS;
+            if (next != NULL && q == 0)
+                for (ptrdiff_t end = next_bytes * (r0 + present) / rows; prefetched < end; prefetched += 64)
+                    _mm_prefetch(next + prefetched, _MM_HINT_T2);
+            for (int j = 0; j < LEMUR_DOT_ROWS; j++) {
+                acc[j][0] = _mm512_setzero_ps();
+                acc[j][1] = _mm512_setzero_ps();
+                pairs[j] = (const int32_t *)(a_rows + (r0 + j) * stride);
+            }
+            for (ptrdiff_t step = 0; step < steps; step++) {
+                const uint16_t *b = b_panel + step * LEMUR_STEP_VALUES;
+                for (int p = 0; p < 16; p++) {
+                    __m512bh tokens_low = (__m512bh)_mm512_loadu_si512((const void *)(b + p * 32));
+                    __m512bh tokens_high =
+                        (__m512bh)_mm512_loadu_si512((const void *)(b + LEMUR_TILE_VALUES + p * 32));
+                    for (int j = 0; j < LEMUR_DOT_ROWS; j++) {
+                        __m512bh pair = (__m512bh)_mm512_set1_epi32(pairs[j][step * 16 + p]);
+                        acc[j][0] = _mm512_dpbf16_ps(acc[j][0], tokens_low, pair);
+                        acc[j][1] = _mm512_dpbf16_ps(acc[j][1], tokens_high, pair);
+                    }
+                }
+            }
+            for (int j = 0; j < present; j++) {
+                low = _mm512_max_ps(low, acc[j][0]);
+                high = _mm512_max_ps(high, acc[j][1]);
             }
         }
         _mm512_storeu_ps(maxima + q * LEMUR_PANEL, low);
@@ -482,9 +548,14 @@ static inline void lemur_amx_maxima(const float *buffer, ptrdiff_t m, ptrdiff_t 
                                     ptrdiff_t ldo) {}
 static inline void lemur_amx_column_maxima(const uint16_t *a_rows, ptrdiff_t rows, ptrdiff_t stride,
                                            const uint16_t *b_packed, ptrdiff_t columns, ptrdiff_t steps,
-                                           int resume, float *c, float *maxima) {}
+                                           int resume, const char *next, ptrdiff_t next_bytes, float *c,
+                                           float *maxima) {}
 static inline void lemur_amx_round_rows(const float *values, ptrdiff_t rows, ptrdiff_t dim, ptrdiff_t stride,
                                         uint16_t *out, float *largest) {}
+static inline void lemur_bf16_dot_column_maxima(const uint16_t *a_rows, ptrdiff_t rows, ptrdiff_t stride,
+                                                const uint16_t *b_packed, ptrdiff_t columns, ptrdiff_t steps,
+                                                int resume, const char *next, ptrdiff_t next_bytes,
+                                                float *maxima) {}
 
 #endif
 

@@ -30,6 +30,12 @@ cdef extern from "_amx.h" nogil:
                                        Py_ssize_t ldo)
     void amx_column_maxima "lemur_amx_column_maxima"(const uint16_t *a_rows, Py_ssize_t rows, Py_ssize_t stride,
                                                      const uint16_t *b_packed, Py_ssize_t columns,
-                                                     Py_ssize_t steps, int resume, float *c, float *maxima)
+                                                     Py_ssize_t steps, int resume, const char *next,
+                                                     Py_ssize_t next_bytes, float *c, float *maxima)
+    void bf16_dot_column_maxima "lemur_bf16_dot_column_maxima"(const uint16_t *a_rows, Py_ssize_t rows,
+                                                               Py_ssize_t stride, const uint16_t *b_packed,
+                                                               Py_ssize_t columns, Py_ssize_t steps, int resume,
+                                                               const char *next, Py_ssize_t next_bytes,
+                                                               float *maxima)
     void amx_round_rows "lemur_amx_round_rows"(const float *values, Py_ssize_t rows, Py_ssize_t dim,
                                                Py_ssize_t stride, uint16_t *out, float *largest)

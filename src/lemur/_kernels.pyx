@@ -74,6 +74,7 @@ from lemur._amx cimport (
     amx_round_rows,
     amx_steps,
     amx_store,
+    bf16_dot_column_maxima,
 )
 from lemur._half cimport bfloat16_bits, bfloat16_value, half_to_float, round_bfloat16
 from lemur._selection cimport push_pair, sort_best_first
@@ -1285,6 +1286,24 @@ cdef tuple pairs_by_document(const int64_t[:, ::1] candidates):
     return flat, order, starts
 
 
+# The tokens of the document of pair group `group` (pairs_by_document; NULL
+# past the last group, and for -1) and their size in bytes: what a kernel
+# prefetches while it finishes the group before.
+cdef inline const char *group_document(const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                                       const int64_t[::1] flat_candidates, const int64_t[::1] order,
+                                       const int64_t[::1] group_starts, Py_ssize_t group,
+                                       Py_ssize_t *num_bytes) noexcept nogil:
+    cdef int64_t doc
+    num_bytes[0] = 0
+    if group + 1 >= group_starts.shape[0]:
+        return NULL
+    doc = flat_candidates[order[group_starts[group]]]
+    if doc < 0:
+        return NULL
+    num_bytes[0] = (doc_offsets[doc + 1] - doc_offsets[doc]) * doc_tokens.shape[1] * sizeof(doc_value)
+    return <const char *>&doc_tokens[doc_offsets[doc], 0]
+
+
 # Exact MaxSim of each query with each of its candidate documents.
 #   query_tokens (total, dim), query_offsets (num_queries + 1)
 #   doc_tokens (total, dim), doc_offsets (num_docs + 1): every document has >= 1 token
@@ -1292,10 +1311,13 @@ cdef tuple pairs_by_document(const int64_t[:, ::1] candidates):
 #   out (num_queries, num_candidates): the score; -inf for -1; 0 for a query
 #   without tokens
 # The (query, candidate) pairs are grouped by document (a stable argsort of
-# the ids), and the groups are the parallel work units (dynamic schedule):
-# each document is read from memory once however many queries have it as a
-# candidate, and the next group's document is prefetched while the last pair
-# of a group is scored. Queries are transposed once, up front.
+# the ids), and the groups are the parallel work units (guided schedule:
+# runs of consecutive groups, shorter towards the end): each document is
+# read from memory once however many queries have it as a candidate, and the
+# next group's document is prefetched while the last pair of a group is
+# scored, mostly by the thread that scores it next (a dynamic schedule by
+# twos left half the prefetches to the other core: 8% slower for a single
+# query). Queries are transposed once, up front.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
@@ -1305,7 +1327,7 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
     cdef Py_ssize_t num_pairs = num_queries * num_candidates
     cdef Py_ssize_t dim = doc_tokens.shape[1]
     cdef Py_ssize_t query, group, position, pair, num_tokens, num_groups
-    cdef int64_t doc, next_doc
+    cdef int64_t doc
     cdef const char *next_doc_data
     cdef Py_ssize_t next_doc_bytes
     cdef int64_t[::1] chunk_offsets = np.empty(num_queries + 1, dtype=np.int64)
@@ -1333,14 +1355,10 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
             if num_tokens > 0:
                 transpose_query(&query_tokens[query_offsets[query], 0], num_tokens, dim,
                                 &chunks[chunk_offsets[query]])
-        for group in prange(num_groups, num_threads=num_threads, schedule='dynamic', chunksize=2):
+        for group in prange(num_groups, num_threads=num_threads, schedule='guided'):
             doc = flat_candidates[order[group_starts[group]]]
-            next_doc_data = NULL
-            next_doc_bytes = 0
-            if group + 1 < num_groups:
-                next_doc = flat_candidates[order[group_starts[group + 1]]]
-                next_doc_data = <const char *>&doc_tokens[doc_offsets[next_doc], 0]
-                next_doc_bytes = (doc_offsets[next_doc + 1] - doc_offsets[next_doc]) * dim * sizeof(doc_value)
+            next_doc_data = group_document(doc_tokens, doc_offsets, flat_candidates, order, group_starts,
+                                           group + 1, &next_doc_bytes)
             # a float16 document that fits one piece is widened once for all its pairs
             widened = NULL
             if doc_value is not float:
@@ -1416,8 +1434,14 @@ cdef enum:
     # per query: sum ||q_i||, the bound's factors of N and R, its constant term
     SCREEN_QUERY_TERMS = 4
 
+#: What the rerank's screen multiplies bfloat16 tokens with here: AMX tiles,
+#: VDPBF16PS (AVX512_BF16 where it runs at twice float32 FMA's rate: AMD's
+#: processors), or nothing ("": no screen).
+SCREEN_KERNEL = "AMX-BF16 tiles" if amx_detect() else "AVX512_BF16 (VDPBF16PS)" if COMPACT_CPU.bf16_dot else ""
+cdef bint SCREEN_TILES = amx_detect()
+
 cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (scores could overflow)
-cdef double FLUSHED = 2.0 ** -126       # below this, AMX flushes a result to zero
+cdef double FLUSHED = 2.0 ** -126       # below this, AMX and VDPBF16PS flush a result to zero
 
 
 # An upper bound on a norm from its square summed in float32 in any order
@@ -1477,15 +1501,31 @@ cdef void round_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_
     norms[1] = max(norms[1], norm_above(squares[1], dim))
 
 
+# Running maxima of a document's rounded tokens' products with a query's
+# (amx_column_maxima's operands and result) on the screen's kernel,
+# prefetching next_bytes at next (NULL: none) meanwhile.
+cdef inline void screen_column_maxima(const uint16_t *rows, Py_ssize_t num_rows, Py_ssize_t stride,
+                                      const uint16_t *packed, Py_ssize_t columns, Py_ssize_t steps,
+                                      bint resume, const char *next, Py_ssize_t next_bytes, float *c,
+                                      float *maxima) noexcept nogil:
+    if SCREEN_TILES:
+        amx_column_maxima(rows, num_rows, stride, packed, columns, steps, resume, next, next_bytes, c, maxima)
+    else:
+        bf16_dot_column_maxima(rows, num_rows, stride, packed, columns, steps, resume, next, next_bytes, maxima)
+
+
 # lower[q, c] <= maxsim_scores' value <= upper[q, c] for each (query,
 # candidate) pair, from the maxima of products of the bfloat16-rounded
-# tokens on AMX tiles (screening.py: the bound); (-inf, +inf) where no bound
-# is known (a query without tokens, magnitudes near overflow, values that
-# are not finite), (-inf, -inf) for -1 candidates. Queries are packed once,
-# up front; the pairs are grouped by document (pairs_by_document), the
-# groups are the parallel units (dynamic): a document of at most
-# SCREEN_TOKENS tokens is rounded once for all its queries
-# (round_screen_chunk), a longer one SCREEN_TOKENS at a time for each.
+# tokens on SCREEN_KERNEL (screening.py: the bound); (-inf, +inf) where no
+# bound is known (a query without tokens, magnitudes near overflow, values
+# that are not finite), (-inf, -inf) for -1 candidates. Queries are packed
+# once, up front; the pairs are grouped by document (pairs_by_document), the
+# groups are the parallel units (guided, as in maxsim_scores): a document of
+# at most SCREEN_TOKENS tokens is rounded once for all its queries
+# (round_screen_chunk), a longer one SCREEN_TOKENS at a time for each; the
+# next group's document is prefetched while the last pair of a group is
+# multiplied (its rounding reads it from memory otherwise: a third of the
+# screen's time for single queries).
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
@@ -1495,13 +1535,14 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
     cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
     cdef Py_ssize_t dim = doc_tokens.shape[1], steps = amx_steps(dim)
     cdef Py_ssize_t query, group, position, pair, num_tokens, num_groups, num_doc_tokens, start, count, i
-    cdef Py_ssize_t most_panels = 0
+    cdef Py_ssize_t most_panels = 0, next_doc_bytes
     cdef int64_t doc
+    cdef const char *next_doc_data
     cdef double error, total, magnitude
     cdef double *norms
     cdef bint fits, finite
-    if not AMX_BFLOAT16:
-        raise RuntimeError("maxsim_bounds_bfloat16 needs AMX (kernels.AMX_BFLOAT16)")
+    if not SCREEN_KERNEL:
+        raise RuntimeError("maxsim_bounds_bfloat16 needs AMX or AMD's AVX512_BF16 (kernels.SCREEN_KERNEL)")
     if tuple(lower.shape) != tuple(candidates.shape) or tuple(upper.shape) != tuple(candidates.shape):
         raise ValueError("lower and upper must have the candidates' shape")
     if num_queries * num_candidates == 0:
@@ -1538,9 +1579,12 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                                       &queries_packed[packed_offsets[query] + i * steps * AMX_STEP_VALUES])
             screen_query_terms(&query_tokens[query_offsets[query], 0], num_tokens, dim, &terms[query, 0])
         with parallel(num_threads=num_threads):
-            amx_begin()
-            for group in prange(num_groups, schedule='dynamic', chunksize=2):
+            if SCREEN_TILES:
+                amx_begin()
+            for group in prange(num_groups, schedule='guided'):
                 doc = flat_candidates[order[group_starts[group]]]
+                next_doc_data = group_document(doc_tokens, doc_offsets, flat_candidates, order, group_starts,
+                                               group + 1, &next_doc_bytes)
                 maxima = &pieces[threadid(), 1024]
                 norms = &document_norms[threadid(), 0]
                 num_doc_tokens = 0
@@ -1566,9 +1610,10 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                         flat_upper[pair] = INFINITY
                         continue
                     if fits:
-                        amx_column_maxima(&rounded[threadid(), 0], num_doc_tokens, stride,
-                                          &queries_packed[packed_offsets[query]], num_tokens, steps, False,
-                                          &pieces[threadid(), 0], maxima)
+                        screen_column_maxima(&rounded[threadid(), 0], num_doc_tokens, stride,
+                                             &queries_packed[packed_offsets[query]], num_tokens, steps, False,
+                                             next_doc_data if position + 1 == group_starts[group + 1] else NULL,
+                                             next_doc_bytes, &pieces[threadid(), 0], maxima)
                     else:
                         norms[0] = 0
                         norms[1] = 0
@@ -1577,9 +1622,9 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                             count = min(<Py_ssize_t>SCREEN_TOKENS, num_doc_tokens - start)
                             round_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim, stride,
                                                &widened[threadid(), 0], &rounded[threadid(), 0], norms)
-                            amx_column_maxima(&rounded[threadid(), 0], count, stride,
-                                              &queries_packed[packed_offsets[query]], num_tokens, steps,
-                                              start > 0, &pieces[threadid(), 0], maxima)
+                            screen_column_maxima(&rounded[threadid(), 0], count, stride,
+                                                 &queries_packed[packed_offsets[query]], num_tokens, steps,
+                                                 start > 0, NULL, 0, &pieces[threadid(), 0], maxima)
                             start = start + count
                     total = 0
                     magnitude = 0
@@ -1598,7 +1643,8 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                     else:
                         flat_lower[pair] = -INFINITY
                         flat_upper[pair] = INFINITY
-            amx_end()
+            if SCREEN_TILES:
+                amx_end()
 
 
 # --------------------------------------------------------------------------

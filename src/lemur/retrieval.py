@@ -183,13 +183,15 @@ def rerank_unchecked(
     k: int,
     num_threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`rerank` on validated arguments: where the CPU has AMX tiles and
-    there are many candidates per result, only those the screen
-    (:mod:`lemur.screening`) cannot rule out are scored exactly."""
+    """:func:`rerank` on validated arguments: where the CPU has a screen
+    (AMX tiles, AMD's AVX512_BF16) and there are many candidates per result,
+    only those the screen (:mod:`lemur.screening`) cannot rule out are
+    scored exactly."""
     if screening.applies(candidates.shape[0], candidates.shape[1], k):
-        candidates = screening.screened_candidates(query_tokens, query_offsets, documents.kernel_tokens,
-                                                   documents.offsets, candidates, k, num_threads)
-    exact = maxsim_unchecked(query_tokens, query_offsets, documents, candidates, num_threads)
+        candidates, exact = screening.screened_scores(query_tokens, query_offsets, documents.kernel_tokens,
+                                                      documents.offsets, candidates, k, num_threads)
+    else:
+        exact = maxsim_unchecked(query_tokens, query_offsets, documents, candidates, num_threads)
     indices = np.empty((candidates.shape[0], k), dtype=np.int64)
     scores = np.empty((candidates.shape[0], k), dtype=np.float32)
     kernels.select_reranked(exact, candidates, query_offsets, k, indices, scores, num_threads)

@@ -2,8 +2,9 @@ r"""The rerank's screen: which candidates exact MaxSim must score.
 
 A rerank returns each query's k best candidates by exact MaxSim (the float32
 value of :func:`lemur.maxsim_scores`), bit for bit. Where the CPU has AMX
-tiles, MaxSim of bfloat16-rounded tokens costs a fraction of the float32
-one; a proven bound on its distance from the float32 value then says which
+tiles, or VDPBF16PS at twice float32 FMA's rate (AVX512_BF16 on AMD's
+processors: ``kernels.SCREEN_KERNEL`` says which), MaxSim of
+bfloat16-rounded tokens costs a fraction of the float32 one; a proven bound on its distance from the float32 value then says which
 candidates cannot be among the k best, and only the others are scored in
 float32. The returned ids and scores are those of scoring every candidate.
 
@@ -21,10 +22,12 @@ multiply-adds (2d roundings at most, fused or not), so
 (the last term: gradual underflow, at most half a subnormal step a rounding;
 the D 2^-126 below covers it).
 
-The screen computes M'_i = max_j X_ij, X_ij the tile product of b(q_i) and
-b(d_j): exact products summed in float32, at most D = 4⌈d/2⌉ + 2 roundings
-(the SDM's order is VDPBF16PS's: two a pair; the implementation's may
-differ), each flushing a result below 2^-126 to zero, so
+The screen computes M'_i = max_j X_ij, X_ij the product of b(q_i) and b(d_j)
+on the tiles or by VDPBF16PS: exact products summed in float32, at most
+D = 4⌈d/2⌉ + 2 roundings (VDPBF16PS adds a pair's two products to its lane
+with at most two roundings, in order; the tiles' order is the
+implementation's, the SDM's is VDPBF16PS's), each flushing a result below
+2^-126 to zero, so
 
     |X_ij − <b(q_i), b(d_j)>| <= γ_D ||b(q_i)|| ||b(d_j)|| + D 2^-126.
 
@@ -54,17 +57,24 @@ that.
 
 Which candidates are scored
 ---------------------------
-Let L be the k-th largest lower bound S' − E of a query's candidates. Its
-k candidates with lower bounds of at least L all score at least L in float32
-and are all scored (their upper bounds S' + E are above L too), so the k-th
-best float32 score is at least L; a candidate with upper bound below L scores
-less than it and cannot be among the k best, nor tie with them. So the k best
-of the scored candidates, with the rerank's own order (best first, equal
-scores by smaller id), are the k best of all. A query without tokens keeps
-its candidates (the rerank keeps its first k in order).
+For each query, the k candidates with the largest lower bounds S' − E are
+scored in float32 first; let T be the smallest of their float32 scores. Any
+k of a query's candidates (positions: a repeated id counts once each time,
+as the rerank counts it) score at least T, so the k-th best float32 score is
+at least T. A candidate with upper bound S' + E below T scores less than it:
+it cannot be among the k best, nor tie with them, and it is not scored. The
+others are scored in float32 (the first k are not scored again), and the k
+best of the scored candidates, with the rerank's own order (best first,
+equal scores by smaller id), are the k best of all. T is at least the k-th
+largest lower bound (the first k score at least their lower bounds), and
+usually far above it: the band of candidates within reach of it is about
+half as wide. A query without tokens keeps its candidates (their bounds are
+(−∞, +∞); the rerank keeps its first k in order); where a first candidate is
+−1 or has no bound, T is −∞ and nothing is ruled out.
 
 On bench/compare.py's data (unit tokens, d = 128, 32 query tokens, 200
-candidates, k = 10) 23% of the candidates are scored in float32. E is far
+candidates, k = 10) 12% of the candidates are scored in float32 (23% with
+the k-th largest lower bound for T). E is far
 above the errors themselves: Cauchy–Schwarz on rounding errors is loose by
 about the square root of d.
 """
@@ -89,11 +99,11 @@ SCREEN_MIN_QUERIES = 4
 def applies(num_queries: int, num_candidates: int, k: int) -> bool:
     """Whether the rerank of `num_candidates` for each of `num_queries`
     queries down to `k` is screened here."""
-    return (bool(kernels.AMX_BFLOAT16) and num_queries >= SCREEN_MIN_QUERIES
+    return (bool(kernels.SCREEN_KERNEL) and num_queries >= SCREEN_MIN_QUERIES
             and num_candidates > CANDIDATES_PER_RESULT * k)
 
 
-def screened_candidates(
+def screened_scores(
     query_tokens: np.ndarray,
     query_offsets: np.ndarray,
     doc_tokens: np.ndarray,
@@ -102,8 +112,8 @@ def screened_candidates(
     k: int,
     num_threads: int,
     report: dict | None = None,
-) -> np.ndarray:
-    """The candidates exact MaxSim must score so that the k best are found.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 MaxSim of the candidates that can be among the k best.
 
     Parameters
     ----------
@@ -119,25 +129,47 @@ def screened_candidates(
         The results wanted per query.
     num_threads : int
     report : dict, optional
-        Gets "scored": the number of (query, candidate) pairs kept.
+        Gets "scored": the number of (query, candidate) pairs scored in
+        float32.
 
     Returns
     -------
-    ndarray of int64, shape (num_queries, width <= num_candidates)
-        Each query's kept candidates in their given order, padded with -1:
-        the rerank of these gives bitwise the rerank of `candidates`.
+    kept : ndarray of int64, shape (num_queries, num_candidates)
+        The candidates, -1 where ruled out.
+    scores : ndarray of float32, same shape
+        Their float32 MaxSim (maxsim_scores' values), -inf where ruled out:
+        the rerank's selection over these gives bitwise its selection over
+        every candidate's score.
     """
     num_queries, num_candidates = candidates.shape
     lower = np.empty(candidates.shape, dtype=np.float64)
     upper = np.empty(candidates.shape, dtype=np.float64)
     kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates,
                                    lower, upper, num_threads)
-    threshold = np.partition(lower, num_candidates - k, axis=1)[:, num_candidates - k]
-    keep = upper >= threshold[:, None]
-    counts = keep.sum(axis=1)
+    first = np.argpartition(lower, num_candidates - k, axis=1)[:, num_candidates - k:]
+    first_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets,
+                           np.take_along_axis(candidates, first, axis=1), num_threads)
+    threshold = first_scores.min(axis=1)
+    threshold[np.isnan(threshold)] = -np.inf  # (no float32 score is NaN where a bound is known)
+    rest = upper >= threshold[:, None]
+    np.put_along_axis(rest, first, False, axis=1)
+    counts = rest.sum(axis=1)
+    rest_candidates = np.full((num_queries, int(counts.max(initial=0))), -1, dtype=np.int64)
+    rows, positions = np.nonzero(rest)
+    columns = (np.cumsum(rest, axis=1) - 1)[rows, positions]
+    rest_candidates[rows, columns] = candidates[rows, positions]
+    rest_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, rest_candidates, num_threads)
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    np.put_along_axis(scores, first, first_scores, axis=1)
+    scores[rows, positions] = rest_scores[rows, columns]
+    kept = np.where(rest, candidates, -1)
+    np.put_along_axis(kept, first, np.take_along_axis(candidates, first, axis=1), axis=1)
     if report is not None:
-        report["scored"] = int(counts.sum())
-    kept = np.full((num_queries, int(counts.max(initial=0))), -1, dtype=np.int64)
-    rows, positions = np.nonzero(keep)
-    kept[rows, (np.cumsum(keep, axis=1) - 1)[rows, positions]] = candidates[rows, positions]
-    return kept
+        report["scored"] = int(np.count_nonzero(kept >= 0))
+    return kept, scores
+
+
+def _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates, num_threads) -> np.ndarray:
+    out = np.empty(candidates.shape, dtype=np.float32)
+    kernels.maxsim_scores(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates, out, num_threads)
+    return out
