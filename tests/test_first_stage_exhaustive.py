@@ -45,6 +45,23 @@ def test_bitwise_the_float32_scan(precision, k):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("h", [256, 250, 17])
+def test_a_single_query_rescored_rows_side_by_side(precision, h):
+    """One query's rescored rows are scored several at a time (tiles of rows,
+    units of 24): bitwise each row's float32 score, for rows with a tail past
+    the vector width and counts that leave partial tiles and units."""
+    W, features, basis = bench_like(3000, h=h, num_queries=1, seed=h)
+    scan = ExhaustiveScan.build(W, precision, basis, num_threads=2)
+    rescored = []
+    for k in (1, 7, 100, 401, 402, 403):
+        report = {}
+        scan.top_k(features, k, 2, report)
+        rescored.append(report["rescored"])
+        assert_same_as_float32(scan, features, k)
+    assert max(rescored) > 2 * 24 and any(count % 6 for count in rescored)  # several units, partial tiles
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("num_queries", [1, 7, 8, 40])
 @pytest.mark.parametrize("h", [320, 352, 336])
 def test_dots_of_every_tile_shape(precision, num_queries, h):

@@ -102,6 +102,7 @@ from lemur._tiles cimport (
     lanes_of_queries,
     score_batch,
     score_depth,
+    score_query_rows,
     score_row_pairs,
     score_rows,
     score_scratch_size,
@@ -1055,6 +1056,11 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
             np.asarray(out_lower), np.asarray(out_upper))
 
 
+cdef enum:
+    # rows of a single query rescored per unit of work (tiles of TILE_DOCS)
+    RESCORE_ROWS = 24
+
+
 # The exact result of a batch of queries from the pairs its compact scan kept
 # (rows, queries, lower: compact_scan's, the pairs that reach L): per query,
 # with `ceiling` (its U; candidate sets) the pairs whose lower bound is above
@@ -1065,8 +1071,9 @@ def compact_scan(const uint8_t[:, :, ::1] codes, const float[:, :, ::1] params, 
 # every pair is scored. Returns the number of pairs scored.
 #   features (nq, h); W (num_docs, h); out_rows, out_scores (nq, k)
 # The pairs to score are sorted by row, and each run of one row is scored
-# with the row read once (parallel over runs, dynamic); the selection runs
-# over queries.
+# with the row read once (parallel over runs, dynamic); a single query's
+# rows are scored several at a time instead (their chains of multiply-adds
+# side by side: 3x faster). The selection runs over queries.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def certified_result(const float[:, ::1] features, const float[:, ::1] W, const int64_t[::1] rows,
@@ -1092,7 +1099,14 @@ def certified_result(const float[:, ::1] features, const float[:, ::1] W, const 
     open_rows = sorted_keys // nq
     open_queries = (sorted_keys % nq).astype(np.int32)
     exact = np.empty(count, np.float32)
-    if count:
+    if count and nq == 1:  # one query: its rows side by side, RESCORE_ROWS a unit
+        with nogil:
+            for run in prange((count + RESCORE_ROWS - 1) // RESCORE_ROWS, num_threads=num_threads,
+                              schedule='dynamic'):
+                score_query_rows(&features[0, 0], &W[0, 0], h, &open_rows[run * RESCORE_ROWS],
+                                 min(<Py_ssize_t>RESCORE_ROWS, count - run * RESCORE_ROWS),
+                                 &exact[run * RESCORE_ROWS])
+    elif count:
         starts = np.flatnonzero(np.diff(np.asarray(open_rows), prepend=-1, append=-1)).astype(np.int64)
         with nogil:
             for run in prange(starts.shape[0] - 1, num_threads=num_threads, schedule='dynamic', chunksize=4):

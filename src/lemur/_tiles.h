@@ -383,6 +383,27 @@ static inline void lemur_score_row_pairs(const float *features, const float *w, 
     }
 }
 
+/* out[i] = score(f, W[rows[i]]) for i < count, for one query's features f
+ * and rows of W (h floats each, W's rows `h` apart): tiles of that query and
+ * up to LEMUR_TILE_DOCS rows, whose chains of multiply-adds run side by side
+ * (a row alone is one chain, bound by the multiply-add's latency). */
+static inline void lemur_score_query_rows(const float *f, const float *W, ptrdiff_t h, const int64_t *rows,
+                                          ptrdiff_t count, float *out)
+{
+    lemur_vector state[LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS];
+    const float *doc_rows[LEMUR_TILE_DOCS];
+    ptrdiff_t full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS, first;
+    int tile, d;
+    for (first = 0; first < count; first += LEMUR_TILE_DOCS) {
+        tile = (int)(count - first < LEMUR_TILE_DOCS ? count - first : LEMUR_TILE_DOCS);
+        for (d = 0; d < tile; d++)
+            doc_rows[d] = W + rows[first + d] * h;
+        lemur_score_span(&f, 1, doc_rows, tile, 0, full, state, 0);
+        for (d = 0; d < tile; d++)
+            out[first + d] = lemur_score_tail(lemur_vector_sum(state[d]), f, doc_rows[d], h);
+    }
+}
+
 /* The most rounded operations on the way of one product into score(f, w)
  * for rows of length h: its lane's chain of h / VF multiply-adds, the
  * log2(VF) pairwise sums of the lanes and the tail's h mod VF additions (one

@@ -2,7 +2,7 @@
 """The register-tiled microkernels of _tiles.h: scores and products with a
 fixed order of operations (see that file for what is fixed, and why)."""
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 
 
 cdef extern from "_tiles.h" nogil:
@@ -35,4 +35,6 @@ cdef extern from "_tiles.h" nogil:
                                      float *c, Py_ssize_t ldc, float *scratch)
     void score_row_pairs "lemur_score_row_pairs"(const float *features, const float *w, Py_ssize_t h,
                                                  const int32_t *queries, Py_ssize_t count, float *out)
+    void score_query_rows "lemur_score_query_rows"(const float *f, const float *W, Py_ssize_t h,
+                                                   const int64_t *rows, Py_ssize_t count, float *out)
     double score_depth "lemur_score_depth"(Py_ssize_t h)
