@@ -1073,7 +1073,8 @@ cdef enum:
 # The pairs to score are sorted by row, and each run of one row is scored
 # with the row read once (parallel over runs, dynamic); a single query's
 # rows are scored several at a time instead (their chains of multiply-adds
-# side by side: 3x faster). The selection runs over queries.
+# side by side: one query's rescoring at 10k documents, 0.22 -> 0.11 ms).
+# The selection runs over queries.
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def certified_result(const float[:, ::1] features, const float[:, ::1] W, const int64_t[::1] rows,
@@ -1451,8 +1452,8 @@ cdef enum:
 #: What the rerank's screen multiplies bfloat16 tokens with here: AMX tiles,
 #: VDPBF16PS (AVX512_BF16 where it runs at twice float32 FMA's rate: AMD's
 #: processors), or nothing ("": no screen).
-SCREEN_KERNEL = "AMX-BF16 tiles" if amx_detect() else "AVX512_BF16 (VDPBF16PS)" if COMPACT_CPU.bf16_dot else ""
 cdef bint SCREEN_TILES = amx_detect()
+SCREEN_KERNEL = "AMX-BF16 tiles" if SCREEN_TILES else "AVX512_BF16 (VDPBF16PS)" if COMPACT_CPU.bf16_dot else ""
 
 cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (scores could overflow)
 cdef double FLUSHED = 2.0 ** -126       # below this, AMX and VDPBF16PS flush a result to zero

@@ -4,9 +4,9 @@ A rerank returns each query's k best candidates by exact MaxSim (the float32
 value of :func:`lemur.maxsim_scores`), bit for bit. Where the CPU has AMX
 tiles, or VDPBF16PS at twice float32 FMA's rate (AVX512_BF16 on AMD's
 processors: ``kernels.SCREEN_KERNEL`` says which), MaxSim of
-bfloat16-rounded tokens costs a fraction of the float32 one; a proven bound on its distance from the float32 value then says which
-candidates cannot be among the k best, and only the others are scored in
-float32. The returned ids and scores are those of scoring every candidate.
+bfloat16-rounded tokens costs a fraction of the float32 one; a proven bound
+on its distance from the float32 value then says which candidates cannot be
+among the k best, and only the others are scored in float32. The returned ids and scores are those of scoring every candidate.
 
 The bound
 ---------
@@ -74,9 +74,8 @@ half as wide. A query without tokens keeps its candidates (their bounds are
 
 On bench/compare.py's data (unit tokens, d = 128, 32 query tokens, 200
 candidates, k = 10) 12% of the candidates are scored in float32 (23% with
-the k-th largest lower bound for T). E is far
-above the errors themselves: Cauchy–Schwarz on rounding errors is loose by
-about the square root of d.
+the k-th largest lower bound for T). E is far above the errors themselves:
+Cauchy–Schwarz on rounding errors is loose by about the square root of d.
 """
 
 from __future__ import annotations
@@ -147,8 +146,8 @@ def screened_scores(
     kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates,
                                    lower, upper, num_threads)
     first = np.argpartition(lower, num_candidates - k, axis=1)[:, num_candidates - k:]
-    first_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets,
-                           np.take_along_axis(candidates, first, axis=1), num_threads)
+    first_candidates = np.take_along_axis(candidates, first, axis=1)
+    first_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, first_candidates, num_threads)
     threshold = first_scores.min(axis=1)
     threshold[np.isnan(threshold)] = -np.inf  # (no float32 score is NaN where a bound is known)
     rest = upper >= threshold[:, None]
@@ -163,7 +162,7 @@ def screened_scores(
     np.put_along_axis(scores, first, first_scores, axis=1)
     scores[rows, positions] = rest_scores[rows, columns]
     kept = np.where(rest, candidates, -1)
-    np.put_along_axis(kept, first, np.take_along_axis(candidates, first, axis=1), axis=1)
+    np.put_along_axis(kept, first, first_candidates, axis=1)
     if report is not None:
         report["scored"] = int(np.count_nonzero(kept >= 0))
     return kept, scores
