@@ -230,8 +230,7 @@ class LemurPipeline(Pipeline):
             screen = {}
             screening.screened_scores(self.index._model.centred(tokens, self.threads),
                                       np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
-                                      documents.kernel_tokens, documents.offsets, candidates, FINAL_K,
-                                      self.threads, screen)
+                                      documents, candidates, FINAL_K, self.threads, screen)
             fractions["rerank_scored_200"] = screen["scored"] / candidates.size
         return fractions
 

@@ -10,7 +10,7 @@ from test_retrieval import brute_maxsim, corpus
 
 import lemur
 from lemur import _dispatch, fitting
-from lemur.retrieval import Documents
+from lemur.documents import Documents
 
 
 def fixture_corpus(variant):

@@ -9,7 +9,8 @@ import pytest
 
 from lemur import screening
 from lemur._dispatch import kernels
-from lemur.retrieval import Documents, maxsim_unchecked, rerank_unchecked
+from lemur.documents import Documents, maxsim_unchecked
+from lemur.retrieval import rerank_unchecked
 
 needs_screen = pytest.mark.skipif(not kernels.SCREEN_KERNEL,
                                   reason="the screen runs only where the CPU has AMX tiles or AMD's AVX512_BF16")
@@ -80,8 +81,8 @@ def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store):
     # unit tokens: the bound is a few bfloat16 roundings of each query token's maximum
     assert np.all(upper - lower < 32 * 2 * 3 * 2.0 ** -8)
     report = {}
-    kept, scores = screening.screened_scores(queries, offsets_of(query_counts), documents.kernel_tokens,
-                                             documents.offsets, candidates, 10, 2, report)
+    kept, scores = screening.screened_scores(queries, offsets_of(query_counts), documents, candidates, 10, 2,
+                                             report)
     assert report["scored"] < candidates.size / 2
     # no more than the k-th largest lower bound would keep, and the float32 scores of those kept
     kth_lower = np.sort(lower, axis=1)[:, -10]

@@ -19,17 +19,16 @@ from lemur._validation import (
     check_vectors,
     counts_to_offsets,
 )
+from lemur.documents import Documents, maxsim_unchecked
 from lemur.first_stage import FirstStage, compact, live_top_k
 from lemur.first_stage.ann import AnnSettings, AnnStage
 from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur.model import Model
 from lemur.retrieval import (
-    Documents,
     check_candidate_ids,
     check_features,
     check_k,
     check_queries,
-    maxsim_unchecked,
     rerank_unchecked,
     scores_unchecked,
 )

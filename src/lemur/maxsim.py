@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from lemur._threads import resolve_num_threads
-from lemur.retrieval import Documents, check_candidates, check_k, check_queries, rerank_unchecked
+from lemur.documents import Documents
+from lemur.retrieval import check_candidates, check_k, check_queries, rerank_unchecked
 
 __all__ = ["MaxSim"]
 

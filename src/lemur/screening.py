@@ -83,6 +83,7 @@ from __future__ import annotations
 import numpy as np
 
 from lemur._dispatch import kernels
+from lemur.documents import Documents, maxsim_unchecked
 
 #: The screen runs where a query has more than this many candidates per
 #: result wanted (fewer: nearly every candidate would be scored anyway) ...
@@ -105,8 +106,7 @@ def applies(num_queries: int, num_candidates: int, k: int) -> bool:
 def screened_scores(
     query_tokens: np.ndarray,
     query_offsets: np.ndarray,
-    doc_tokens: np.ndarray,
-    doc_offsets: np.ndarray,
+    documents: Documents,
     candidates: np.ndarray,
     k: int,
     num_threads: int,
@@ -119,9 +119,8 @@ def screened_scores(
     query_tokens, query_offsets : ndarray
         The queries' tokens (total, d) float32 and offsets (num_queries + 1)
         int64, validated.
-    doc_tokens, doc_offsets : ndarray
-        The documents' tokens as the kernels take them (float32, or float16
-        as uint16 bits) and offsets (num_docs + 1), validated.
+    documents : Documents
+        The candidates' token store, validated (float32 or float16 tokens).
     candidates : ndarray of int64, shape (num_queries, num_candidates)
         Document ids, or -1; num_candidates > k.
     k : int
@@ -143,11 +142,11 @@ def screened_scores(
     num_queries, num_candidates = candidates.shape
     lower = np.empty(candidates.shape, dtype=np.float64)
     upper = np.empty(candidates.shape, dtype=np.float64)
-    kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates,
-                                   lower, upper, num_threads)
+    kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, documents.kernel_tokens, documents.offsets,
+                                   candidates, lower, upper, num_threads)
     first = np.argpartition(lower, num_candidates - k, axis=1)[:, num_candidates - k:]
     first_candidates = np.take_along_axis(candidates, first, axis=1)
-    first_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, first_candidates, num_threads)
+    first_scores = maxsim_unchecked(query_tokens, query_offsets, documents, first_candidates, num_threads)
     threshold = first_scores.min(axis=1)
     threshold[np.isnan(threshold)] = -np.inf  # (no float32 score is NaN where a bound is known)
     rest = upper >= threshold[:, None]
@@ -157,7 +156,7 @@ def screened_scores(
     rows, positions = np.nonzero(rest)
     columns = (np.cumsum(rest, axis=1) - 1)[rows, positions]
     rest_candidates[rows, columns] = candidates[rows, positions]
-    rest_scores = _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, rest_candidates, num_threads)
+    rest_scores = maxsim_unchecked(query_tokens, query_offsets, documents, rest_candidates, num_threads)
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
     np.put_along_axis(scores, first, first_scores, axis=1)
     scores[rows, positions] = rest_scores[rows, columns]
@@ -167,8 +166,3 @@ def screened_scores(
         report["scored"] = int(np.count_nonzero(kept >= 0))
     return kept, scores
 
-
-def _maxsim(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates, num_threads) -> np.ndarray:
-    out = np.empty(candidates.shape, dtype=np.float32)
-    kernels.maxsim_scores(query_tokens, query_offsets, doc_tokens, doc_offsets, candidates, out, num_threads)
-    return out

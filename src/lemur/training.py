@@ -50,7 +50,7 @@ from lemur._threads import resolve_num_threads
 from lemur._validation import check_positive_int, check_vectors
 from lemur.index import Index
 from lemur.model import ACTIVATIONS, Layer, Model, check_activation
-from lemur.retrieval import Documents
+from lemur.documents import Documents
 
 #: Activations the original trains with (lemur's models also run "gelu-tanh").
 TRAINABLE_ACTIVATIONS = ("relu", "gelu", "silu", "mish", "gelu-tanh")
