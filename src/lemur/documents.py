@@ -81,7 +81,8 @@ def maxsim_unchecked(
     candidates: np.ndarray,
     num_threads: int,
 ) -> np.ndarray:
-    """:func:`maxsim_scores` on validated arguments."""
+    """:func:`lemur.maxsim_scores` on validated arguments (float32 scores,
+    -inf for the padding -1)."""
     out = np.empty(candidates.shape, dtype=np.float32)
     kernels.maxsim_scores(
         query_tokens, query_offsets, documents.kernel_tokens, documents.offsets, candidates, out, num_threads

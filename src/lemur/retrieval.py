@@ -11,7 +11,6 @@ import numpy as np
 
 from lemur import screening
 from lemur._dispatch import kernels
-from lemur.documents import Documents, maxsim_unchecked
 from lemur._scratch import aligned
 from lemur._threads import resolve_num_threads
 from lemur._validation import (
@@ -20,6 +19,7 @@ from lemur._validation import (
     check_vectors,
     counts_to_offsets,
 )
+from lemur.documents import Documents, maxsim_unchecked
 
 #: Memory the first stage may use for its score blocks and thread-local k-best
 #: lists together (the full num_queries x num_docs matrix is never held).
