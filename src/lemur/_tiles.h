@@ -362,24 +362,37 @@ static inline void lemur_gemm_unit(const float *a, ptrdiff_t lda, ptrdiff_t K, c
     (void)columns;
 }
 
+/* out[q * out_stride + d] = score(query_rows[q], doc_rows[d]) for one tile
+ * of gathered rows (h floats each; at most LEMUR_TILE_QUERIES x
+ * LEMUR_TILE_DOCS), whole rows at once. */
+static inline void lemur_score_gathered_tile(const float *const *query_rows, int num_queries,
+                                             const float *const *doc_rows, int num_docs, ptrdiff_t h,
+                                             float *out, ptrdiff_t out_stride)
+{
+    lemur_vector state[LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS];
+    int q, d;
+    lemur_score_span(query_rows, num_queries, doc_rows, num_docs, 0, (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS,
+                     state, 0);
+    for (q = 0; q < num_queries; q++)
+        for (d = 0; d < num_docs; d++)
+            out[q * out_stride + d] = lemur_score_tail(lemur_vector_sum(state[q * LEMUR_TILE_DOCS + d]),
+                                                       query_rows[q], doc_rows[d], h);
+}
+
 /* out[i] = score(features[queries[i]], w) for i < count, for one row w of
  * W (h floats) and queries' features of h floats each: tiles of up to
  * LEMUR_TILE_QUERIES queries and that row, which is read once. */
 static inline void lemur_score_row_pairs(const float *features, const float *w, ptrdiff_t h,
                                          const int32_t *queries, ptrdiff_t count, float *out)
 {
-    lemur_vector state[LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS];
     const float *query_rows[LEMUR_TILE_QUERIES];
-    ptrdiff_t full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS, first;
+    ptrdiff_t first;
     int tile, i;
     for (first = 0; first < count; first += LEMUR_TILE_QUERIES) {
         tile = (int)(count - first < LEMUR_TILE_QUERIES ? count - first : LEMUR_TILE_QUERIES);
         for (i = 0; i < tile; i++)
             query_rows[i] = features + (ptrdiff_t)queries[first + i] * h;
-        lemur_score_span(query_rows, tile, &w, 1, 0, full, state, 0);
-        for (i = 0; i < tile; i++)
-            out[first + i] = lemur_score_tail(lemur_vector_sum(state[i * LEMUR_TILE_DOCS]),
-                                              query_rows[i], w, h);
+        lemur_score_gathered_tile(query_rows, tile, &w, 1, h, out + first, 1);
     }
 }
 
@@ -390,17 +403,14 @@ static inline void lemur_score_row_pairs(const float *features, const float *w, 
 static inline void lemur_score_query_rows(const float *f, const float *W, ptrdiff_t h, const int64_t *rows,
                                           ptrdiff_t count, float *out)
 {
-    lemur_vector state[LEMUR_TILE_QUERIES * LEMUR_TILE_DOCS];
     const float *doc_rows[LEMUR_TILE_DOCS];
-    ptrdiff_t full = (h / LEMUR_VECTOR_FLOATS) * LEMUR_VECTOR_FLOATS, first;
+    ptrdiff_t first;
     int tile, d;
     for (first = 0; first < count; first += LEMUR_TILE_DOCS) {
         tile = (int)(count - first < LEMUR_TILE_DOCS ? count - first : LEMUR_TILE_DOCS);
         for (d = 0; d < tile; d++)
             doc_rows[d] = W + rows[first + d] * h;
-        lemur_score_span(&f, 1, doc_rows, tile, 0, full, state, 0);
-        for (d = 0; d < tile; d++)
-            out[first + d] = lemur_score_tail(lemur_vector_sum(state[d]), f, doc_rows[d], h);
+        lemur_score_gathered_tile(&f, 1, doc_rows, tile, h, out + first, tile);
     }
 }
 
