@@ -6,7 +6,8 @@ tiles, or VDPBF16PS at twice float32 FMA's rate (AVX512_BF16 on AMD's
 processors: ``kernels.SCREEN_KERNEL`` says which), MaxSim of
 bfloat16-rounded tokens costs a fraction of the float32 one; a proven bound
 on its distance from the float32 value then says which candidates cannot be
-among the k best, and only the others are scored in float32. The returned ids and scores are those of scoring every candidate.
+among the k best, and only the others are scored in float32. The returned
+ids and scores are those of scoring every candidate.
 
 The bound
 ---------
@@ -89,10 +90,12 @@ from lemur.documents import Documents, maxsim_unchecked
 #: result wanted (fewer: nearly every candidate would be scored anyway) ...
 CANDIDATES_PER_RESULT = 2
 #: ... for batches of at least this many queries: below, the documents are
-#: mostly each one query's candidate, and both the screen and the float32
-#: MaxSim are bound by reading their tokens from memory once, so the screen
-#: costs more than it saves (python bench/stages.py, 200 candidates: 1.25x
-#: the time of the float32 rerank for 1 query, 0.79x for 4, 0.51x for 100).
+#: mostly each one query's candidate, so the screen's pass that rounds their
+#: tokens to bfloat16 (and takes their norms) is shared by no other query and
+#: costs more than its faster products save (python bench/stages.py, 200
+#: candidates, Zen 4's VDPBF16PS, float32 / float16 tokens: 1.09x / 1.49x
+#: the time of the float32 rerank for 1 query, 0.84x / 1.10x for 2, 0.78x /
+#: 0.97x for 4, 0.76x / 0.77x for 100).
 SCREEN_MIN_QUERIES = 4
 
 

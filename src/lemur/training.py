@@ -48,9 +48,9 @@ from lemur import fitting
 from lemur._dispatch import kernels
 from lemur._threads import resolve_num_threads
 from lemur._validation import check_positive_int, check_vectors
+from lemur.documents import Documents
 from lemur.index import Index
 from lemur.model import ACTIVATIONS, Layer, Model, check_activation
-from lemur.documents import Documents
 
 #: Activations the original trains with (lemur's models also run "gelu-tanh").
 TRAINABLE_ACTIVATIONS = ("relu", "gelu", "silu", "mish", "gelu-tanh")
