@@ -105,11 +105,14 @@ def make_data(folder: Path, num_docs: int, num_single: int, seed: int = 0) -> Pa
 # -- measuring (in the worker process) ------------------------------------------------------
 
 
-def median_seconds(function, repeat: int) -> float:
-    """The median wall time of `repeat` calls of `function`, after one warm-up call."""
+def median_seconds(function, repeat: int, before=None) -> float:
+    """The median wall time of `repeat` calls of `function`, after one warm-up
+    call; `before()`, if given, runs untimed ahead of each."""
     function()
     timings = []
     for _ in range(repeat):
+        if before is not None:
+            before()
         start = time.perf_counter()
         function()
         timings.append(time.perf_counter() - start)

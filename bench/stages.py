@@ -11,9 +11,21 @@ the single queries:
   candidate set (k' = 200), the rerank of those 200 candidates, and the whole
   ``search``;
 * the rerank of B queries x 200 candidates -> 10 with the screen
-  (``lemur.screening``, where the CPU has AMX) against the float32 MaxSim of
+  (``lemur.screening``, where the CPU has one) against the float32 MaxSim of
   every candidate, for B = 1, 2, 4, 8, 16, 100 (the screen forced on or off by
   setting ``screening.SCREEN_MIN_QUERIES``, for this measurement only).
+
+and, in the same run, what those stages would take at this machine's limits
+(their roofline, measured rather than taken from a datasheet):
+
+* memory: a plain read of the int8 codes the first stage scans (every byte
+  once, the same threads, numpy's OR over 64-bit words), from memory (after
+  reading a buffer larger than the L3 in between) and back to back (what
+  the L3 keeps), beside the first stage in the same two states;
+* multiply-adds: MaxSim of a query against 20 of its candidates 10 times
+  each (their tokens in L2: the FMA rate alone) beside its 200 distinct
+  candidates, as the rerank scores them, in float32 and, where the CPU has
+  a screen, with the screen's bfloat16 bounds (VDPBF16PS or AMX).
 
 Run it with OPENBLAS_CORETYPE as you want it (the stages here do not use
 OpenBLAS); ``lemur config`` says which CPU it ran on.
@@ -23,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +84,87 @@ def screen_against_float32(index, queries: np.ndarray, threads: int, repeat: int
     return results
 
 
+def evicting_buffer() -> np.ndarray:
+    """Bytes to read between timings so that what came before has left the
+    L3: twice its size where the OS says it, else 64 MB."""
+    try:
+        l3 = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        l3 = 0
+    return np.ones(max(64 * 2**20, 2 * max(0, l3)) // 8, np.uint64)
+
+
+def floors(index, queries: list[np.ndarray], threads: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Each big stage of a single query beside what this machine's memory or
+    multiply-adds allow it, in the same run (medians, ms)."""
+    from lemur._dispatch import kernels
+    from lemur.documents import maxsim_unchecked
+
+    k, repeat = CANDIDATES[-1], max(repeat, 20)
+    words = index._store.scan.rows.codes.reshape(-1).view(np.uint64)
+    parts = np.array_split(words, threads)
+    evict = evicting_buffer()
+    pool = ThreadPoolExecutor(threads)
+    features = [index.features(q, [QUERY_TOKENS], num_threads=threads) for q in queries]
+    turn = iter(range(10**9))
+
+    def read_codes():
+        list(pool.map(np.bitwise_or.reduce, parts))
+
+    def first_stage():
+        index._store.scan.best_rows(features[next(turn) % len(features)], k, threads)
+
+    def from_memory():
+        np.bitwise_or.reduce(evict)
+
+    memory = {"codes (MB)": words.nbytes / 1e6}
+    for state, before in (("from memory", from_memory), ("back to back", None)):
+        memory[f"read the codes, {state}"] = 1e3 * median_seconds(read_codes, repeat, before)
+        memory[f"first stage, {state}"] = 1e3 * median_seconds(first_stage, repeat, before)
+    memory["read rate from memory (GB/s)"] = words.nbytes / memory["read the codes, from memory"] / 1e6
+
+    documents = index._store.documents()
+    offsets = np.array([0, QUERY_TOKENS], np.int64)
+    distinct = [index.top_k(f, k, num_threads=threads)[0] for f in features]
+    # 20 of them 10 times each: 0.8 MB of float32 tokens, in the L2 of two cores
+    # (one document repeated would be one thread's work: the pairs are split by document)
+    in_cache = [np.repeat(rows[:, :20], k // 20, axis=1) for rows in distinct]
+    counts = np.diff(documents.offsets)
+    per_token = QUERY_TOKENS * documents.dim
+
+    def rate(candidates: list[np.ndarray], milliseconds: float) -> float:
+        """GMAC/s of MaxSim over these candidate sets taking `milliseconds` each."""
+        return float(np.mean([per_token * counts[rows[0]].sum() for rows in candidates])) / milliseconds / 1e6
+
+    def each_query(score, candidates):
+        def call():
+            i = next(turn) % len(queries)
+            score(queries[i], candidates[i])
+        return call
+
+    def float32(query, rows):
+        maxsim_unchecked(query, offsets, documents, rows, threads)
+
+    compute = {}
+    kinds = [("float32 MaxSim", float32)]
+    if kernels.SCREEN_KERNEL:
+        lower, upper = np.empty((1, k)), np.empty((1, k))
+
+        def screen(query, rows):
+            kernels.maxsim_bounds_bfloat16(query, offsets, documents.kernel_tokens, documents.offsets, rows,
+                                           lower, upper, threads)
+
+        kinds.append((f"screen bounds ({kernels.SCREEN_KERNEL})", screen))
+    for label, score in kinds:
+        for what, candidates in ((f"{k} distinct candidates", distinct),
+                                 (f"{k // 20} times 20 candidates (in cache)", in_cache)):
+            milliseconds = 1e3 * median_seconds(each_query(score, candidates), repeat)
+            compute[f"{label}, {what}"] = milliseconds
+            compute[f"{label}, {what}: GMAC/s"] = rate(candidates, milliseconds)
+    pool.shutdown()
+    return {"memory": memory, "multiply-adds": compute}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=10000)
@@ -107,6 +202,13 @@ def main() -> None:
             print(f"  {label:12s} screened {times['screened']:8.3f}  float32 {times['float32']:8.3f}"
                   f"  ratio {times['ratio']:.2f}")
         report[name] = {"single_query_ms": stages, "screen_ms": screen}
+        limits = floors(index, queries, arguments.threads, arguments.repeat)
+        print(f"{name} tokens, the stages beside this machine's limits (median ms):")
+        for group in limits.values():
+            for label, value in group.items():
+                shown = value if isinstance(value, str) else f"{value:12,.3f}"
+                print(f"  {label:48s} {shown}")
+        report[name]["floors"] = limits
     if arguments.json:
         arguments.json.write_text(json.dumps(report, indent=2))
 
