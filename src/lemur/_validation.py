@@ -58,6 +58,13 @@ def kernel_values(values: np.ndarray) -> np.ndarray:
     return values.view(np.uint16) if values.dtype == np.float16 else values
 
 
+#: Below this many bytes the finiteness check runs on one thread: waking the
+#: others costs more than it saves (a model's weights, a batch of queries),
+#: and on a shared machine a thread that is not scheduled at once can cost
+#: milliseconds.
+SERIAL_CHECK_BYTES = 2 * 2**20
+
+
 def check_finite(array: np.ndarray, *, name: str, num_threads: int | None = None) -> None:
     """Raise ValueError naming the first row of a float32 (or float16) array
     with NaN or inf."""
@@ -68,7 +75,8 @@ def check_finite(array: np.ndarray, *, name: str, num_threads: int | None = None
         bad = np.flatnonzero(((rows.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1))
         row = int(bad[0]) if bad.size else -1
     else:
-        row = kernels.first_nonfinite_row(rows, num_threads or default_num_threads())
+        threads = 1 if rows.nbytes < SERIAL_CHECK_BYTES else num_threads or default_num_threads()
+        row = kernels.first_nonfinite_row(rows, threads)
     if row >= 0:
         where = np.unravel_index(row, array.shape[:-1]) if array.ndim > 1 else ()
         position = f" at index {tuple(int(i) for i in where)}" if where else ""

@@ -253,8 +253,13 @@ class Index:
     #: read), they are let go (madvise MADV_DONTNEED: they stay in the page
     #: cache, shared with other processes, out of this one's resident memory),
     #: so that what stays resident is the compact copy the first stage scans
-    #: (with an embedded ANN: the graph and the rows it rescores).
-    MAPPED_READS_BYTES = 64 * 2**20
+    #: (with an embedded ANN: the graph and the rows it rescores). A search
+    #: can map up to about 40 MiB (100k documents, k' = 200, right after a
+    #: letting go); at 48 MiB an int8 index of 100k documents (a compact copy
+    #: of 203 MiB) keeps its RSS under 0.35x of W's 781 MiB, while at 64 MiB
+    #: it reached 0.36x. A larger value lets go less often (each letting go
+    #: costs the next searches their faults again: about 2 ms there).
+    MAPPED_READS_BYTES = 48 * 2**20
 
     #: Removed documents stay in W, the token store and the first stages as
     #: tombstones (every result skips them) until they pass this fraction of
@@ -366,7 +371,8 @@ class Index:
             raise ValueError(f"{name} has {ids.size} ids, but there are {count} documents")
         if ids.size and ids.min() < 0:
             raise ValueError(f"{name} must be non-negative (-1 marks padding in results)")
-        ordered = np.sort(ids)
+        # ids in increasing order (as lemur saves them) need no sort to be seen unique
+        ordered = ids if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])) else np.sort(ids)
         if ordered.size > 1 and not np.all(ordered[1:] != ordered[:-1]):
             raise ValueError(f"{name} holds the same id more than once")
         if existing.size:
