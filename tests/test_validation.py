@@ -8,8 +8,8 @@ from lemur import _validation
 
 @pytest.mark.parametrize("rows", [4, 2 * _validation.SERIAL_CHECK_BYTES // (64 * 4)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_check_finite_names_the_first_bad_row_on_one_thread_or_several(rows, dtype):
-    # below SERIAL_CHECK_BYTES on one thread, above on several: the same answer
+def test_check_finite_names_the_first_bad_row_at_any_size(rows, dtype):
+    # float32 below SERIAL_CHECK_BYTES on one thread, above on several: the same answer
     values = np.ones((rows, 64), dtype)
     _validation.check_finite(values, name="values", num_threads=2)
     values[rows - 1, 5] = np.nan
