@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 from compare import CANDIDATES, QUERY_TOKENS, make_data
 
+#: Rows of W modelled in float64 at a time (128 MB of them at h = 2048).
+CHUNK_ROWS = 8192
+
 
 def undecided_fraction(lower: np.ndarray, upper: np.ndarray, k: int) -> float:
     """The fraction of rows a candidate set of k cannot place from these bounds."""
@@ -47,15 +50,16 @@ def modelled_fractions(W: np.ndarray, basis: np.ndarray, features: np.ndarray, b
     code_error = np.empty(W.shape[0])
     code_norm = np.empty(W.shape[0])
     compact = np.empty(W.shape, np.float32)
-    for start in range(0, W.shape[0], 8192):  # float64 a chunk at a time
-        rows = W[start:start + 8192].astype(np.float64)
+    for start in range(0, W.shape[0], CHUNK_ROWS):  # float64 a chunk at a time
+        chunk = slice(start, start + CHUNK_ROWS)
+        rows = W[chunk].astype(np.float64)
         step = np.abs(rows).max(axis=1, keepdims=True) / levels
         step[step == 0] = 1
         rounded = step * np.round(rows / step)
-        projections[start:start + 8192] = rows @ V.T
-        code_error[start:start + 8192] = np.linalg.norm(rows - rounded, axis=1)
-        code_norm[start:start + 8192] = np.linalg.norm(rounded, axis=1)
-        compact[start:start + 8192] = rounded
+        projections[chunk] = rows @ V.T
+        code_error[chunk] = np.linalg.norm(rows - rounded, axis=1)
+        code_norm[chunk] = np.linalg.norm(rounded, axis=1)
+        compact[chunk] = rounded
     fractions = []
     for f in features.astype(np.float64):
         coefficients = V @ f

@@ -43,11 +43,17 @@ import numpy as np
 from compare import CANDIDATES, FINAL_K, QUERY_TOKENS, make_data, median_seconds
 
 
-def single_query_stages(index, queries: list[np.ndarray], threads: int, repeat: int) -> dict[str, float]:
-    """Median ms of each stage of a single query, over `queries`."""
+def first_stage_inputs(index, queries: list[np.ndarray], threads: int) -> tuple[list, list]:
+    """Each single query's features and its k' = 200 candidates."""
+    features = [index.features(q, [QUERY_TOKENS], num_threads=threads) for q in queries]
+    return features, [index.top_k(f, CANDIDATES[-1], num_threads=threads)[0] for f in features]
+
+
+def single_query_stages(index, queries: list[np.ndarray], features: list, candidates: list, threads: int,
+                        repeat: int) -> dict[str, float]:
+    """Median ms of each stage of a single query, over `queries` (with their
+    features and candidates from first_stage_inputs)."""
     counts, k = [QUERY_TOKENS], CANDIDATES[-1]
-    features = [index.features(q, counts, num_threads=threads) for q in queries]
-    candidates = [index.top_k(f, k, num_threads=threads)[0] for f in features]
     stages = {  # each a call for query i
         "features": lambda i: index.features(queries[i], counts, num_threads=threads),
         "first stage (set of k'=200)": lambda i: index._store.scan.best_rows(features[i], k, threads),
@@ -94,9 +100,11 @@ def evicting_buffer() -> np.ndarray:
     return np.ones(max(64 * 2**20, 2 * max(0, l3)) // 8, np.uint64)
 
 
-def floors(index, queries: list[np.ndarray], threads: int, repeat: int) -> dict[str, dict[str, float]]:
+def floors(index, queries: list[np.ndarray], features: list, distinct: list, threads: int,
+           repeat: int) -> dict[str, dict[str, float]]:
     """Each big stage of a single query beside what this machine's memory or
-    multiply-adds allow it, in the same run (medians, ms)."""
+    multiply-adds allow it, in the same run (medians, ms); `features` and the
+    `distinct` candidates from first_stage_inputs."""
     from lemur._dispatch import kernels
     from lemur.documents import maxsim_unchecked
 
@@ -105,7 +113,6 @@ def floors(index, queries: list[np.ndarray], threads: int, repeat: int) -> dict[
     parts = np.array_split(words, threads)
     evict = evicting_buffer()
     pool = ThreadPoolExecutor(threads)
-    features = [index.features(q, [QUERY_TOKENS], num_threads=threads) for q in queries]
     turn = iter(range(10**9))
 
     def read_codes():
@@ -125,11 +132,10 @@ def floors(index, queries: list[np.ndarray], threads: int, repeat: int) -> dict[
 
     documents = index._store.documents()
     offsets = np.array([0, QUERY_TOKENS], np.int64)
-    distinct = [index.top_k(f, k, num_threads=threads)[0] for f in features]
     # 20 of them 10 times each: 0.8 MB of float32 tokens, in the L2 of two cores
     # (one document repeated would be one thread's work: the pairs are split by document)
     in_cache = [np.repeat(rows[:, :20], k // 20, axis=1) for rows in distinct]
-    counts = np.diff(documents.offsets)
+    counts = documents.counts
     per_token = QUERY_TOKENS * documents.dim
 
     def rate(candidates: list[np.ndarray], milliseconds: float) -> float:
@@ -192,7 +198,8 @@ def main() -> None:
         index = lemur.Index(model, W, np.ascontiguousarray(tokens, dtype=store), counts, precision="int8",
                             num_threads=arguments.threads)
         name = np.dtype(store).name
-        stages = single_query_stages(index, queries, arguments.threads, arguments.repeat)
+        features, candidates = first_stage_inputs(index, queries, arguments.threads)
+        stages = single_query_stages(index, queries, features, candidates, arguments.threads, arguments.repeat)
         print(f"\n{name} tokens, one query (median ms over {arguments.single} queries):")
         for stage, ms in stages.items():
             print(f"  {stage:32s} {ms:8.3f}")
@@ -202,12 +209,11 @@ def main() -> None:
             print(f"  {label:12s} screened {times['screened']:8.3f}  float32 {times['float32']:8.3f}"
                   f"  ratio {times['ratio']:.2f}")
         report[name] = {"single_query_ms": stages, "screen_ms": screen}
-        limits = floors(index, queries, arguments.threads, arguments.repeat)
+        limits = floors(index, queries, features, candidates, arguments.threads, arguments.repeat)
         print(f"{name} tokens, the stages beside this machine's limits (median ms):")
         for group in limits.values():
             for label, value in group.items():
-                shown = value if isinstance(value, str) else f"{value:12,.3f}"
-                print(f"  {label:48s} {shown}")
+                print(f"  {label:48s} {value:12,.3f}")
         report[name]["floors"] = limits
     if arguments.json:
         arguments.json.write_text(json.dumps(report, indent=2))

@@ -93,9 +93,9 @@ CANDIDATES_PER_RESULT = 2
 #: mostly each one query's candidate, so the screen's pass that rounds their
 #: tokens to bfloat16 (and takes their norms) is shared by no other query and
 #: costs more than its faster products save (python bench/stages.py, 200
-#: candidates, Zen 4's VDPBF16PS, float32 / float16 tokens: 1.09x / 1.49x
-#: the time of the float32 rerank for 1 query, 0.84x / 1.10x for 2, 0.78x /
-#: 0.97x for 4, 0.76x / 0.77x for 100).
+#: candidates, Zen 4's VDPBF16PS, float32 / float16 tokens: 1.39x / 1.23x
+#: the time of the float32 rerank for 1 query, 0.88x / 0.96x for 2, 0.87x /
+#: 0.86x for 4, 0.71x / 0.72x for 100).
 SCREEN_MIN_QUERIES = 4
 
 
