@@ -428,9 +428,15 @@ static inline void lemur_compact_encode_query(const lemur_compact_rows *rows, co
 typedef float lemur_fvec __attribute__((vector_size(4 * LEMUR_LANES)));
 typedef uint32_t lemur_uvec __attribute__((vector_size(4 * LEMUR_LANES)));
 typedef int32_t lemur_ivec __attribute__((vector_size(4 * LEMUR_LANES)));
-/* vectors per tile: 4 (4 x LEMUR_LANES rows), the block taken in parts */
-#define LEMUR_TILE_VECTORS 4
-#define LEMUR_TILE_ROWS (LEMUR_TILE_VECTORS * LEMUR_LANES)
+/* vectors per tile: a single query takes the block's whole width at once
+ * (up to 8 vectors: 64 rows with AVX2, 32 with SSE), so that each step reads
+ * its 256 bytes in one stretch and the scan streams the codes in order; a
+ * tile of more queries takes 4 vectors (4 x LEMUR_LANES rows) a part, the
+ * block already in L2 after its first tile. On Zen 3 (AVX2), half-block
+ * parts made a single query's bfloat16 scan read each step's 256 bytes in
+ * two passes over the 256 KB block and run at 10 GB/s. */
+#define LEMUR_TILE_VECTORS(NQ)                                                                     \
+    ((NQ) == 1 ? (LEMUR_COMPACT_BLOCK / LEMUR_LANES < 8 ? LEMUR_COMPACT_BLOCK / LEMUR_LANES : 8) : 4)
 
 static inline lemur_uvec lemur_load_uvec(const uint8_t *source)
 {
@@ -444,18 +450,19 @@ static inline lemur_uvec lemur_load_uvec(const uint8_t *source)
 #define LEMUR_WIDEN_TILE(NQ, rows, queries, q0, out)                                               \
     do {                                                                                           \
         const float *fq_[NQ];                                                                      \
+        enum { V_ = LEMUR_TILE_VECTORS(NQ) };                                                      \
         ptrdiff_t part_, s_;                                                                       \
         int q_, v_;                                                                                \
         for (q_ = 0; q_ < NQ; q_++)                                                                \
-            fq_[q_] = (const float *)((queries)->codes + ((q0) + q_) * (rows)->steps * 8);          \
-        for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += LEMUR_TILE_ROWS) {                   \
-            lemur_fvec acc_[NQ][LEMUR_TILE_VECTORS];                                               \
+            fq_[q_] = (const float *)((queries)->codes + ((q0) + q_) * (rows)->steps * 8);         \
+        for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += V_ * LEMUR_LANES) {                  \
+            lemur_fvec acc_[NQ][V_];                                                               \
             const uint8_t *at_ = block + part_ * LEMUR_STEP_BYTES;                                 \
             _Pragma("GCC unroll 6") for (q_ = 0; q_ < NQ; q_++)                                    \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++)                \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++)                                \
                     acc_[q_][v_] = (lemur_fvec){0};                                                \
             for (s_ = 0; s_ < (rows)->steps; s_++, at_ += LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES) { \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++) {              \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++) {                              \
                     lemur_uvec x_ = lemur_load_uvec(at_ + v_ * LEMUR_LANES * LEMUR_STEP_BYTES);    \
                     lemur_fvec even_ = (lemur_fvec)(x_ << 16);                                     \
                     lemur_fvec odd_ = (lemur_fvec)(x_ & 0xFFFF0000u);                              \
@@ -466,7 +473,7 @@ static inline lemur_uvec lemur_load_uvec(const uint8_t *source)
                 }                                                                                  \
             }                                                                                      \
             for (q_ = 0; q_ < NQ; q_++)                                                            \
-                for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++)                                        \
+                for (v_ = 0; v_ < V_; v_++)                                                        \
                     memcpy((float *)(out) + q_ * LEMUR_COMPACT_BLOCK + part_ + v_ * LEMUR_LANES,   \
                            &acc_[q_][v_], sizeof acc_[q_][v_]);                                    \
         }                                                                                          \
@@ -483,18 +490,19 @@ static void lemur_bf16_widen_block(const lemur_compact_rows *rows, const lemur_c
 #define LEMUR_INT8_VECTOR_TILE(NQ, rows, queries, q0, out)                                         \
     do {                                                                                           \
         const int8_t *cq_[NQ];                                                                     \
+        enum { V_ = LEMUR_TILE_VECTORS(NQ) };                                                      \
         ptrdiff_t part_, s_;                                                                       \
         int q_, v_;                                                                                \
         for (q_ = 0; q_ < NQ; q_++)                                                                \
-            cq_[q_] = (const int8_t *)((queries)->codes + ((q0) + q_) * (rows)->steps * 4);         \
-        for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += LEMUR_TILE_ROWS) {                   \
-            lemur_ivec acc_[NQ][LEMUR_TILE_VECTORS];                                               \
+            cq_[q_] = (const int8_t *)((queries)->codes + ((q0) + q_) * (rows)->steps * 4);        \
+        for (part_ = 0; part_ < LEMUR_COMPACT_BLOCK; part_ += V_ * LEMUR_LANES) {                  \
+            lemur_ivec acc_[NQ][V_];                                                               \
             const uint8_t *at_ = block + part_ * LEMUR_STEP_BYTES;                                 \
             for (q_ = 0; q_ < NQ; q_++)                                                            \
-                for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++)                                        \
+                for (v_ = 0; v_ < V_; v_++)                                                        \
                     acc_[q_][v_] = (lemur_ivec){0};                                                \
             for (s_ = 0; s_ < (rows)->steps; s_++, at_ += LEMUR_COMPACT_BLOCK * LEMUR_STEP_BYTES) { \
-                _Pragma("GCC unroll 4") for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++) {              \
+                _Pragma("GCC unroll 8") for (v_ = 0; v_ < V_; v_++) {                              \
                     lemur_uvec x_ = lemur_load_uvec(at_ + v_ * LEMUR_LANES * LEMUR_STEP_BYTES);    \
                     lemur_ivec b0_ = (lemur_ivec)(x_ & 255u), b1_ = (lemur_ivec)((x_ >> 8) & 255u); \
                     lemur_ivec b2_ = (lemur_ivec)((x_ >> 16) & 255u), b3_ = (lemur_ivec)(x_ >> 24); \
@@ -504,7 +512,7 @@ static void lemur_bf16_widen_block(const lemur_compact_rows *rows, const lemur_c
                 }                                                                                  \
             }                                                                                      \
             for (q_ = 0; q_ < NQ; q_++)                                                            \
-                for (v_ = 0; v_ < LEMUR_TILE_VECTORS; v_++)                                        \
+                for (v_ = 0; v_ < V_; v_++)                                                        \
                     memcpy((int32_t *)(out) + q_ * LEMUR_COMPACT_BLOCK + part_ + v_ * LEMUR_LANES, \
                            &acc_[q_][v_], sizeof acc_[q_][v_]);                                    \
         }                                                                                          \
