@@ -82,6 +82,17 @@ def test_first_nonfinite_row(kernels, shape):
         assert kernels.first_nonfinite_row(values, 2) == row
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_first_nonfinite_row_sees_every_position_of_a_row(kernels, bad):
+    # 200 values: whole groups of four vectors at every width (4 x 16 floats
+    # at most) and a tail past them; one bad value anywhere is found
+    values = np.full((2, 200), np.float32(3.4e38))
+    for position in range(values.shape[1]):
+        values[1, position] = bad
+        assert kernels.first_nonfinite_row(values, 1) == 1, position
+        values[1, position] = -3.4e38
+
+
 def test_first_nonfinite_row_of_empty_array(kernels):
     assert kernels.first_nonfinite_row(np.zeros((0, 4), np.float32), 1) == -1
 

@@ -342,20 +342,29 @@ cdef inline void add_row(float *out, const float *row, Py_ssize_t n) noexcept no
 
 
 # Whether all n values are finite: sums (v - v), which is 0 for finite v and
-# NaN for NaN or +-inf.
+# NaN for NaN or +-inf, in any order (zeros sum to zero, a NaN stays NaN):
+# four independent chains of whole vectors, so that it reads at memory speed.
+# (Through partial[vector % PARTIAL_VECTORS] it ran at 12 GB/s on one Zen 3
+# core with the values in cache.)
 cdef inline bint all_finite(const float *values, Py_ssize_t n) noexcept nogil:
-    cdef lemur_vector partial[PARTIAL_VECTORS]
-    cdef lemur_vector value
-    cdef Py_ssize_t vector, part, j, offset, num_blocks = n // LANES
-    cdef float total
-    for part in range(PARTIAL_VECTORS):
-        partial[part] = vector_zero()
-    for vector in range(num_blocks * PARTIAL_VECTORS):
-        offset = vector * VECTOR_FLOATS
-        part = vector % PARTIAL_VECTORS
+    cdef lemur_vector first = vector_zero(), second = vector_zero(), third = vector_zero()
+    cdef lemur_vector fourth = vector_zero(), value
+    cdef Py_ssize_t block, offset, j, whole = n - n % (4 * VECTOR_FLOATS)
+    cdef float lanes[VECTOR_FLOATS]
+    cdef float total = 0
+    for block in range(whole // (4 * VECTOR_FLOATS)):
+        offset = block * 4 * VECTOR_FLOATS
         value = vector_load(values + offset)
-        partial[part] = vector_add(partial[part], vector_subtract(value, value))
-    total = sum_partials(partial)
-    for j in range(num_blocks * LANES, n):
+        first = vector_add(first, vector_subtract(value, value))
+        value = vector_load(values + offset + VECTOR_FLOATS)
+        second = vector_add(second, vector_subtract(value, value))
+        value = vector_load(values + offset + 2 * VECTOR_FLOATS)
+        third = vector_add(third, vector_subtract(value, value))
+        value = vector_load(values + offset + 3 * VECTOR_FLOATS)
+        fourth = vector_add(fourth, vector_subtract(value, value))
+    vector_store(lanes, vector_add(vector_add(first, second), vector_add(third, fourth)))
+    for j in range(VECTOR_FLOATS):
+        total += lanes[j]
+    for j in range(whole, n):
         total += values[j] - values[j]
     return total == 0
