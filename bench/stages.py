@@ -112,8 +112,10 @@ def floors(index, queries: list[np.ndarray], features: list, distinct: list, thr
     codes_bytes = index._store.scan.rows.codes.nbytes
     # as many bytes as the codes, read by lemur's finiteness check: vectorised,
     # on lemur's OpenMP threads (numpy's reductions from a thread pool read at
-    # half the memory's rate on Zen 3, slower than one thread)
-    plain = np.zeros((codes_bytes // 4096, 1024), np.float32)
+    # half the memory's rate on Zen 3, slower than one thread); filled, so that
+    # every page is its own (untouched zeros all map the kernel's one zero page,
+    # which stays in cache)
+    plain = np.full((codes_bytes // 4096, 1024), 0.5, np.float32)
     evict = evicting_buffer()
     turn = iter(range(10**9))
 
