@@ -105,6 +105,7 @@ def floors(index, queries: list[np.ndarray], features: list, distinct: list, thr
     """Each big stage of a single query beside what this machine's memory or
     multiply-adds allow it, in the same run (medians, ms); `features` and the
     `distinct` candidates from first_stage_inputs."""
+    from lemur import screening
     from lemur._dispatch import kernels
     from lemur.documents import maxsim_unchecked
 
@@ -157,14 +158,14 @@ def floors(index, queries: list[np.ndarray], features: list, distinct: list, thr
 
     compute = {}
     kinds = [("float32 MaxSim", float32)]
-    if kernels.SCREEN_KERNEL:
+    if screening.KERNEL:
         lower, upper = np.empty((1, k)), np.empty((1, k))
 
         def screen(query, rows):
-            kernels.maxsim_bounds_bfloat16(query, offsets, documents.kernel_tokens, documents.offsets, rows,
-                                           lower, upper, threads)
+            kernels.maxsim_bounds(query, offsets, documents.kernel_tokens, documents.offsets, rows,
+                                  lower, upper, threads, screening.KERNEL)
 
-        kinds.append((f"screen bounds ({kernels.SCREEN_KERNEL})", screen))
+        kinds.append((f"screen bounds ({screening.KERNEL})", screen))
     for label, score in kinds:
         for what, candidates in ((f"{k} distinct candidates", distinct),
                                  (f"{k // 20} times 20 candidates (in cache)", in_cache)):

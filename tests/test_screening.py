@@ -12,8 +12,20 @@ from lemur._dispatch import kernels
 from lemur.documents import Documents, maxsim_unchecked
 from lemur.retrieval import rerank_unchecked
 
-needs_screen = pytest.mark.skipif(not kernels.SCREEN_KERNEL,
-                                  reason="the screen runs only where the CPU has AMX tiles or AMD's AVX512_BF16")
+needs_screen = pytest.mark.skipif(not kernels.SCREEN_KERNELS,
+                                  reason="the screen runs only where the CPU has AMX tiles, AMD's AVX512_BF16 "
+                                         "or AVX512-VNNI")
+
+
+@pytest.fixture(params=kernels.SCREEN_KERNELS or [None])
+def screen_kernel(request, monkeypatch):
+    """Each screen this CPU can run, in turn, for every batch size: the
+    rerank takes it (screening.KERNEL) from one query on."""
+    if request.param is None:
+        pytest.skip("this CPU has no screen")
+    monkeypatch.setattr(screening, "KERNEL", request.param)
+    monkeypatch.setattr(screening, "SCREEN_MIN_QUERIES", 1)
+    return request.param
 
 
 def corpus(num_docs=300, dim=128, num_queries=8, query_tokens=32, seed=0, lengths=(20, 90)):
@@ -37,9 +49,8 @@ def documents_of(tokens, counts):
 def bounds(queries, query_counts, documents, candidates, num_threads=2):
     lower = np.empty(candidates.shape)
     upper = np.empty(candidates.shape)
-    kernels.maxsim_bounds_bfloat16(queries, offsets_of(query_counts),
-                                   documents.kernel_tokens, documents.offsets, candidates, lower, upper,
-                                   num_threads)
+    kernels.maxsim_bounds(queries, offsets_of(query_counts), documents.kernel_tokens, documents.offsets,
+                          candidates, lower, upper, num_threads, screening.KERNEL)
     return lower, upper
 
 
@@ -60,6 +71,7 @@ def assert_rerank_unchanged(queries, query_counts, documents, candidates, k, num
     expected_rows = np.empty((candidates.shape[0], k), dtype=np.int64)
     expected_scores = np.empty((candidates.shape[0], k), dtype=np.float32)
     kernels.select_reranked(exact, candidates, offsets, k, expected_rows, expected_scores, num_threads)
+    assert screening.applies(*candidates.shape, k)  # the screened rerank is what is compared
     rows, scores = rerank_unchecked(queries, offsets, documents, candidates, k, num_threads)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(scores.view(np.uint32), expected_scores.view(np.uint32))
@@ -73,13 +85,15 @@ def random_candidates(num_queries, num_docs, num_candidates, seed=1):
 @needs_screen
 @pytest.mark.parametrize("dim", [128, 100, 7, 33])
 @pytest.mark.parametrize("store", [np.float32, np.float16])
-def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store):
+def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store, screen_kernel):
     tokens, counts, queries, query_counts = corpus(dim=dim, seed=dim)
     documents = documents_of(tokens.astype(store), counts)
     candidates = random_candidates(8, 300, 120)
     lower, upper, exact = assert_bounds_hold(queries, query_counts, documents, candidates)
-    # unit tokens: the bound is a few bfloat16 roundings of each query token's maximum
-    assert np.all(upper - lower < 32 * 2 * 3 * 2.0 ** -8)
+    # unit tokens: the bound is a few bfloat16 roundings of each query token's maximum, or of
+    # int16 codes (a step of at most 2^-12 of each token's largest value, which is at most 1)
+    step = 2.0 ** -8 if screen_kernel != kernels.INT16_SCREEN else 2.0 ** -12
+    assert np.all(upper - lower < 32 * 2 * 3 * step)
     report = {}
     kept, scores = screening.screened_scores(queries, offsets_of(query_counts), documents, candidates, 10, 2,
                                              report)
@@ -92,7 +106,7 @@ def test_the_bounds_hold_and_are_tight_enough_to_pay(dim, store):
 
 
 @needs_screen
-def test_the_bounds_hold_for_wild_norms_and_tiny_values():
+def test_the_bounds_hold_for_wild_norms_and_tiny_values(screen_kernel):
     tokens, counts, queries, query_counts = corpus(num_docs=200, seed=3)
     random = np.random.default_rng(4)
     # documents' tokens from 1e-30 to 1e12, one query token per query scaled up or down
@@ -107,7 +121,7 @@ def test_the_bounds_hold_for_wild_norms_and_tiny_values():
 
 
 @needs_screen
-def test_no_bound_where_scores_could_overflow():
+def test_no_bound_where_scores_could_overflow(screen_kernel):
     tokens, counts, queries, query_counts = corpus(num_docs=50, num_queries=4, seed=6)
     tokens[: counts[0]] *= np.float32(1e30)  # document 0: its scores near float32's limit
     documents = documents_of(tokens, counts)
@@ -120,7 +134,7 @@ def test_no_bound_where_scores_could_overflow():
 
 @needs_screen
 @pytest.mark.parametrize("store", [np.float32, np.float16])
-def test_long_documents_query_panels_and_empty_queries(store):
+def test_long_documents_query_panels_and_empty_queries(store, screen_kernel):
     """Documents longer than the screen's chunk (SCREEN_TOKENS = 512), queries
     of 1 and 33 tokens (one and two panels of 32), a query without tokens
     (keeps its first k in order), and -1 candidates."""
@@ -139,7 +153,7 @@ def test_long_documents_query_panels_and_empty_queries(store):
 
 @needs_screen
 @pytest.mark.parametrize("store", [np.float32, np.float16])
-def test_exact_ties_and_near_ties_stay_in_order(store):
+def test_exact_ties_and_near_ties_stay_in_order(store, screen_kernel):
     """Candidates that are copies of a few documents (exact ties: the smaller
     id first) and copies changed by one float32 step in one value (near-ties
     far inside the bound), repeated ids among one query's candidates."""
@@ -158,7 +172,7 @@ def test_exact_ties_and_near_ties_stay_in_order(store):
 
 
 @needs_screen
-def test_a_document_that_is_not_finite_gets_no_bound():
+def test_a_document_that_is_not_finite_gets_no_bound(screen_kernel):
     """A token store that was not checked (a mapped file) may hold a NaN: the
     document's norm counts as infinite, whatever rows follow it."""
     tokens, counts, queries, query_counts = corpus(num_docs=20, num_queries=4, seed=13)
@@ -171,7 +185,7 @@ def test_a_document_that_is_not_finite_gets_no_bound():
 
 
 @needs_screen
-def test_the_same_results_for_any_thread_count():
+def test_the_same_results_for_any_thread_count(screen_kernel):
     tokens, counts, queries, query_counts = corpus(seed=11)
     documents = documents_of(tokens, counts)
     candidates = random_candidates(8, 300, 100, seed=12)
@@ -187,18 +201,32 @@ def test_the_screen_runs_only_where_it_pays():
     assert not screening.applies(1, 200, 10)          # one query: bound by reading the tokens
     assert not screening.applies(100, 20, 10)         # nearly every candidate needed
     assert screening.applies(100, 200, 10) == bool(kernels.SCREEN_KERNEL)
+    assert screening.KERNEL == kernels.SCREEN_KERNEL
+    assert set(screening.MIN_QUERIES) >= set(kernels.SCREEN_KERNELS)
 
 
 @needs_screen
-def test_bounds_of_the_wrong_shape_are_refused():
+def test_an_unknown_or_absent_kernel_is_refused():
+    tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
+    absent = [name for name in (kernels.TILES_SCREEN, kernels.BFLOAT16_SCREEN, kernels.INT16_SCREEN)
+              if name not in kernels.SCREEN_KERNELS]
+    for kernel in ["float64 tiles", *absent]:
+        with pytest.raises(ValueError, match="kernel must be one of"):
+            kernels.maxsim_bounds(queries, offsets_of(query_counts), tokens, offsets_of(counts),
+                                  np.zeros((1, 2), dtype=np.int64), np.empty((1, 2)), np.empty((1, 2)), 1, kernel)
+
+
+@needs_screen
+def test_bounds_of_the_wrong_shape_are_refused(screen_kernel):
     tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
     with pytest.raises(ValueError, match="shape"):
-        kernels.maxsim_bounds_bfloat16(queries, offsets_of(query_counts), tokens, offsets_of(counts),
-                                       np.zeros((1, 3), dtype=np.int64), np.empty((1, 2)), np.empty((1, 3)), 1)
+        kernels.maxsim_bounds(queries, offsets_of(query_counts), tokens, offsets_of(counts),
+                              np.zeros((1, 3), dtype=np.int64), np.empty((1, 2)), np.empty((1, 3)), 1,
+                              screen_kernel)
 
 
-@pytest.mark.skipif(bool(kernels.SCREEN_KERNEL), reason="this CPU has a screen")
+@pytest.mark.skipif(bool(kernels.SCREEN_KERNELS), reason="this CPU has a screen")
 def test_the_bounds_kernel_refuses_to_run_without_a_screen():
     tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
-    with pytest.raises(RuntimeError, match="AMX or AMD's AVX512_BF16"):
+    with pytest.raises(RuntimeError, match="needs a screen kernel"):
         bounds(queries, query_counts, documents_of(tokens, counts), np.zeros((1, 2), dtype=np.int64))

@@ -49,9 +49,9 @@ def config() -> dict[str, dict[str, object]]:
         },
         "rerank": {
             "screen (lemur.screening)": (
-                f"{kernels.SCREEN_KERNEL}, batches of {screening.SCREEN_MIN_QUERIES} queries and more with "
-                f"over {screening.CANDIDATES_PER_RESULT}k candidates" if kernels.SCREEN_KERNEL else
-                "none (no AMX, no AMD AVX512_BF16: every candidate scored in float32)"),
+                f"{screening.KERNEL}, batches of {screening.SCREEN_MIN_QUERIES} queries and more with "
+                f"over {screening.CANDIDATES_PER_RESULT}k candidates" if screening.KERNEL else
+                "none (no AMX, no AMD AVX512_BF16, no AVX512-VNNI: every candidate scored in float32)"),
         },
         "training (lemur.train)": {
             "matmul_precision='bfloat16'": "AMX tiles" if kernels.AMX_BFLOAT16 else

@@ -13,7 +13,7 @@ are the inline helpers it cimports from _vector_math.pxd and _selection.pxd.
 cimport cython
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, NAN, fabs, sqrt, sqrtf
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -77,6 +77,15 @@ from lemur._amx cimport (
     bf16_dot_column_maxima,
 )
 from lemur._half cimport bfloat16_bits, bfloat16_value, half_to_float, round_bfloat16
+from lemur._screen_int16 cimport (
+    INT16_ROWS,
+    int16_codes,
+    int16_column_maxima,
+    int16_limit,
+    int16_pack_panel,
+    int16_round_rows,
+    int16_screen_compiled,
+)
 from lemur._selection cimport push_pair, sort_best_first
 from lemur._simd cimport (
     DOC_ROWS,
@@ -1442,24 +1451,35 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
 
 
 # --------------------------------------------------------------------------
-# The rerank's screen: bounds on exact MaxSim from bfloat16 products on AMX
-# tiles (lemur/screening.py has the bound and its proof).
+# The rerank's screen: bounds on exact MaxSim from products of compact
+# tokens: bfloat16 on AMX tiles or by VDPBF16PS, or int16 codes by VPDPWSSD
+# (lemur/screening.py has the bounds and their proofs).
 # --------------------------------------------------------------------------
 
 cdef enum:
-    # document tokens rounded at a time (a multiple of AMX_PANEL)
+    # document tokens rounded at a time (a multiple of AMX_PANEL and of INT16_ROWS)
     SCREEN_TOKENS = 512
     # per query: sum ||q_i||, the bound's factors of N and R, its constant term
     SCREEN_QUERY_TERMS = 4
 
-#: What the rerank's screen multiplies bfloat16 tokens with here: AMX tiles,
-#: VDPBF16PS (AVX512_BF16 where it runs at twice float32 FMA's rate: AMD's
-#: processors), or nothing ("": no screen).
 cdef bint SCREEN_TILES = amx_detect()
-SCREEN_KERNEL = "AMX-BF16 tiles" if SCREEN_TILES else "AVX512_BF16 (VDPBF16PS)" if COMPACT_CPU.bf16_dot else ""
+cdef bint SCREEN_INT16 = int16_screen_compiled() and COMPACT_CPU.vnni512
+TILES_SCREEN = "AMX-BF16 tiles"
+BFLOAT16_SCREEN = "AVX512_BF16 (VDPBF16PS)"
+INT16_SCREEN = "AVX512-VNNI (VPDPWSSD, int16 codes)"
+#: The screens this CPU can run, the one the rerank takes first: AMX tiles,
+#: VDPBF16PS (AVX512_BF16 where it runs at twice float32 FMA's rate: AMD's
+#: processors), VPDPWSSD on int16 codes (AVX512-VNNI: 32 multiply-adds an
+#: instruction, where the CPU has neither of the others).
+SCREEN_KERNELS = tuple(name for name, present in ((TILES_SCREEN, SCREEN_TILES),
+                                                  (BFLOAT16_SCREEN, COMPACT_CPU.bf16_dot),
+                                                  (INT16_SCREEN, SCREEN_INT16)) if present)
+#: The rerank's screen here ("": none).
+SCREEN_KERNEL = SCREEN_KERNELS[0] if SCREEN_KERNELS else ""
 
 cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (scores could overflow)
 cdef double FLUSHED = 2.0 ** -126       # below this, AMX and VDPBF16PS flush a result to zero
+cdef double HALF_SUBNORMAL = 2.0 ** -150  # the most a float32 product that underflows is off by
 
 
 # An upper bound on a norm from its square summed in float32 in any order
@@ -1469,17 +1489,29 @@ cdef inline double norm_above(float squares, Py_ssize_t dim) noexcept nogil:
     return sqrt(<double>squares * (1 + gamma_of(2.0 * dim + 2)) + dim * 2.0 ** -149) * (1 + 2.0 ** -20)
 
 
-# One query's terms of the bound (screening.py): its tokens (num_tokens, dim)
-# -> terms[0] = sum ||q_i||, terms[1] = a, terms[2] = b, terms[3] = c, so
-# that the error of a pair with a document of largest token norm N and
-# largest rounding error R is at most a N + b R + c before the float32 sum's
-# own term. float64 throughout, widened by 2^-30 for that.
+# An upper bound on ||s c - x|| for an int16 token from the float32 sum of
+# its errors squared, each error rounded once (an FMA: relative 2^-24 or,
+# underflowing, 2^-150 off).
+cdef inline double int16_error_above(float squares, Py_ssize_t dim) noexcept nogil:
+    return (norm_above(squares, dim) + sqrt(<double>dim) * HALF_SUBNORMAL) * (1 + 2.0 ** -22)
+
+
+# One query's terms of the bound (screening.py) from its tokens (num_tokens,
+# dim) and, for int16 codes, their codes (num_tokens, stride) and scales
+# (NULL: bfloat16) -> terms[0] = sum ||q_i||, terms[1] = a, terms[2] = b,
+# terms[3] = c, so that the error of a pair with a document of largest token
+# norm N and largest rounding error R is at most a N + b R + c before the
+# float32 sum's own term. float64 throughout (s c is exact in it), widened
+# by 2^-30 for that.
 cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
+                             const int16_t *codes, const float *scales, Py_ssize_t stride,
                              double *terms) noexcept nogil:
-    # norm_sum: sum ||q_i||; beta_sum: sum beta_i (screening.py)
-    cdef double norm_sum = 0, beta_sum = 0, norm, rounded, residual, value, wide
-    cdef double tile_roundings = 4.0 * ((dim + 1) // 2) + 2   # D: the tile product's roundings
-    cdef double exact_depth = gamma_of(2.0 * dim), tile_depth = gamma_of(tile_roundings)
+    # norm_sum: sum ||q_i||; beta_sum: sum beta_i; constant: the underflows' sum (screening.py)
+    cdef double norm_sum = 0, beta_sum = 0, constant = 0, norm, rounded, residual, value, wide
+    # D: the roundings of a compact product (bfloat16: the tile's; int16: the
+    # conversion of its exact sum and its two scalings)
+    cdef double product_roundings = 3 if scales != NULL else 4.0 * ((dim + 1) // 2) + 2
+    cdef double exact_depth = gamma_of(2.0 * dim), product_depth = gamma_of(product_roundings)
     cdef Py_ssize_t j, i
     for j in range(num_tokens):
         norm = 0
@@ -1487,26 +1519,59 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
         residual = 0
         for i in range(dim):
             value = tokens[j * dim + i]
-            wide = bfloat16_value(bfloat16_bits(<float>value))
+            if scales != NULL:
+                wide = <double>scales[j] * codes[j * stride + i]
+            else:
+                wide = bfloat16_value(bfloat16_bits(<float>value))
             norm += value * value
             rounded += wide * wide
             residual += (wide - value) * (wide - value)
         norm_sum += sqrt(norm)
-        beta_sum += sqrt(residual) + tile_depth * sqrt(rounded)
+        beta_sum += sqrt(residual) + product_depth * sqrt(rounded)
+        if scales != NULL:
+            constant += HALF_SUBNORMAL * (1 + 2.0 * scales[j])
+        else:
+            constant += product_roundings * FLUSHED
     norm_sum *= 1 + 2.0 ** -30
     beta_sum *= 1 + 2.0 ** -30
     terms[0] = norm_sum
     terms[1] = (exact_depth * norm_sum + beta_sum) * (1 + 2.0 ** -30)
     terms[2] = (beta_sum + norm_sum) * (1 + 2.0 ** -30)
-    terms[3] = num_tokens * tile_roundings * FLUSHED
+    terms[3] = constant * (1 + 2.0 ** -30)
+
+
+# The screen's operands of one query (num_tokens >= 0 tokens of dim values)
+# into `packed` (its panels, amx_panels(num_tokens) * steps * AMX_STEP_VALUES
+# values) and its terms; int16: codes (num_tokens rows of `stride`) and
+# scales (whole panels, zero past the last token) are filled too.
+cdef void screen_pack_query(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim, Py_ssize_t steps,
+                            bint int16, int limit, uint16_t *packed, int16_t *codes, float *scales,
+                            double *terms) noexcept nogil:
+    cdef Py_ssize_t stride = steps * AMX_PANEL, panel, j
+    cdef float squares[2]
+    if int16:
+        for j in range(amx_panels(num_tokens) * AMX_PANEL):
+            scales[j] = int16_codes(&tokens[j * dim], dim, stride, limit, &codes[j * stride], squares) \
+                if j < num_tokens else 0
+        for panel in range(amx_panels(num_tokens)):
+            int16_pack_panel(codes, stride, num_tokens, steps, panel,
+                             <int16_t *>&packed[panel * steps * AMX_STEP_VALUES])
+        screen_query_terms(tokens, num_tokens, dim, codes, scales, stride, terms)
+    else:
+        for panel in range(amx_panels(num_tokens)):
+            amx_pack_k_contiguous(tokens, dim, num_tokens, dim, panel, True,
+                                  &packed[panel * steps * AMX_STEP_VALUES])
+        screen_query_terms(tokens, num_tokens, dim, NULL, NULL, 0, terms)
 
 
 # Rounds num_tokens (<= SCREEN_TOKENS) tokens of a document, widened into
 # `widened` first if float16, to bfloat16 rows of `stride` values in
-# `rounded` (amx_round_rows); norms[0] and norms[1] become at least their
+# `rounded` (amx_round_rows), or to int16 codes there and their scales in
+# `scales` (int16_round_rows); norms[0] and norms[1] become at least their
 # largest norm N and rounding error R, or stay if larger.
 cdef void round_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_ssize_t dim, Py_ssize_t stride,
-                             float *widened, uint16_t *rounded, double *norms) noexcept nogil:
+                             bint int16, int limit, float *widened, uint16_t *rounded, float *scales,
+                             double *norms) noexcept nogil:
     cdef const float *values
     cdef float squares[2]
     if doc_value is float:
@@ -1514,42 +1579,50 @@ cdef void round_screen_chunk(const doc_value *tokens, Py_ssize_t num_tokens, Py_
     else:
         half_to_float(tokens, widened, num_tokens * dim)
         values = widened
-    amx_round_rows(values, num_tokens, dim, stride, rounded, squares)
+    if int16:
+        int16_round_rows(values, num_tokens, dim, stride, limit, <int16_t *>rounded, scales, squares)
+        norms[1] = max(norms[1], int16_error_above(squares[1], dim))
+    else:
+        amx_round_rows(values, num_tokens, dim, stride, rounded, squares)
+        norms[1] = max(norms[1], norm_above(squares[1], dim))
     norms[0] = max(norms[0], norm_above(squares[0], dim))
-    norms[1] = max(norms[1], norm_above(squares[1], dim))
 
 
 # Running maxima of a document's rounded tokens' products with a query's
 # (amx_column_maxima's operands and result) on the screen's kernel,
 # prefetching next_bytes at next (NULL: none) meanwhile.
-cdef inline void screen_column_maxima(const uint16_t *rows, Py_ssize_t num_rows, Py_ssize_t stride,
-                                      const uint16_t *packed, Py_ssize_t columns, Py_ssize_t steps,
+cdef inline void screen_column_maxima(int kernel, const uint16_t *rows, const float *row_scales,
+                                      Py_ssize_t num_rows, Py_ssize_t stride, const uint16_t *packed,
+                                      const float *packed_scales, Py_ssize_t columns, Py_ssize_t steps,
                                       bint resume, const char *next, Py_ssize_t next_bytes, float *c,
                                       float *maxima) noexcept nogil:
-    if SCREEN_TILES:
+    if kernel == 0:
         amx_column_maxima(rows, num_rows, stride, packed, columns, steps, resume, next, next_bytes, c, maxima)
-    else:
+    elif kernel == 1:
         bf16_dot_column_maxima(rows, num_rows, stride, packed, columns, steps, resume, next, next_bytes, maxima)
+    else:
+        int16_column_maxima(<const int16_t *>rows, row_scales, num_rows, stride, <const int16_t *>packed,
+                            packed_scales, columns, steps, resume, next, next_bytes, maxima)
 
 
 # lower[q, c] <= maxsim_scores' value <= upper[q, c] for each (query,
-# candidate) pair, from the maxima of products of the bfloat16-rounded
-# tokens on SCREEN_KERNEL (screening.py: the bound); (-inf, +inf) where no
-# bound is known (a query without tokens, magnitudes near overflow, values
-# that are not finite), (-inf, -inf) for -1 candidates. Queries are packed
-# once, up front; the pairs are grouped by document (pairs_by_document), the
-# groups are the parallel units (guided, as in maxsim_scores): a document of
-# at most SCREEN_TOKENS tokens is rounded once for all its queries
-# (round_screen_chunk), a longer one SCREEN_TOKENS at a time for each; the
-# next group's document is prefetched while the last pair of a group is
-# multiplied (its rounding reads it from memory otherwise: a third of the
-# screen's time for single queries).
+# candidate) pair, from the maxima of products of the compact tokens on
+# `kernel` (one of SCREEN_KERNELS; None: SCREEN_KERNEL) (screening.py: the
+# bound); (-inf, +inf) where no bound is known (a query without tokens,
+# magnitudes near overflow, values that are not finite), (-inf, -inf) for
+# -1 candidates. Queries are packed once, up front; the pairs are grouped by
+# document (pairs_by_document), the groups are the parallel units (guided,
+# as in maxsim_scores): a document of at most SCREEN_TOKENS tokens is
+# rounded once for all its queries (round_screen_chunk), a longer one
+# SCREEN_TOKENS at a time for each; the next group's document is prefetched
+# while the last pair of a group is multiplied (its rounding reads it from
+# memory otherwise: a third of the screen's time for single queries).
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
-                           const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
-                           const int64_t[:, ::1] candidates, double[:, ::1] lower, double[:, ::1] upper,
-                           int num_threads):
+def maxsim_bounds(const float[:, ::1] query_tokens, const int64_t[::1] query_offsets,
+                  const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
+                  const int64_t[:, ::1] candidates, double[:, ::1] lower, double[:, ::1] upper,
+                  int num_threads, kernel=None):
     cdef Py_ssize_t num_queries = candidates.shape[0], num_candidates = candidates.shape[1]
     cdef Py_ssize_t dim = doc_tokens.shape[1], steps = amx_steps(dim)
     cdef Py_ssize_t query, group, position, pair, num_tokens, num_groups, num_doc_tokens, start, count, i
@@ -1559,8 +1632,16 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
     cdef double error, total, magnitude
     cdef double *norms
     cdef bint fits, finite
-    if not SCREEN_KERNEL:
-        raise RuntimeError("maxsim_bounds_bfloat16 needs AMX or AMD's AVX512_BF16 (kernels.SCREEN_KERNEL)")
+    if not SCREEN_KERNELS:
+        raise RuntimeError("maxsim_bounds needs a screen kernel: AMX, AMD's AVX512_BF16 or AVX512-VNNI "
+                           "(kernels.SCREEN_KERNELS is empty here)")
+    if kernel is None:
+        kernel = SCREEN_KERNEL
+    if kernel not in SCREEN_KERNELS:
+        raise ValueError(f"kernel must be one of this CPU's screens {SCREEN_KERNELS}, got {kernel!r}")
+    cdef int which = (TILES_SCREEN, BFLOAT16_SCREEN, INT16_SCREEN).index(kernel)
+    cdef bint int16 = which == 2
+    cdef int limit = int16_limit(dim)
     if tuple(lower.shape) != tuple(candidates.shape) or tuple(upper.shape) != tuple(candidates.shape):
         raise ValueError("lower and upper must have the candidates' shape")
     if num_queries * num_candidates == 0:
@@ -1574,7 +1655,13 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
     cdef uint16_t[::1] queries_packed = scratch("screen queries", (max(1, packed_offsets[num_queries]),), np.uint16)
     cdef double[:, ::1] terms = scratch("screen terms", (num_queries, SCREEN_QUERY_TERMS), np.float64)
     cdef Py_ssize_t stride = steps * AMX_PANEL   # a rounded token's values, padded to whole steps
+    # int16: each query's codes (a row of `stride` for each token of its panels, as many
+    # values as its packed panels) and their scales
+    cdef int16_t[::1] query_codes = scratch("screen query codes", (max(1, packed_offsets[num_queries]),), np.int16)
+    cdef float[::1] query_scales = scratch("screen query scales", (max(1, packed_offsets[num_queries] // stride),),
+                                           np.float32)
     cdef uint16_t[:, ::1] rounded = scratch("screen document", (num_threads, SCREEN_TOKENS * stride), np.uint16)
+    cdef float[:, ::1] row_scales = scratch("screen document scales", (num_threads, SCREEN_TOKENS), np.float32)
     cdef float[:, ::1] widened = scratch(
         "screen widened", (num_threads, SCREEN_TOKENS * dim if doc_value is uint16_t else 1), np.float32)
     cdef float[:, ::1] pieces = scratch("screen pieces", (num_threads, 1024 + max(1, most_panels) * AMX_PANEL),
@@ -1592,12 +1679,12 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
     with nogil:
         for query in prange(num_queries, num_threads=min(num_threads, num_queries), schedule='static'):
             num_tokens = query_offsets[query + 1] - query_offsets[query]
-            for i in range(amx_panels(num_tokens)):
-                amx_pack_k_contiguous(&query_tokens[query_offsets[query], 0], dim, num_tokens, dim, i, True,
-                                      &queries_packed[packed_offsets[query] + i * steps * AMX_STEP_VALUES])
-            screen_query_terms(&query_tokens[query_offsets[query], 0], num_tokens, dim, &terms[query, 0])
+            screen_pack_query(&query_tokens[query_offsets[query], 0], num_tokens, dim, steps, int16, limit,
+                              &queries_packed[packed_offsets[query]],
+                              &query_codes[packed_offsets[query]],
+                              &query_scales[packed_offsets[query] // stride], &terms[query, 0])
         with parallel(num_threads=num_threads):
-            if SCREEN_TILES:
+            if which == 0:
                 amx_begin()
             for group in prange(num_groups, schedule='guided'):
                 doc = flat_candidates[order[group_starts[group]]]
@@ -1613,8 +1700,9 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                     if fits:
                         norms[0] = 0
                         norms[1] = 0
-                        round_screen_chunk(&doc_tokens[doc_offsets[doc], 0], num_doc_tokens, dim, stride,
-                                           &widened[threadid(), 0], &rounded[threadid(), 0], norms)
+                        round_screen_chunk(&doc_tokens[doc_offsets[doc], 0], num_doc_tokens, dim, stride, int16,
+                                           limit, &widened[threadid(), 0], &rounded[threadid(), 0],
+                                           &row_scales[threadid(), 0], norms)
                 for position in range(group_starts[group], group_starts[group + 1]):
                     pair = order[position]
                     query = pair // num_candidates
@@ -1628,8 +1716,10 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                         flat_upper[pair] = INFINITY
                         continue
                     if fits:
-                        screen_column_maxima(&rounded[threadid(), 0], num_doc_tokens, stride,
-                                             &queries_packed[packed_offsets[query]], num_tokens, steps, False,
+                        screen_column_maxima(which, &rounded[threadid(), 0], &row_scales[threadid(), 0],
+                                             num_doc_tokens, stride, &queries_packed[packed_offsets[query]],
+                                             &query_scales[packed_offsets[query] // stride], num_tokens, steps,
+                                             False,
                                              next_doc_data if position + 1 == group_starts[group + 1] else NULL,
                                              next_doc_bytes, &pieces[threadid(), 0], maxima)
                     else:
@@ -1638,11 +1728,13 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                         start = 0
                         while start < num_doc_tokens:
                             count = min(<Py_ssize_t>SCREEN_TOKENS, num_doc_tokens - start)
-                            round_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim, stride,
-                                               &widened[threadid(), 0], &rounded[threadid(), 0], norms)
-                            screen_column_maxima(&rounded[threadid(), 0], count, stride,
-                                                 &queries_packed[packed_offsets[query]], num_tokens, steps,
-                                                 start > 0, NULL, 0, &pieces[threadid(), 0], maxima)
+                            round_screen_chunk(&doc_tokens[doc_offsets[doc] + start, 0], count, dim, stride, int16,
+                                               limit, &widened[threadid(), 0], &rounded[threadid(), 0],
+                                               &row_scales[threadid(), 0], norms)
+                            screen_column_maxima(which, &rounded[threadid(), 0], &row_scales[threadid(), 0], count,
+                                                 stride, &queries_packed[packed_offsets[query]],
+                                                 &query_scales[packed_offsets[query] // stride], num_tokens,
+                                                 steps, start > 0, NULL, 0, &pieces[threadid(), 0], maxima)
                             start = start + count
                     total = 0
                     magnitude = 0
@@ -1661,7 +1753,7 @@ def maxsim_bounds_bfloat16(const float[:, ::1] query_tokens, const int64_t[::1] 
                     else:
                         flat_lower[pair] = -INFINITY
                         flat_upper[pair] = INFINITY
-            if SCREEN_TILES:
+            if which == 0:
                 amx_end()
 
 

@@ -1,60 +1,82 @@
 r"""The rerank's screen: which candidates exact MaxSim must score.
 
 A rerank returns each query's k best candidates by exact MaxSim (the float32
-value of :func:`lemur.maxsim_scores`), bit for bit. Where the CPU has AMX
-tiles, or VDPBF16PS at twice float32 FMA's rate (AVX512_BF16 on AMD's
-processors: ``kernels.SCREEN_KERNEL`` says which), MaxSim of
-bfloat16-rounded tokens costs a fraction of the float32 one; a proven bound
-on its distance from the float32 value then says which candidates cannot be
-among the k best, and only the others are scored in float32. The returned
-ids and scores are those of scoring every candidate.
+value of :func:`lemur.maxsim_scores`), bit for bit. Where the CPU multiplies
+compact tokens faster than float32 ones, MaxSim of compact tokens costs a
+fraction of the float32 one; a proven bound on its distance from the
+float32 value then says which candidates cannot be among the k best, and
+only the others are scored in float32. The returned ids and scores are
+those of scoring every candidate. The compact tokens (``kernels.SCREEN_KERNEL``
+says which, :data:`KERNEL` is the one the rerank takes):
+
+- bfloat16 on AMX tiles (Intel), or by VDPBF16PS where it runs at twice
+  float32 FMA's rate (AVX512_BF16 on AMD's processors);
+- int16 codes by VPDPWSSD (AVX512-VNNI, where the CPU has neither: 32
+  multiply-adds an instruction, exact in int32).
 
 The bound
 ---------
-Write u = 2^-24, γ_n = n u / (1 − n u), b(x) for x rounded to bfloat16 (to
-nearest even, magnitudes below 2^-126 to zero: VCVTNE2PS2BF16's rule), and d
-for the tokens' dimension. For a query's tokens q_1..q_n and a document's
-tokens d_1..d_m, the float32 MaxSim is S32 = fl(Σ_i M_i) (a float32
-sum in order), M_i = max_j fl(<q_i, d_j>), each dot product a chain of d
-multiply-adds (2d roundings at most, fused or not), so
+Write u = 2^-24, γ_n = n u / (1 − n u), c(x) for a token x in its compact
+form, and d for the tokens' dimension. bfloat16: c(x) = b(x), x rounded to
+bfloat16 (to nearest even, magnitudes below 2^-126 to zero:
+VCVTNE2PS2BF16's rule). int16: c(x) = s k, the real product of the token's
+scale s = max_i |x_i| / L (float32; L = lemur_int16_limit(d), the largest
+with d L^2 < 2^31, so that no sum of products of codes leaves int32) and its
+integer codes k (x / s rounded, clamped to [−L, L]: what they are does not
+matter to the bound, which takes the errors of the codes as they are).
+
+For a query's tokens q_1..q_n and a document's tokens d_1..d_m, the float32
+MaxSim is S32 = fl(Σ_i M_i) (a float32 sum in order), M_i = max_j fl(<q_i,
+d_j>), each dot product a chain of d multiply-adds (2d roundings at most,
+fused or not), so
 
     |fl(<q_i, d_j>) − <q_i, d_j>| <= γ_2d ||q_i|| ||d_j|| + 2d 2^-150
 
 (the last term: gradual underflow, at most half a subnormal step a rounding;
-the D 2^-126 below covers it).
+the constant term c below covers it).
 
-The screen computes M'_i = max_j X_ij, X_ij the product of b(q_i) and b(d_j)
-on the tiles or by VDPBF16PS: exact products summed in float32, at most
-D = 4⌈d/2⌉ + 2 roundings (VDPBF16PS adds a pair's two products to its lane
-with at most two roundings, in order; the tiles' order is the
-implementation's, the SDM's is VDPBF16PS's), each flushing a result below
-2^-126 to zero, so
+The screen computes M'_i = max_j X_ij, X_ij the compact product of c(q_i)
+and c(d_j), with at most D roundings relative to <c(q_i), c(d_j)> plus an
+absolute term t_i:
 
-    |X_ij − <b(q_i), b(d_j)>| <= γ_D ||b(q_i)|| ||b(d_j)|| + D 2^-126.
+- bfloat16 (the tiles or VDPBF16PS): exact products summed in float32, D =
+  4⌈d/2⌉ + 2 (VDPBF16PS adds a pair's two products to its lane with at most
+  two roundings, in order; the tiles' order is the implementation's, the
+  SDM's is VDPBF16PS's), each flushing a result below 2^-126 to zero: t_i =
+  D 2^-126;
+- int16: X_ij = fl(fl(fl(K_ij) s_j) s_i), K_ij the codes' exact int32 dot
+  product (its conversion, then the document token's scale s_j, then the
+  query token's s_i: D = 3), each product off by at most 2^-150 where it
+  underflows, the first one then scaled by s_i: t_i = 2^-150 (1 + 2 s_i).
+  (s_i multiplies the maximum over j: rounding is monotone, so that is the
+  maximum of the X_ij.)
 
-With <b(q), b(d)> − <q, d> = <b(q) − q, b(d)> + <q, b(d) − d> and Cauchy–Schwarz,
-every pair of tokens has |X_ij − fl(<q_i, d_j>)| <= e_i, where N and R are
-the document's largest token norm and largest rounding error ||b(d_j) − d_j||
-(so ||b(d_j)|| <= N + R):
+So |X_ij − <c(q_i), c(d_j)>| <= γ_D ||c(q_i)|| ||c(d_j)|| + t_i. With
+<c(q), c(d)> − <q, d> = <c(q) − q, c(d)> + <q, c(d) − d> and
+Cauchy–Schwarz, every pair of tokens has |X_ij − fl(<q_i, d_j>)| <= e_i,
+where N and R are the document's largest token norm and largest rounding
+error ||c(d_j) − d_j|| (so ||c(d_j)|| <= N + R):
 
-    e_i = γ_2d ||q_i|| N + β_i (N + R) + ||q_i|| R + D 2^-126,
-    β_i = ||b(q_i) − q_i|| + γ_D ||b(q_i)||,
+    e_i = γ_2d ||q_i|| N + β_i (N + R) + ||q_i|| R + t_i,
+    β_i = ||c(q_i) − q_i|| + γ_D ||c(q_i)||,
 
 and since |max_j x_j − max_j y_j| <= max_j |x_j − y_j|, |M'_i − M_i| <= e_i.
 Summed: |Σ M'_i − Σ M_i| <= E_1 = Σ e_i = a N + b R + c, with per query
 
-    a = γ_2d Σ||q_i|| + Σ β_i,    b = Σ β_i + Σ||q_i||,    c = n D 2^-126.
+    a = γ_2d Σ||q_i|| + Σ β_i,    b = Σ β_i + Σ||q_i||,    c = Σ t_i.
 
 The float32 sum adds |S32 − Σ M_i| <= γ_n Σ|M_i| <= γ_n (Σ|M'_i| + E_1). So
 
     |S' − S32| <= E = E_1 + γ_n (Σ|M'_i| + E_1),    S' = Σ_i M'_i,
 
-computed in float64 (S', Σ|M'_i|, the query's norms; widened by 2^-30,
-2^-20 and 2^-40 Σ|M'_i| for that arithmetic), N and R from float32 sums of
-squares (of exact differences, for R) widened by γ_(2d+2) and the
-underflow of d squares. Where Σ||q_i|| N passes 2^100, or a value is not
-finite, no bound is given (−∞, +∞): no float32 score can overflow below
-that.
+computed in float64 (S', Σ|M'_i|, the query's norms and errors: s k is
+exact in float64; widened by 2^-30, 2^-20 and 2^-40 Σ|M'_i| for that
+arithmetic), N and R from float32 sums of squares widened by γ_(2d+2) and
+the underflow of d squares (bfloat16: of exact differences; int16: of
+differences rounded once by an FMA, so R is widened by 2^-22 more and
+sqrt(d) 2^-150 is added to it). Where Σ||q_i|| N passes 2^100, or a value
+is not finite, no bound is given (−∞, +∞): no float32 score can overflow
+below that.
 
 Which candidates are scored
 ---------------------------
@@ -74,9 +96,11 @@ half as wide. A query without tokens keeps its candidates (their bounds are
 −1 or has no bound, T is −∞ and nothing is ruled out.
 
 On bench/compare.py's data (unit tokens, d = 128, 32 query tokens, 200
-candidates, k = 10) 12% of the candidates are scored in float32 (23% with
-the k-th largest lower bound for T). E is far above the errors themselves:
-Cauchy–Schwarz on rounding errors is loose by about the square root of d.
+candidates, k = 10) 12% of the candidates are scored in float32 with
+bfloat16 (23% with the k-th largest lower bound for T), 5.5% with int16 (L
+= 4095: its error is 2^-13 of a token's largest value, bfloat16's 2^-9 of
+each value). E is far above the errors themselves: Cauchy–Schwarz on
+rounding errors is loose by about the square root of d.
 """
 
 from __future__ import annotations
@@ -86,23 +110,28 @@ import numpy as np
 from lemur._dispatch import kernels
 from lemur.documents import Documents, maxsim_unchecked
 
+#: The kernel the rerank's screen runs on: the first of
+#: ``kernels.SCREEN_KERNELS`` ("" where there is none).
+KERNEL = kernels.SCREEN_KERNEL
 #: The screen runs where a query has more than this many candidates per
 #: result wanted (fewer: nearly every candidate would be scored anyway) ...
 CANDIDATES_PER_RESULT = 2
-#: ... for batches of at least this many queries: below, the documents are
-#: mostly each one query's candidate, so the screen's pass that rounds their
-#: tokens to bfloat16 (and takes their norms) is shared by no other query and
-#: costs more than its faster products save (python bench/stages.py, 200
-#: candidates, Zen 4's VDPBF16PS, float32 / float16 tokens: 1.39x / 1.23x
-#: the time of the float32 rerank for 1 query, 0.88x / 0.96x for 2, 0.87x /
-#: 0.86x for 4, 0.71x / 0.72x for 100).
-SCREEN_MIN_QUERIES = 4
+#: ... for batches of at least this many queries, by kernel: below, the
+#: documents are mostly each one query's candidate, so the screen's pass that
+#: rounds their tokens (and takes their norms) is shared by no other query
+#: and costs more than its faster products save (python bench/stages.py, 200
+#: candidates, float32 tokens; Zen 4's VDPBF16PS: 1.39x the time of the
+#: float32 rerank for 1 query, 0.88x for 2, 0.87x for 4, 0.71x for 100; an
+#: Intel Xeon's VPDPWSSD: 1.91x for 1, 1.15x for 4, 0.95x for 8, 0.68x for
+#: 100).
+MIN_QUERIES = {kernels.TILES_SCREEN: 4, kernels.BFLOAT16_SCREEN: 4, kernels.INT16_SCREEN: 8}
+SCREEN_MIN_QUERIES = MIN_QUERIES.get(KERNEL, 0)
 
 
 def applies(num_queries: int, num_candidates: int, k: int) -> bool:
     """Whether the rerank of `num_candidates` for each of `num_queries`
     queries down to `k` is screened here."""
-    return (bool(kernels.SCREEN_KERNEL) and num_queries >= SCREEN_MIN_QUERIES
+    return (bool(KERNEL) and num_queries >= SCREEN_MIN_QUERIES
             and num_candidates > CANDIDATES_PER_RESULT * k)
 
 
@@ -145,8 +174,8 @@ def screened_scores(
     num_queries, num_candidates = candidates.shape
     lower = np.empty(candidates.shape, dtype=np.float64)
     upper = np.empty(candidates.shape, dtype=np.float64)
-    kernels.maxsim_bounds_bfloat16(query_tokens, query_offsets, documents.kernel_tokens, documents.offsets,
-                                   candidates, lower, upper, num_threads)
+    kernels.maxsim_bounds(query_tokens, query_offsets, documents.kernel_tokens, documents.offsets,
+                          candidates, lower, upper, num_threads, KERNEL)
     first = np.argpartition(lower, num_candidates - k, axis=1)[:, num_candidates - k:]
     first_candidates = np.take_along_axis(candidates, first, axis=1)
     first_scores = maxsim_unchecked(query_tokens, query_offsets, documents, first_candidates, num_threads)
