@@ -97,7 +97,7 @@ half as wide. A query without tokens keeps its candidates (their bounds are
 
 On bench/compare.py's data (unit tokens, d = 128, 32 query tokens, 200
 candidates, k = 10) 12% of the candidates are scored in float32 with
-bfloat16 (23% with the k-th largest lower bound for T), 5.5% with int16 (L
+bfloat16 (23% with the k-th largest lower bound for T), 5.75% with int16 (L
 = 4095: its error is 2^-13 of a token's largest value, bfloat16's 2^-9 of
 each value). E is far above the errors themselves: Cauchy–Schwarz on
 rounding errors is loose by about the square root of d.
