@@ -121,6 +121,32 @@ def test_the_bounds_hold_for_wild_norms_and_tiny_values(screen_kernel):
 
 
 @needs_screen
+def test_the_bounds_hold_where_the_float32_products_underflow(screen_kernel):
+    """Tokens of about 2^-70: every product of two values is subnormal, so the
+    float32 MaxSim's own roundings (2d of them in a dot product, each up to
+    2^-150 off) are as large as its values, which the bound must cover."""
+    tokens, counts, queries, query_counts = corpus(num_docs=80, num_queries=4, seed=14)
+    tokens *= np.float32(2.0 ** -70)
+    queries *= np.float32(2.0 ** -70)
+    documents = documents_of(tokens, counts)
+    candidates = random_candidates(4, 80, 60, seed=15)
+    lower, upper, exact = assert_bounds_hold(queries, query_counts, documents, candidates)
+    assert np.all(np.isfinite(lower)) and np.any(exact != 0)
+    assert_rerank_unchanged(queries, query_counts, documents, candidates, 5)
+    # every product 0.75 of the smallest subnormal: each multiply-add rounds up by a quarter of it, so
+    # the float32 MaxSim is 128 / 96 of the exact one, which the compact products come close to; a
+    # tiny query with large documents, so that no other term of the bound covers that
+    for query_value, doc_value in ((2.0 ** -75, 1.5 * 2.0 ** -75), (2.0 ** -110, 1.5 * 2.0 ** -40)):
+        query = np.full((1, 128), query_value, dtype=np.float32)
+        flat = np.full((4, 128), doc_value, dtype=np.float32)
+        flat[2:] *= np.float32(1 + 2.0 ** -10)
+        documents = documents_of(flat, np.ones(4, dtype=np.int64))
+        candidates = np.arange(4, dtype=np.int64)[None]
+        lower, upper, exact = assert_bounds_hold(query, np.array([1]), documents, candidates)
+        assert exact[0, 0] == 128 * 2.0 ** -149
+
+
+@needs_screen
 def test_no_bound_where_scores_could_overflow(screen_kernel):
     tokens, counts, queries, query_counts = corpus(num_docs=50, num_queries=4, seed=6)
     tokens[: counts[0]] *= np.float32(1e30)  # document 0: its scores near float32's limit

@@ -1506,7 +1506,7 @@ cdef inline double int16_error_above(float squares, Py_ssize_t dim) noexcept nog
 cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssize_t dim,
                              const int16_t *codes, const float *scales, Py_ssize_t stride,
                              double *terms) noexcept nogil:
-    # norm_sum: sum ||q_i||; beta_sum: sum beta_i; constant: the underflows' sum (screening.py)
+    # norm_sum: sum ||q_i||; beta_sum: sum beta_i; constant: c, the underflows' sum (screening.py)
     cdef double norm_sum = 0, beta_sum = 0, constant = 0, norm, rounded, residual, value, wide
     # D: the roundings of a compact product (bfloat16: the tile's; int16: the
     # conversion of its exact sum and its two scalings)
@@ -1528,10 +1528,12 @@ cdef void screen_query_terms(const float *tokens, Py_ssize_t num_tokens, Py_ssiz
             residual += (wide - value) * (wide - value)
         norm_sum += sqrt(norm)
         beta_sum += sqrt(residual) + product_depth * sqrt(rounded)
+        # t_i, then the underflow of the float32 dot product itself (2 dim roundings)
         if scales != NULL:
             constant += HALF_SUBNORMAL * (1 + 2.0 * scales[j])
         else:
             constant += product_roundings * FLUSHED
+        constant += 2.0 * dim * HALF_SUBNORMAL
     norm_sum *= 1 + 2.0 ** -30
     beta_sum *= 1 + 2.0 ** -30
     terms[0] = norm_sum

@@ -32,8 +32,8 @@ fused or not), so
 
     |fl(<q_i, d_j>) − <q_i, d_j>| <= γ_2d ||q_i|| ||d_j|| + 2d 2^-150
 
-(the last term: gradual underflow, at most half a subnormal step a rounding;
-the constant term c below covers it).
+(the last term: gradual underflow, at most half a subnormal step a
+rounding).
 
 The screen computes M'_i = max_j X_ij, X_ij the compact product of c(q_i)
 and c(d_j), with at most D roundings relative to <c(q_i), c(d_j)> plus an
@@ -57,13 +57,13 @@ Cauchy–Schwarz, every pair of tokens has |X_ij − fl(<q_i, d_j>)| <= e_i,
 where N and R are the document's largest token norm and largest rounding
 error ||c(d_j) − d_j|| (so ||c(d_j)|| <= N + R):
 
-    e_i = γ_2d ||q_i|| N + β_i (N + R) + ||q_i|| R + t_i,
+    e_i = γ_2d ||q_i|| N + β_i (N + R) + ||q_i|| R + t_i + 2d 2^-150,
     β_i = ||c(q_i) − q_i|| + γ_D ||c(q_i)||,
 
 and since |max_j x_j − max_j y_j| <= max_j |x_j − y_j|, |M'_i − M_i| <= e_i.
 Summed: |Σ M'_i − Σ M_i| <= E_1 = Σ e_i = a N + b R + c, with per query
 
-    a = γ_2d Σ||q_i|| + Σ β_i,    b = Σ β_i + Σ||q_i||,    c = Σ t_i.
+    a = γ_2d Σ||q_i|| + Σ β_i,    b = Σ β_i + Σ||q_i||,    c = Σ t_i + n 2d 2^-150.
 
 The float32 sum adds |S32 − Σ M_i| <= γ_n Σ|M_i| <= γ_n (Σ|M'_i| + E_1). So
 
