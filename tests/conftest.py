@@ -71,3 +71,33 @@ def random_model(
 def random_tokens(num_tokens: int, dim: int, seed: int = 1) -> np.ndarray:
     random = np.random.default_rng(seed)
     return random.standard_normal((num_tokens, dim)).astype(np.float32)
+
+
+#: fesetround's FE_UPWARD in glibc, by machine
+_FE_UPWARD = {"x86_64": 0x800, "AMD64": 0x800, "aarch64": 0x400000, "arm64": 0x400000}
+
+
+@pytest.fixture
+def upward_rounding():
+    """A context manager that rounds this thread's floating point upwards
+    (C's fesetround), and back to nearest after."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+    import platform
+
+    name = ctypes.util.find_library("m")
+    if name is None or platform.machine() not in _FE_UPWARD:
+        pytest.skip("no libm with fesetround on this platform")
+    libm = ctypes.CDLL(name)
+
+    @contextlib.contextmanager
+    def rounding():
+        if libm.fesetround(_FE_UPWARD[platform.machine()]) != 0:
+            pytest.skip("fesetround refused FE_UPWARD")
+        try:
+            yield
+        finally:
+            libm.fesetround(0)
+
+    return rounding

@@ -164,6 +164,22 @@ def test_the_scans_threshold_is_the_kth_largest_lower_bound(precision, order):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_float32_scan_outside_the_default_float_environment(precision, upward_rounding):
+    """The bound assumes rounding to nearest and gradual underflow: in another
+    environment of the calling thread the scan is the float32 one."""
+    W, features, basis = bench_like(1000)
+    scan = ExhaustiveScan.build(W, precision, basis, num_threads=2)
+    with upward_rounding():
+        assert not kernels.float_environment()
+        report = {}
+        scan.top_k(features, 10, 2, report)
+    assert "rescored" not in report
+    report = {}
+    scan.top_k(features, 10, 2, report)
+    assert report["rescored"] > 0
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_same_whatever_the_threads_and_the_chunks(precision, monkeypatch):
     W, features, basis = bench_like(2000, num_queries=40)
     scan = ExhaustiveScan.build(W, precision, basis, num_threads=3)

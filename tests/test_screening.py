@@ -211,6 +211,25 @@ def test_a_document_that_is_not_finite_gets_no_bound(screen_kernel):
 
 
 @needs_screen
+def test_no_bound_outside_the_default_float_environment(screen_kernel, upward_rounding):
+    """Rounding upwards (or flushing underflows to zero: the same check of
+    MXCSR) breaks the bound's assumptions: every valid pair gets (-inf, +inf)."""
+    tokens, counts, queries, query_counts = corpus(num_docs=20, num_queries=2, seed=16)
+    documents = documents_of(tokens, counts)
+    candidates = np.tile(np.arange(20), (2, 1))
+    candidates[1, 3] = -1
+    with upward_rounding():
+        assert not kernels.float_environment()
+        lower, upper = bounds(queries, query_counts, documents, candidates)
+    assert kernels.float_environment()
+    valid = candidates >= 0
+    assert np.all(np.isneginf(lower[valid])) and np.all(np.isposinf(upper[valid]))
+    assert np.isneginf(lower[1, 3]) and np.isneginf(upper[1, 3])
+    lower, upper = bounds(queries, query_counts, documents, candidates)
+    assert np.all(np.isfinite(lower[valid]))
+
+
+@needs_screen
 def test_the_same_results_for_any_thread_count(screen_kernel):
     tokens, counts, queries, query_counts = corpus(seed=11)
     documents = documents_of(tokens, counts)

@@ -124,6 +124,25 @@ static inline lemur_compact_cpu lemur_compact_detect(void)
     return cpu;
 }
 
+/* 1 where this thread's floating point runs as the bounds of the compact
+ * first stage and of the rerank's screen assume: rounding to nearest, and
+ * gradual underflow (neither flush-to-zero nor denormals-are-zero, which a
+ * library built with -ffast-math may have set for the process); 0
+ * otherwise, and the callers then score in float32 alone. (MSVC, and CPUs
+ * other than x86-64 and arm64: 1, nothing to read.) */
+static inline int lemur_float_environment_default(void)
+{
+#if defined(LEMUR_X86_INTRINSICS)
+    return (_mm_getcsr() & 0xE040u) == 0;   /* FTZ (bit 15), rounding (13-14), DAZ (6) */
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+    uint64_t control;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(control));
+    return (control & 0x01C00000u) == 0;     /* FZ (bit 24), rounding (22-23) */
+#else
+    return 1;
+#endif
+}
+
 /* The compact rows, their parameters, and what the CPU can do with them. */
 typedef struct {
     int kind;                 /* lemur_compact_kind */

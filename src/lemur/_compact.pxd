@@ -61,6 +61,7 @@ cdef extern from "_compact.h" nogil:
     int block_kernels "lemur_block_kernels"(const compact_rows *rows, int query_limit,
                                             block_kernel_info *kernels)
     compact_cpu compact_detect "lemur_compact_detect"()
+    int float_environment_default "lemur_float_environment_default"()
     double gamma_of "lemur_gamma"(double n)
     Py_ssize_t compact_steps "lemur_compact_steps"(int kind, Py_ssize_t h)
     Py_ssize_t query_step_bytes "lemur_query_step_bytes"(int kind, Py_ssize_t steps, compact_cpu cpu)

@@ -47,6 +47,7 @@ from lemur._compact cimport (
     compact_steps,
     encode_query,
     encode_row,
+    float_environment_default,
     gamma_of,
     int8_query_limit,
     kth_largest,
@@ -1478,6 +1479,7 @@ SCREEN_KERNELS = tuple(name for name, present in ((TILES_SCREEN, SCREEN_TILES),
 SCREEN_KERNEL = SCREEN_KERNELS[0] if SCREEN_KERNELS else ""
 
 cdef double SCREEN_LIMIT = 2.0 ** 100   # sum ||q_i|| * N past this: no bound (scores could overflow)
+cdef double SCREEN_MOST_ROUNDINGS = 2.0 ** 22   # a count of roundings past this: no bound (gamma_n needs n u < 1)
 cdef double FLUSHED = 2.0 ** -126       # below this, AMX and VDPBF16PS flush a result to zero
 cdef double HALF_SUBNORMAL = 2.0 ** -150  # the most a float32 product that underflows is off by
 
@@ -1677,6 +1679,8 @@ def maxsim_bounds(const float[:, ::1] query_tokens, const int64_t[::1] query_off
     cdef const int64_t[::1] group_starts = starts_array
     cdef double[::1] flat_lower = np.asarray(lower).reshape(-1)
     cdef double[::1] flat_upper = np.asarray(upper).reshape(-1)
+    # each thread's float_environment_default(): the bound holds in that environment only
+    cdef int[::1] environment = np.ones(num_threads, dtype=np.intc)
     num_groups = group_starts.shape[0] - 1
     with nogil:
         for query in prange(num_queries, num_threads=min(num_threads, num_queries), schedule='static'):
@@ -1686,6 +1690,7 @@ def maxsim_bounds(const float[:, ::1] query_tokens, const int64_t[::1] query_off
                               &query_codes[packed_offsets[query]],
                               &query_scales[packed_offsets[query] // stride], &terms[query, 0])
         with parallel(num_threads=num_threads):
+            environment[threadid()] = float_environment_default()
             if which == 0:
                 amx_begin()
             for group in prange(num_groups, schedule='guided'):
@@ -1757,6 +1762,20 @@ def maxsim_bounds(const float[:, ::1] query_tokens, const int64_t[::1] query_off
                         flat_upper[pair] = INFINITY
             if which == 0:
                 amx_end()
+    # another rounding mode, flushed underflows, or counts of roundings too large for gamma: no bound
+    if (min(environment) == 0 or not float_environment_default()
+            or max(4.0 * ((dim + 1) // 2) + 2, 2.0 * dim + 4) > SCREEN_MOST_ROUNDINGS
+            or np.diff(np.asarray(query_offsets)).max(initial=0) > SCREEN_MOST_ROUNDINGS):
+        valid = np.asarray(candidates) >= 0
+        np.asarray(lower)[valid] = -np.inf
+        np.asarray(upper)[valid] = np.inf
+
+
+def float_environment() -> bool:
+    """Whether the calling thread's floating point runs as the compact
+    bounds assume (rounding to nearest, gradual underflow: no flush-to-zero
+    or denormals-are-zero)."""
+    return bool(float_environment_default())
 
 
 # --------------------------------------------------------------------------

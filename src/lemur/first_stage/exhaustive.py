@@ -129,6 +129,8 @@ class ExhaustiveScan:
     def _in_float32(self, features: np.ndarray, k: int) -> bool:
         if self.rows is None or k > self.certified_fraction * self.W.shape[0] or k >= self.W.shape[0]:
             return True
+        if not kernels.float_environment():  # the bound assumes rounding to nearest, gradual underflow
+            return True
         # max |f_i| sqrt(h) >= ||f||, a cheaper bound on the largest feature norm
         largest = float(np.abs(features).max()) * np.sqrt(features.shape[1])
         return not largest * self._max_row_norm < OVERFLOW_GUARD
