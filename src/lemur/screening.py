@@ -76,7 +76,10 @@ the underflow of d squares (bfloat16: of exact differences; int16: of
 differences rounded once by an FMA, so R is widened by 2^-22 more and
 sqrt(d) 2^-150 is added to it). Where Σ||q_i|| N passes 2^100, or a value
 is not finite, no bound is given (−∞, +∞): no float32 score can overflow
-below that.
+below that. Nor where a count of roundings (2d + 4, D, n) passes 2^22 (γ
+needs n u < 1), or where a thread's floating point does not round to
+nearest with gradual underflow (its MXCSR, or FPCR on arm64, is read: a
+library built with -ffast-math may set flush-to-zero for the process).
 
 Which candidates are scored
 ---------------------------

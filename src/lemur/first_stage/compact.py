@@ -77,7 +77,9 @@ widens it to E' = E (1 + 16u) + 8u |ŝ| + 10^-30, which covers the roundings of
 computing E, ŝ − E' and ŝ + E' themselves, and results below 2^-126 that
 VDPBF16PS and AMX-BF16 flush to zero (one a rounding: at most (4 s + 2) 2^-126
 in all). The scan runs only where
-max ||f|| max ||w|| < 10^37, so that no score overflows.
+max ||f|| max ||w|| < 10^37, so that no score overflows, and where the
+calling thread's floating point rounds to nearest with gradual underflow
+(the float32 scan otherwise).
 
 Why it is tight enough to pay: the split puts most of f into the m exact
 directions (pooled features share a large common part), so f⊥ and with it
