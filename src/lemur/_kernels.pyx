@@ -79,7 +79,9 @@ from lemur._amx cimport (
 )
 from lemur._half cimport bfloat16_bits, bfloat16_value, half_to_float, round_bfloat16
 from lemur._screen_int16 cimport (
+    INT16_PANEL,
     INT16_ROWS,
+    INT16_STEP_CODES,
     int16_codes,
     int16_column_maxima,
     int16_limit,
@@ -1465,6 +1467,8 @@ cdef enum:
 
 cdef bint SCREEN_TILES = amx_detect()
 cdef bint SCREEN_INT16 = int16_screen_compiled() and COMPACT_CPU.vnni512
+# the int16 codes are laid out in the bfloat16 operands' panels and steps (maxsim_bounds sizes both alike)
+assert INT16_PANEL == AMX_PANEL and INT16_STEP_CODES == AMX_STEP_VALUES and SCREEN_TOKENS % INT16_ROWS == 0
 TILES_SCREEN = "AMX-BF16 tiles"
 BFLOAT16_SCREEN = "AVX512_BF16 (VDPBF16PS)"
 INT16_SCREEN = "AVX512-VNNI (VPDPWSSD, int16 codes)"
@@ -1613,8 +1617,9 @@ cdef inline void screen_column_maxima(int kernel, const uint16_t *rows, const fl
 # candidate) pair, from the maxima of products of the compact tokens on
 # `kernel` (one of SCREEN_KERNELS; None: SCREEN_KERNEL) (screening.py: the
 # bound); (-inf, +inf) where no bound is known (a query without tokens,
-# magnitudes near overflow, values that are not finite), (-inf, -inf) for
-# -1 candidates. Queries are packed once, up front; the pairs are grouped by
+# magnitudes near overflow, values that are not finite, counts of roundings
+# past SCREEN_MOST_ROUNDINGS, a thread whose floating point is not
+# float_environment_default()), (-inf, -inf) for -1 candidates. Queries are packed once, up front; the pairs are grouped by
 # document (pairs_by_document), the groups are the parallel units (guided,
 # as in maxsim_scores): a document of at most SCREEN_TOKENS tokens is
 # rounded once for all its queries (round_screen_chunk), a longer one

@@ -56,7 +56,6 @@ static inline int lemur_int16_limit(ptrdiff_t dim)
     return limit;
 }
 
-static inline ptrdiff_t lemur_int16_steps(ptrdiff_t dim) { return (dim + LEMUR_INT16_STEP - 1) / LEMUR_INT16_STEP; }
 static inline ptrdiff_t lemur_int16_panels(ptrdiff_t tokens) { return (tokens + LEMUR_INT16_PANEL - 1) / LEMUR_INT16_PANEL; }
 
 /* The scale of a token whose largest magnitude is `largest` (see above). */

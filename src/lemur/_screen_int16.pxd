@@ -11,8 +11,6 @@ cdef extern from "_screen_int16.h" nogil:
         INT16_STEP_CODES "LEMUR_INT16_STEP_CODES"
     int int16_screen_compiled "lemur_int16_screen_compiled"()
     int int16_limit "lemur_int16_limit"(Py_ssize_t dim)
-    Py_ssize_t int16_steps "lemur_int16_steps"(Py_ssize_t dim)
-    Py_ssize_t int16_panels "lemur_int16_panels"(Py_ssize_t tokens)
     float int16_codes "lemur_int16_codes"(const float *x, Py_ssize_t dim, Py_ssize_t stride, int limit,
                                           int16_t *codes, float *squares)
     void int16_round_rows "lemur_int16_round_rows"(const float *values, Py_ssize_t rows, Py_ssize_t dim,
