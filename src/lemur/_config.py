@@ -51,7 +51,8 @@ def config() -> dict[str, dict[str, object]]:
             "screen (lemur.screening)": (
                 f"{screening.KERNEL}, batches of {screening.SCREEN_MIN_QUERIES} queries and more with "
                 f"over {screening.CANDIDATES_PER_RESULT}k candidates" if screening.KERNEL else
-                "none (no AMX, no AMD AVX512_BF16, no AVX512-VNNI: every candidate scored in float32)"),
+                "none (neither AMX, AMD's AVX512_BF16 nor AVX512-VNNI in this CPU and kernel variant: every "
+                "candidate scored in float32)"),
         },
         "training (lemur.train)": {
             "matmul_precision='bfloat16'": "AMX tiles" if kernels.AMX_BFLOAT16 else
