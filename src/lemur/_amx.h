@@ -53,6 +53,16 @@
 #include <unistd.h>
 #endif
 
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* the first `count` of 16 lanes (all for 16 and more, none for 0 and less);
+ * also the int16 screen's (_screen_int16.h), where AMX is not built */
+static inline __mmask16 lemur_lanes(ptrdiff_t count)
+{
+    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1);
+}
+#endif
+
 #define LEMUR_PANEL 32
 #define LEMUR_TILE_VALUES 512          /* bfloat16 values in a tile (1 KiB) */
 #define LEMUR_STEP_VALUES 1024         /* bfloat16 values in a panel's step: two tiles */
@@ -126,11 +136,6 @@ __attribute__((target("amx-tile")))
 static inline void lemur_amx_end(void) { _tile_release(); }
 
 #define LEMUR_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-static inline __mmask16 lemur_lanes(ptrdiff_t count)
-{
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1);
-}
 
 /* 32 float32 values (count of them present, the rest 0) as 32 bfloat16 */
 LEMUR_BF16_TARGET static inline __m512i lemur_bfloat16_32(const float *values, ptrdiff_t count)

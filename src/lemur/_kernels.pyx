@@ -79,9 +79,7 @@ from lemur._amx cimport (
 )
 from lemur._half cimport bfloat16_bits, bfloat16_value, half_to_float, round_bfloat16
 from lemur._screen_int16 cimport (
-    INT16_PANEL,
     INT16_ROWS,
-    INT16_STEP_CODES,
     int16_codes,
     int16_column_maxima,
     int16_limit,
@@ -1467,8 +1465,8 @@ cdef enum:
 
 cdef bint SCREEN_TILES = amx_detect()
 cdef bint SCREEN_INT16 = int16_screen_compiled() and COMPACT_CPU.vnni512
-# the int16 codes are laid out in the bfloat16 operands' panels and steps (maxsim_bounds sizes both alike)
-assert INT16_PANEL == AMX_PANEL and INT16_STEP_CODES == AMX_STEP_VALUES and SCREEN_TOKENS % INT16_ROWS == 0
+# (the int16 codes are laid out in the bfloat16 operands' panels and steps: _screen_int16.h)
+assert SCREEN_TOKENS % INT16_ROWS == 0
 TILES_SCREEN = "AMX-BF16 tiles"
 BFLOAT16_SCREEN = "AVX512_BF16 (VDPBF16PS)"
 INT16_SCREEN = "AVX512-VNNI (VPDPWSSD, int16 codes)"

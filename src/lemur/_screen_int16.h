@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_amx.h"   /* the panels' layout (LEMUR_PANEL, LEMUR_STEP_VALUES) and lemur_lanes */
+
 #if defined(__AVX512F__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LEMUR_SCREEN_INT16 1
 #include <immintrin.h>
@@ -39,11 +41,6 @@
 
 /* document rows multiplied at a time (and the multiple their count is padded to) */
 #define LEMUR_INT16_ROWS 8
-/* query tokens a panel, values along the dimension a step */
-#define LEMUR_INT16_PANEL 32
-#define LEMUR_INT16_STEP 32
-/* codes in a panel's step: two tiles of 16 rows x 32 */
-#define LEMUR_INT16_STEP_CODES 1024
 
 /* The largest code magnitude for tokens of `dim` values: the largest limit
  * with dim limit^2 <= 2^31 - 1, at most 32767. */
@@ -56,8 +53,6 @@ static inline int lemur_int16_limit(ptrdiff_t dim)
     return limit;
 }
 
-static inline ptrdiff_t lemur_int16_panels(ptrdiff_t tokens) { return (tokens + LEMUR_INT16_PANEL - 1) / LEMUR_INT16_PANEL; }
-
 /* The scale of a token whose largest magnitude is `largest` (see above). */
 static inline float lemur_int16_scale(float largest, int limit)
 {
@@ -69,19 +64,19 @@ static inline float lemur_int16_scale(float largest, int limit)
 
 /* Panel `panel` of a query's codes (tokens x stride int16, as
  * lemur_int16_codes leaves them; `tokens` of them) in the layout above:
- * steps x LEMUR_INT16_STEP_CODES codes at out. */
+ * steps x LEMUR_STEP_VALUES codes at out. */
 static inline void lemur_int16_pack_panel(const int16_t *codes, ptrdiff_t stride, ptrdiff_t tokens,
                                           ptrdiff_t steps, ptrdiff_t panel, int16_t *out)
 {
     ptrdiff_t step, t, p;
-    memset(out, 0, (size_t)(steps * LEMUR_INT16_STEP_CODES) * sizeof(int16_t));
-    for (t = 0; t < LEMUR_INT16_PANEL && panel * LEMUR_INT16_PANEL + t < tokens; t++) {
-        const int16_t *row = codes + (panel * LEMUR_INT16_PANEL + t) * stride;
+    memset(out, 0, (size_t)(steps * LEMUR_STEP_VALUES) * sizeof(int16_t));
+    for (t = 0; t < LEMUR_PANEL && panel * LEMUR_PANEL + t < tokens; t++) {
+        const int16_t *row = codes + (panel * LEMUR_PANEL + t) * stride;
         for (step = 0; step < steps; step++) {
-            int16_t *tile = out + step * LEMUR_INT16_STEP_CODES + (t / 16) * 512;
+            int16_t *tile = out + step * LEMUR_STEP_VALUES + (t / 16) * LEMUR_TILE_VALUES;
             for (p = 0; p < 16; p++) {
-                tile[p * 32 + (t % 16) * 2] = row[step * LEMUR_INT16_STEP + 2 * p];
-                tile[p * 32 + (t % 16) * 2 + 1] = row[step * LEMUR_INT16_STEP + 2 * p + 1];
+                tile[p * 32 + (t % 16) * 2] = row[step * 32 + 2 * p];
+                tile[p * 32 + (t % 16) * 2 + 1] = row[step * 32 + 2 * p + 1];
             }
         }
     }
@@ -91,11 +86,6 @@ static inline void lemur_int16_pack_panel(const int16_t *codes, ptrdiff_t stride
 #define LEMUR_INT16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 static inline int lemur_int16_screen_compiled(void) { return 1; }
-
-LEMUR_INT16_TARGET static inline __mmask16 lemur_int16_lanes(ptrdiff_t count)
-{
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? (__mmask16)0 : (__mmask16)((1u << count) - 1);
-}
 
 /* One token x (dim floats) -> its codes (stride int16, zero past dim) and
  * scale; squares[0] and squares[1] receive the float32 sums (any order) of
@@ -108,7 +98,7 @@ LEMUR_INT16_TARGET static inline float lemur_int16_codes(const float *x, ptrdiff
     ptrdiff_t k;
     float scale;
     for (k = 0; k < dim; k += 16)
-        largest = _mm512_max_ps(largest, _mm512_abs_ps(_mm512_maskz_loadu_ps(lemur_int16_lanes(dim - k), x + k)));
+        largest = _mm512_max_ps(largest, _mm512_abs_ps(_mm512_maskz_loadu_ps(lemur_lanes(dim - k), x + k)));
     scale = lemur_int16_scale(_mm512_reduce_max_ps(largest), limit);
     /* x times 1 / s rather than x / s (a division a vector costs more than the
      * rest of the loop): a code may differ by one from round(x / s), and the
@@ -117,7 +107,7 @@ LEMUR_INT16_TARGET static inline float lemur_int16_codes(const float *x, ptrdiff
     int divide = !(1.0f / scale < INFINITY);
     __m512 inverse = _mm512_set1_ps(1.0f / scale);
     for (k = 0; k < stride; k += 16) {
-        __m512 values = _mm512_maskz_loadu_ps(lemur_int16_lanes(dim - k), x + k);
+        __m512 values = _mm512_maskz_loadu_ps(lemur_lanes(dim - k), x + k);
         __m512i rounded = _mm512_cvtps_epi32(divide ? _mm512_div_ps(values, _mm512_set1_ps(scale))
                                                     : _mm512_mul_ps(values, inverse));
         __m512 residual;
@@ -179,13 +169,13 @@ LEMUR_INT16_TARGET static inline void lemur_int16_column_maxima(const int16_t *a
                                                                const char *next, ptrdiff_t next_bytes,
                                                                float *maxima)
 {
-    ptrdiff_t panels = lemur_int16_panels(columns), prefetched = 0;
+    ptrdiff_t panels = lemur_amx_panels(columns), prefetched = 0;
     for (ptrdiff_t q = 0; q < panels; q++) {
-        const int16_t *b_panel = b_packed + q * steps * LEMUR_INT16_STEP_CODES;
-        __m512 scale_low = _mm512_loadu_ps(b_scales + q * LEMUR_INT16_PANEL);
-        __m512 scale_high = _mm512_loadu_ps(b_scales + q * LEMUR_INT16_PANEL + 16);
-        __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_INT16_PANEL) : _mm512_set1_ps(-INFINITY);
-        __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_INT16_PANEL + 16) : _mm512_set1_ps(-INFINITY);
+        const int16_t *b_panel = b_packed + q * steps * LEMUR_STEP_VALUES;
+        __m512 scale_low = _mm512_loadu_ps(b_scales + q * LEMUR_PANEL);
+        __m512 scale_high = _mm512_loadu_ps(b_scales + q * LEMUR_PANEL + 16);
+        __m512 low = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL) : _mm512_set1_ps(-INFINITY);
+        __m512 high = resume ? _mm512_loadu_ps(maxima + q * LEMUR_PANEL + 16) : _mm512_set1_ps(-INFINITY);
         for (ptrdiff_t r0 = 0; r0 < rows; r0 += LEMUR_INT16_ROWS) {
             __m512i acc[LEMUR_INT16_ROWS][2];
             const int32_t *pairs[LEMUR_INT16_ROWS];
@@ -199,10 +189,10 @@ LEMUR_INT16_TARGET static inline void lemur_int16_column_maxima(const int16_t *a
                 pairs[j] = (const int32_t *)(a_rows + (r0 + j) * stride);
             }
             for (ptrdiff_t step = 0; step < steps; step++) {
-                const int16_t *b = b_panel + step * LEMUR_INT16_STEP_CODES;
+                const int16_t *b = b_panel + step * LEMUR_STEP_VALUES;
                 for (int p = 0; p < 16; p++) {
                     __m512i tokens_low = _mm512_loadu_si512((const void *)(b + p * 32));
-                    __m512i tokens_high = _mm512_loadu_si512((const void *)(b + 512 + p * 32));
+                    __m512i tokens_high = _mm512_loadu_si512((const void *)(b + LEMUR_TILE_VALUES + p * 32));
                     _Pragma("GCC unroll 8") for (int j = 0; j < LEMUR_INT16_ROWS; j++) {
                         __m512i pair = _mm512_set1_epi32(pairs[j][step * 16 + p]);
                         LEMUR_DPWSSD(acc[j][0], tokens_low, pair);
@@ -220,8 +210,8 @@ LEMUR_INT16_TARGET static inline void lemur_int16_column_maxima(const int16_t *a
                                                          scale_high));
             }
         }
-        _mm512_storeu_ps(maxima + q * LEMUR_INT16_PANEL, low);
-        _mm512_storeu_ps(maxima + q * LEMUR_INT16_PANEL + 16, high);
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL, low);
+        _mm512_storeu_ps(maxima + q * LEMUR_PANEL + 16, high);
     }
 }
 

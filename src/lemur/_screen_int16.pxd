@@ -7,8 +7,6 @@ from libc.stdint cimport int16_t
 cdef extern from "_screen_int16.h" nogil:
     enum:
         INT16_ROWS "LEMUR_INT16_ROWS"
-        INT16_PANEL "LEMUR_INT16_PANEL"
-        INT16_STEP_CODES "LEMUR_INT16_STEP_CODES"
     int int16_screen_compiled "lemur_int16_screen_compiled"()
     int int16_limit "lemur_int16_limit"(Py_ssize_t dim)
     float int16_codes "lemur_int16_codes"(const float *x, Py_ssize_t dim, Py_ssize_t stride, int limit,
