@@ -4,21 +4,17 @@ every candidate in float32."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from lemur import _dispatch, screening
+from lemur import screening
 from lemur._dispatch import kernels
 from lemur.documents import Documents, maxsim_unchecked
 from lemur.retrieval import rerank_unchecked
 
 needs_screen = pytest.mark.skipif(not kernels.SCREEN_KERNELS,
                                   reason="the screen runs only where the CPU has AMX tiles, AMD's AVX512_BF16 "
-                                         ", AVX512-VNNI or AVX2")
+                                         "or AVX512-VNNI")
 
 
 @pytest.fixture(params=kernels.SCREEN_KERNELS or [None])
@@ -246,31 +242,6 @@ def test_the_same_results_for_any_thread_count(screen_kernel):
         assert_rerank_unchanged(queries, query_counts, documents, candidates, 10, num_threads)
 
 
-@pytest.mark.skipif(kernels.VNNI_INT16_SCREEN not in kernels.SCREEN_KERNELS
-                    or "x86_64_v3" not in _dispatch.runnable_variants(),
-                    reason="needs the AVX-512 variant's int16 screen and the AVX2 variant's beside it")
-def test_both_int16_kernels_give_the_same_bounds(tmp_path):
-    # VPDPWSSD and VPMADDWD + VPADDD sum the same int32 products exactly
-    tokens, counts, queries, query_counts = corpus(seed=13)
-    candidates = random_candidates(8, 300, 100, seed=14)
-    lower, upper = (np.empty(candidates.shape) for _ in range(2))
-    arguments = (queries, offsets_of(query_counts), tokens, offsets_of(counts), candidates)
-    kernels.maxsim_bounds(*arguments, lower, upper, 2, kernels.VNNI_INT16_SCREEN)
-    np.savez(tmp_path / "arguments.npz", *arguments)
-    script = """
-import sys, numpy as np
-from lemur._dispatch import kernels
-with np.load(sys.argv[1]) as saved:
-    arguments = [saved[f"arr_{i}"] for i in range(5)]
-lower, upper = (np.empty(arguments[4].shape) for _ in range(2))
-kernels.maxsim_bounds(*arguments, lower, upper, 2, kernels.AVX2_INT16_SCREEN)
-np.save(sys.argv[2], np.stack([lower, upper]))
-"""
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "arguments.npz"), str(tmp_path / "bounds.npy")],
-                   env={**os.environ, "LEMUR_KERNELS": "x86_64_v3"}, check=True)
-    np.testing.assert_array_equal(np.load(tmp_path / "bounds.npy"), np.stack([lower, upper]))
-
-
 def test_the_screen_runs_only_where_it_pays():
     assert not screening.applies(1, 200, 10)          # one query: bound by reading the tokens
     assert not screening.applies(100, 20, 10)         # nearly every candidate needed
@@ -282,8 +253,8 @@ def test_the_screen_runs_only_where_it_pays():
 @needs_screen
 def test_an_unknown_or_absent_kernel_is_refused():
     tokens, counts, queries, query_counts = corpus(num_docs=5, num_queries=1)
-    absent = [name for name in (kernels.TILES_SCREEN, kernels.BFLOAT16_SCREEN, kernels.VNNI_INT16_SCREEN,
-                                kernels.AVX2_INT16_SCREEN) if name not in kernels.SCREEN_KERNELS]
+    absent = [name for name in (kernels.TILES_SCREEN, kernels.BFLOAT16_SCREEN, kernels.INT16_SCREEN)
+              if name not in kernels.SCREEN_KERNELS]
     for kernel in ["float64 tiles", *absent]:
         with pytest.raises(ValueError, match="kernel must be one of"):
             kernels.maxsim_bounds(queries, offsets_of(query_counts), tokens, offsets_of(counts),

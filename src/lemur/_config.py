@@ -51,7 +51,7 @@ def config() -> dict[str, dict[str, object]]:
             "screen (lemur.screening)": (
                 f"{screening.KERNEL}, batches of {screening.SCREEN_MIN_QUERIES} queries and more with "
                 f"over {screening.CANDIDATES_PER_RESULT}k candidates" if screening.KERNEL else
-                "none (neither AMX, AMD's AVX512_BF16, AVX512-VNNI nor AVX2 in this CPU and kernel variant: every "
+                "none (neither AMX, AMD's AVX512_BF16 nor AVX512-VNNI in this CPU and kernel variant: every "
                 "candidate scored in float32)"),
         },
         "training (lemur.train)": {

@@ -1454,7 +1454,6 @@ def select_reranked(const float[:, ::1] scores, const int64_t[:, ::1] candidates
 # --------------------------------------------------------------------------
 # The rerank's screen: bounds on exact MaxSim from products of compact
 # tokens: bfloat16 on AMX tiles or by VDPBF16PS, or int16 codes by VPDPWSSD
-# or VPMADDWD
 # (lemur/screening.py has the bounds and their proofs).
 # --------------------------------------------------------------------------
 
@@ -1465,23 +1464,16 @@ cdef enum:
     SCREEN_QUERY_TERMS = 4
 
 cdef bint SCREEN_TILES = amx_detect()
-# int16 products: 0 none, 1 VPDPWSSD (the AVX-512 variant: the CPU needs AVX512-VNNI too), 2 VPMADDWD
-# (the AVX2 variant, which runs only where the CPU has AVX2)
-cdef int INT16_PRODUCTS = int16_screen_compiled()
-cdef bint SCREEN_INT16 = (INT16_PRODUCTS == 1 and COMPACT_CPU.vnni512) or INT16_PRODUCTS == 2
+cdef bint SCREEN_INT16 = int16_screen_compiled() and COMPACT_CPU.vnni512
 # (the int16 codes are laid out in the bfloat16 operands' panels and steps: _screen_int16.h)
 assert SCREEN_TOKENS % INT16_ROWS == 0
 TILES_SCREEN = "AMX-BF16 tiles"
 BFLOAT16_SCREEN = "AVX512_BF16 (VDPBF16PS)"
-VNNI_INT16_SCREEN = "AVX512-VNNI (VPDPWSSD, int16 codes)"
-AVX2_INT16_SCREEN = "AVX2 (VPMADDWD, int16 codes)"
-#: This kernel variant's int16 screen (either name, the same products).
-INT16_SCREEN = AVX2_INT16_SCREEN if INT16_PRODUCTS == 2 else VNNI_INT16_SCREEN
+INT16_SCREEN = "AVX512-VNNI (VPDPWSSD, int16 codes)"
 #: The screens this CPU can run, the one the rerank takes first: AMX tiles,
 #: VDPBF16PS (AVX512_BF16 where it runs at twice float32 FMA's rate: AMD's
-#: processors), int16 codes (where the CPU has neither of the others) by
-#: VPDPWSSD (AVX512-VNNI: 32 multiply-adds an instruction) or, in the AVX2
-#: kernel variant, by VPMADDWD and VPADDD (16 in two).
+#: processors), VPDPWSSD on int16 codes (AVX512-VNNI: 32 multiply-adds an
+#: instruction, where the CPU has neither of the others).
 SCREEN_KERNELS = tuple(name for name, present in ((TILES_SCREEN, SCREEN_TILES),
                                                   (BFLOAT16_SCREEN, COMPACT_CPU.bf16_dot),
                                                   (INT16_SCREEN, SCREEN_INT16)) if present)
@@ -1648,7 +1640,7 @@ def maxsim_bounds(const float[:, ::1] query_tokens, const int64_t[::1] query_off
     cdef double *norms
     cdef bint fits, finite
     if not SCREEN_KERNELS:
-        raise RuntimeError("maxsim_bounds needs a screen kernel: AMX, AMD's AVX512_BF16, AVX512-VNNI or AVX2 "
+        raise RuntimeError("maxsim_bounds needs a screen kernel: AMX, AMD's AVX512_BF16 or AVX512-VNNI "
                            "(kernels.SCREEN_KERNELS is empty here)")
     if kernel is None:
         kernel = SCREEN_KERNEL

@@ -21,15 +21,9 @@
  *     layout of lemur_amx_pack_k_contiguous's B panels, with int16 codes
  *     for bfloat16 values.
  *
- * Two kernel variants compile the products (GCC or Clang on x86-64): the
- * AVX-512 one by VPDPWSSD (lemur_int16_screen_compiled() says 1), the AVX2
- * one by VPMADDWD, whose pairwise sums are added to int32 accumulators by
- * VPADDD (it says 2: 16 multiply-adds in two instructions, twice float32
- * FMA's 8 in one, where the CPU runs two of each a cycle, as AMD's Zen 2
- * and 3 do). Both give the same int32 sums exactly (no code is -32768, so
- * VPMADDWD's one saturating case never occurs), hence the same X_ij.
- * Elsewhere lemur_int16_screen_compiled() says 0 and the rerank runs
- * without this screen. */
+ * Only the AVX-512 kernel variant compiles the kernels (GCC or Clang on
+ * x86-64); elsewhere lemur_int16_screen_compiled() says 0 and the rerank
+ * runs without this screen. */
 #ifndef LEMUR_SCREEN_INT16_H
 #define LEMUR_SCREEN_INT16_H
 
@@ -40,14 +34,8 @@
 
 #include "_amx.h"   /* the panels' layout (LEMUR_PANEL, LEMUR_STEP_VALUES) and lemur_lanes */
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LEMUR_SCREEN_INT16 1
-#elif defined(__AVX2__) && defined(__FMA__)
-#define LEMUR_SCREEN_INT16 2
-#endif
-#endif
-#if defined(LEMUR_SCREEN_INT16)
 #include <immintrin.h>
 #endif
 
@@ -94,8 +82,10 @@ static inline void lemur_int16_pack_panel(const int16_t *codes, ptrdiff_t stride
     }
 }
 
-#if LEMUR_SCREEN_INT16 == 1
+#if defined(LEMUR_SCREEN_INT16)
 #define LEMUR_INT16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+static inline int lemur_int16_screen_compiled(void) { return 1; }
 
 /* One token x (dim floats) -> its codes (stride int16, zero past dim) and
  * scale; squares[0] and squares[1] receive the float32 sums (any order) of
@@ -130,6 +120,30 @@ LEMUR_INT16_TARGET static inline float lemur_int16_codes(const float *x, ptrdiff
     squares[0] = _mm512_reduce_add_ps(norm);
     squares[1] = _mm512_reduce_add_ps(error);
     return scale;
+}
+
+/* Document tokens (rows x dim float32) -> codes (row r at out + r * stride)
+ * and scales, zero rows up to a multiple of LEMUR_INT16_ROWS; largest[0]
+ * and largest[1] become the largest of the rows' squares[0] and squares[1]
+ * (lemur_int16_codes), a NaN counting as infinite. */
+LEMUR_INT16_TARGET static inline void lemur_int16_round_rows(const float *values, ptrdiff_t rows, ptrdiff_t dim,
+                                                            ptrdiff_t stride, int limit, int16_t *out,
+                                                            float *scales, float *largest)
+{
+    float most = 0, most_error = 0, squares[2];
+    ptrdiff_t r, padded = (rows + LEMUR_INT16_ROWS - 1) / LEMUR_INT16_ROWS * LEMUR_INT16_ROWS;
+    for (r = 0; r < rows; r++) {
+        scales[r] = lemur_int16_codes(values + r * dim, dim, stride, limit, out + r * stride, squares);
+        if (!(squares[0] <= most))
+            most = squares[0] == squares[0] ? squares[0] : INFINITY;
+        if (!(squares[1] <= most_error))
+            most_error = squares[1] == squares[1] ? squares[1] : INFINITY;
+    }
+    memset(out + rows * stride, 0, (size_t)((padded - rows) * stride) * sizeof(int16_t));
+    for (r = rows; r < padded; r++)
+        scales[r] = 0;
+    largest[0] = most;
+    largest[1] = most_error;
 }
 
 /* acc += the pairwise products of a and b (VPDPWSSD), in place: GCC 12
@@ -201,153 +215,9 @@ LEMUR_INT16_TARGET static inline void lemur_int16_column_maxima(const int16_t *a
     }
 }
 
-#elif LEMUR_SCREEN_INT16 == 2
-#define LEMUR_INT16_TARGET __attribute__((target("avx2,fma")))
-
-/* the first `count` of x's 8 floats (all for 8 and more), zero in the others */
-LEMUR_INT16_TARGET static inline __m256 lemur_int16_load8(const float *x, ptrdiff_t count)
-{
-    int present = count >= 8 ? 8 : count <= 0 ? 0 : (int)count;
-    __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(present), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_maskload_ps(x, lanes);
-}
-
-LEMUR_INT16_TARGET static inline float lemur_int16_max8(__m256 v)
-{
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-}
-
-LEMUR_INT16_TARGET static inline float lemur_int16_sum8(__m256 v)
-{
-    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_add_ss(m, _mm_shuffle_ps(m, m, 1)));
-}
-
-/* lemur_int16_codes of the AVX-512 variant, 8 values at a time */
-LEMUR_INT16_TARGET static inline float lemur_int16_codes(const float *x, ptrdiff_t dim, ptrdiff_t stride,
-                                                        int limit, int16_t *codes, float *squares)
-{
-    __m256 largest = _mm256_setzero_ps(), norm = _mm256_setzero_ps(), error = _mm256_setzero_ps();
-    __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256i top = _mm256_set1_epi32(limit), bottom = _mm256_set1_epi32(-limit);
-    ptrdiff_t k;
-    float scale;
-    for (k = 0; k < dim; k += 8)
-        largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, lemur_int16_load8(x + k, dim - k)));
-    scale = lemur_int16_scale(lemur_int16_max8(largest), limit);
-    int divide = !(1.0f / scale < INFINITY);
-    __m256 inverse = _mm256_set1_ps(1.0f / scale);
-    for (k = 0; k < stride; k += 8) {
-        __m256 values = lemur_int16_load8(x + k, dim - k);
-        __m256i rounded = _mm256_cvtps_epi32(divide ? _mm256_div_ps(values, _mm256_set1_ps(scale))
-                                                    : _mm256_mul_ps(values, inverse));
-        __m256 residual;
-        rounded = _mm256_max_epi32(bottom, _mm256_min_epi32(top, rounded));
-        _mm_storeu_si128((__m128i *)(codes + k), _mm_packs_epi32(_mm256_castsi256_si128(rounded),
-                                                                 _mm256_extracti128_si256(rounded, 1)));
-        residual = _mm256_fmsub_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(rounded), values);
-        norm = _mm256_fmadd_ps(values, values, norm);
-        error = _mm256_fmadd_ps(residual, residual, error);
-    }
-    squares[0] = lemur_int16_sum8(norm);
-    squares[1] = lemur_int16_sum8(error);
-    return scale;
-}
-
-/* lemur_int16_column_maxima of the AVX-512 variant (the same operands and
- * X_ij) by VPMADDWD and VPADDD: for 2 rows at a time and each 32-token
- * panel, a step's tile row p, as 4 vectors of 8 tokens' pair p, times each
- * row's pair p broadcast, into 2 x 4 int32 accumulators (of the 16 vector
- * registers: 8 accumulators, 4 tokens' vectors, a row's pair). */
-LEMUR_INT16_TARGET static inline void lemur_int16_column_maxima(const int16_t *a_rows, const float *a_scales,
-                                                               ptrdiff_t rows, ptrdiff_t stride,
-                                                               const int16_t *b_packed, const float *b_scales,
-                                                               ptrdiff_t columns, ptrdiff_t steps, int resume,
-                                                               const char *next, ptrdiff_t next_bytes,
-                                                               float *maxima)
-{
-    ptrdiff_t panels = lemur_amx_panels(columns), prefetched = 0;
-    for (ptrdiff_t q = 0; q < panels; q++) {
-        const int16_t *b_panel = b_packed + q * steps * LEMUR_STEP_VALUES;
-        __m256 scale[4], most[4];
-        for (int v = 0; v < 4; v++) {
-            scale[v] = _mm256_loadu_ps(b_scales + q * LEMUR_PANEL + 8 * v);
-            most[v] = resume ? _mm256_loadu_ps(maxima + q * LEMUR_PANEL + 8 * v) : _mm256_set1_ps(-INFINITY);
-        }
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += 2) {
-            __m256i acc[2][4];
-            const int32_t *pairs[2];
-            ptrdiff_t present = rows - r0 < 2 ? rows - r0 : 2;
-            if (next != NULL && q == 0)
-                for (ptrdiff_t end = next_bytes * (r0 + present) / rows; prefetched < end; prefetched += 64)
-                    _mm_prefetch(next + prefetched, _MM_HINT_T2);
-            for (int j = 0; j < 2; j++) {
-                for (int v = 0; v < 4; v++)
-                    acc[j][v] = _mm256_setzero_si256();
-                pairs[j] = (const int32_t *)(a_rows + (r0 + j) * stride);
-            }
-            for (ptrdiff_t step = 0; step < steps; step++) {
-                const int16_t *b = b_panel + step * LEMUR_STEP_VALUES;
-                for (int p = 0; p < 16; p++) {
-                    __m256i tokens[4];
-                    tokens[0] = _mm256_loadu_si256((const __m256i *)(b + p * 32));
-                    tokens[1] = _mm256_loadu_si256((const __m256i *)(b + p * 32 + 16));
-                    tokens[2] = _mm256_loadu_si256((const __m256i *)(b + LEMUR_TILE_VALUES + p * 32));
-                    tokens[3] = _mm256_loadu_si256((const __m256i *)(b + LEMUR_TILE_VALUES + p * 32 + 16));
-                    for (int j = 0; j < 2; j++) {
-                        __m256i pair = _mm256_set1_epi32(pairs[j][step * 16 + p]);
-                        for (int v = 0; v < 4; v++)
-                            acc[j][v] = _mm256_add_epi32(_mm256_madd_epi16(tokens[v], pair), acc[j][v]);
-                    }
-                }
-            }
-            for (int j = 0; j < present; j++) {
-                __m256 row_scale = _mm256_set1_ps(a_scales[r0 + j]);
-                for (int v = 0; v < 4; v++)
-                    most[v] = _mm256_max_ps(most[v], _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[j][v]),
-                                                                                 row_scale), scale[v]));
-            }
-        }
-        for (int v = 0; v < 4; v++)
-            _mm256_storeu_ps(maxima + q * LEMUR_PANEL + 8 * v, most[v]);
-    }
-}
-#endif
-
-#if defined(LEMUR_SCREEN_INT16)
-/* 1: the AVX-512 variant's VPDPWSSD, 2: the AVX2 variant's VPMADDWD */
-static inline int lemur_int16_screen_compiled(void) { return LEMUR_SCREEN_INT16; }
-
-/* Document tokens (rows x dim float32) -> codes (row r at out + r * stride)
- * and scales, zero rows up to a multiple of LEMUR_INT16_ROWS; largest[0]
- * and largest[1] become the largest of the rows' squares[0] and squares[1]
- * (lemur_int16_codes), a NaN counting as infinite. */
-LEMUR_INT16_TARGET static inline void lemur_int16_round_rows(const float *values, ptrdiff_t rows, ptrdiff_t dim,
-                                                            ptrdiff_t stride, int limit, int16_t *out,
-                                                            float *scales, float *largest)
-{
-    float most = 0, most_error = 0, squares[2];
-    ptrdiff_t r, padded = (rows + LEMUR_INT16_ROWS - 1) / LEMUR_INT16_ROWS * LEMUR_INT16_ROWS;
-    for (r = 0; r < rows; r++) {
-        scales[r] = lemur_int16_codes(values + r * dim, dim, stride, limit, out + r * stride, squares);
-        if (!(squares[0] <= most))
-            most = squares[0] == squares[0] ? squares[0] : INFINITY;
-        if (!(squares[1] <= most_error))
-            most_error = squares[1] == squares[1] ? squares[1] : INFINITY;
-    }
-    memset(out + rows * stride, 0, (size_t)((padded - rows) * stride) * sizeof(int16_t));
-    for (r = rows; r < padded; r++)
-        scales[r] = 0;
-    largest[0] = most;
-    largest[1] = most_error;
-}
-
 #else
 
-/* Without AVX2 or AVX-512 (never called: lemur_int16_screen_compiled() says 0) */
+/* Without AVX-512 (never called: lemur_int16_screen_compiled() says 0) */
 static inline int lemur_int16_screen_compiled(void) { return 0; }
 static inline float lemur_int16_codes(const float *x, ptrdiff_t dim, ptrdiff_t stride, int limit, int16_t *codes,
                                       float *squares) { return 0; }

@@ -12,10 +12,7 @@ says which, :data:`KERNEL` is the one the rerank takes):
 - bfloat16 on AMX tiles (Intel), or by VDPBF16PS where it runs at twice
   float32 FMA's rate (AVX512_BF16 on AMD's processors);
 - int16 codes by VPDPWSSD (AVX512-VNNI, where the CPU has neither: 32
-  multiply-adds an instruction, exact in int32), or in the AVX2 kernel
-  variant by VPMADDWD and VPADDD (16 in two instructions, twice float32
-  FMA's rate where two of each issue a cycle; the same int32 sums, so the
-  same bound).
+  multiply-adds an instruction, exact in int32).
 
 The bound
 ---------
@@ -129,10 +126,8 @@ CANDIDATES_PER_RESULT = 2
 #: candidates, float32 tokens; Zen 4's VDPBF16PS: 1.39x the time of the
 #: float32 rerank for 1 query, 0.88x for 2, 0.87x for 4, 0.71x for 100; an
 #: Intel Xeon's VPDPWSSD: 1.91x for 1, 1.15x for 4, 0.95x for 8, 0.68x for
-#: 100; Zen 3's VPMADDWD: 1.87x for 1, 1.10x for 8, 1.00x for 16, 0.79x for
 #: 100).
-MIN_QUERIES = {kernels.TILES_SCREEN: 4, kernels.BFLOAT16_SCREEN: 4, kernels.VNNI_INT16_SCREEN: 8,
-               kernels.AVX2_INT16_SCREEN: 32}
+MIN_QUERIES = {kernels.TILES_SCREEN: 4, kernels.BFLOAT16_SCREEN: 4, kernels.INT16_SCREEN: 8}
 SCREEN_MIN_QUERIES = MIN_QUERIES.get(KERNEL, 0)
 
 
