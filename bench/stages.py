@@ -13,7 +13,8 @@ the single queries:
 * the rerank of B queries x 200 candidates -> 10 with the screen
   (``lemur.screening``, where the CPU has one) against the float32 MaxSim of
   every candidate, for B = 1, 2, 4, 8, 16, 100 (the screen forced on or off by
-  setting ``screening.SCREEN_MIN_QUERIES``, for this measurement only).
+  setting ``screening.SCREEN_MIN_QUERIES``, for this measurement only; the
+  two timed alternately, medians of each).
 
 and, in the same run, what those stages would take at this machine's limits
 (their roofline, measured rather than taken from a datasheet):
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,24 +69,35 @@ def single_query_stages(index, queries: list[np.ndarray], features: list, candid
 
 
 def screen_against_float32(index, queries: np.ndarray, threads: int, repeat: int) -> dict[str, dict[str, float]]:
-    """Median ms of the rerank of B queries x 200 candidates, screened and not."""
+    """Median ms of the rerank of B queries x 200 candidates, screened and not,
+    the two timed alternately (back-to-back medians of each drift apart on a
+    shared machine by more than the screen saves)."""
     from lemur import screening
 
     default = screening.SCREEN_MIN_QUERIES
     results = {}
     features = index.features(queries, [QUERY_TOKENS] * (len(queries) // QUERY_TOKENS), num_threads=threads)
     candidates = index.top_k(features, CANDIDATES[-1], num_threads=threads)[0]
+    settings = {"screened": 1, "float32": 10**9}
     for batch in (1, 2, 4, 8, 16, 100):
         tokens, counts, rows = queries[: batch * QUERY_TOKENS], [QUERY_TOKENS] * batch, candidates[:batch]
-        times = {}
-        for label, minimum in (("screened", 1), ("float32", 10**9)):
+
+        def seconds(minimum, tokens=tokens, counts=counts, rows=rows):
             screening.SCREEN_MIN_QUERIES = minimum
             try:
-                times[label] = 1e3 * median_seconds(
-                    lambda tokens=tokens, counts=counts, rows=rows: index.rerank(
-                        tokens, counts, rows, FINAL_K, num_threads=threads), repeat)
+                start = time.perf_counter()
+                index.rerank(tokens, counts, rows, FINAL_K, num_threads=threads)
+                return time.perf_counter() - start
             finally:
                 screening.SCREEN_MIN_QUERIES = default
+
+        for minimum in settings.values():   # warm-up
+            seconds(minimum)
+        timings = {label: [] for label in settings}
+        for _ in range(repeat):
+            for label, minimum in settings.items():
+                timings[label].append(seconds(minimum))
+        times = {label: 1e3 * float(np.median(values)) for label, values in timings.items()}
         times["ratio"] = times["screened"] / times["float32"]
         results[f"{batch} queries"] = times
     return results
