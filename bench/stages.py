@@ -79,24 +79,24 @@ def screen_against_float32(index, queries: np.ndarray, threads: int, repeat: int
     features = index.features(queries, [QUERY_TOKENS] * (len(queries) // QUERY_TOKENS), num_threads=threads)
     candidates = index.top_k(features, CANDIDATES[-1], num_threads=threads)[0]
     settings = {"screened": 1, "float32": 10**9}
+
+    def seconds(minimum, tokens, counts, rows):
+        screening.SCREEN_MIN_QUERIES = minimum
+        try:
+            start = time.perf_counter()
+            index.rerank(tokens, counts, rows, FINAL_K, num_threads=threads)
+            return time.perf_counter() - start
+        finally:
+            screening.SCREEN_MIN_QUERIES = default
+
     for batch in (1, 2, 4, 8, 16, 100):
-        tokens, counts, rows = queries[: batch * QUERY_TOKENS], [QUERY_TOKENS] * batch, candidates[:batch]
-
-        def seconds(minimum, tokens=tokens, counts=counts, rows=rows):
-            screening.SCREEN_MIN_QUERIES = minimum
-            try:
-                start = time.perf_counter()
-                index.rerank(tokens, counts, rows, FINAL_K, num_threads=threads)
-                return time.perf_counter() - start
-            finally:
-                screening.SCREEN_MIN_QUERIES = default
-
+        operands = queries[: batch * QUERY_TOKENS], [QUERY_TOKENS] * batch, candidates[:batch]
         for minimum in settings.values():   # warm-up
-            seconds(minimum)
+            seconds(minimum, *operands)
         timings = {label: [] for label in settings}
         for _ in range(repeat):
             for label, minimum in settings.items():
-                timings[label].append(seconds(minimum))
+                timings[label].append(seconds(minimum, *operands))
         times = {label: 1e3 * float(np.median(values)) for label, values in timings.items()}
         times["ratio"] = times["screened"] / times["float32"]
         results[f"{batch} queries"] = times
