@@ -1178,11 +1178,6 @@ cdef enum:
     # Vector registers per chunk row; the largest value, for the array sizes.
     MAX_VECTORS_PER_CHUNK = 4
     CACHE_LINE = 64
-    # How many groups ahead maxsim_scores prefetches a document: one group
-    # ahead, a single query's 200 cold candidates ran at 28-33 GMAC/s on 2
-    # threads of Zen 3, two ahead at 39-40 (as fast as with them in cache):
-    # one document's work hid too little of its successor's fetch.
-    PREFETCH_GROUPS_AHEAD = 2
 
 
 # Running maxima over a document's tokens of <query token, document token>,
@@ -1192,8 +1187,8 @@ cdef enum:
 # vector registers and multiplied by each of the DOC_ROWS values, into
 # DOC_ROWS x (QUERY_LANES / VECTOR_FLOATS) accumulators. best holds
 # (end_chunk - first_chunk) x QUERY_LANES maxima. While it works, it prefetches
-# the same stretch of next_doc (NULL: none; next_doc_bytes long), a document
-# the caller scores later.
+# the same stretch of next_doc (NULL: none; next_doc_bytes long), the document
+# the caller scores next.
 cdef void chunk_maxima(const float *chunks, Py_ssize_t first_chunk, Py_ssize_t end_chunk,
                        const float *doc, Py_ssize_t num_doc_tokens, Py_ssize_t dim,
                        const char *next_doc, Py_ssize_t next_doc_bytes,
@@ -1321,7 +1316,7 @@ cdef tuple pairs_by_document(const int64_t[:, ::1] candidates):
 
 # The tokens of the document of pair group `group` (pairs_by_document; NULL
 # past the last group, and for -1) and their size in bytes: what a kernel
-# prefetches while it finishes a group before.
+# prefetches while it finishes the group before.
 cdef inline const char *group_document(const doc_value[:, ::1] doc_tokens, const int64_t[::1] doc_offsets,
                                        const int64_t[::1] flat_candidates, const int64_t[::1] order,
                                        const int64_t[::1] group_starts, Py_ssize_t group,
@@ -1347,8 +1342,8 @@ cdef inline const char *group_document(const doc_value[:, ::1] doc_tokens, const
 # the ids), and the groups are the parallel work units (guided schedule:
 # runs of consecutive groups, shorter towards the end): each document is
 # read from memory once however many queries have it as a candidate, and the
-# document PREFETCH_GROUPS_AHEAD groups on is prefetched while the last pair
-# of a group is scored, mostly by the thread that scores it (a dynamic schedule by
+# next group's document is prefetched while the last pair of a group is
+# scored, mostly by the thread that scores it next (a dynamic schedule by
 # twos left half the prefetches to the other core: 8% slower for a single
 # query). Queries are transposed once, up front.
 @cython.boundscheck(False)
@@ -1391,7 +1386,7 @@ def maxsim_scores(const float[:, ::1] query_tokens, const int64_t[::1] query_off
         for group in prange(num_groups, num_threads=num_threads, schedule='guided'):
             doc = flat_candidates[order[group_starts[group]]]
             next_doc_data = group_document(doc_tokens, doc_offsets, flat_candidates, order, group_starts,
-                                           group + PREFETCH_GROUPS_AHEAD, &next_doc_bytes)
+                                           group + 1, &next_doc_bytes)
             # a float16 document that fits one piece is widened once for all its pairs
             widened = NULL
             if doc_value is not float:
