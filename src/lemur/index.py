@@ -183,7 +183,12 @@ class Index:
         copy of W (half, a quarter of its bytes) built once here, scan it,
         and rescore in float32 only the documents a proven bound cannot
         place (see :mod:`lemur.first_stage.compact`): ids and scores are
-        bitwise those of "float32", only faster.
+        bitwise those of "float32", only faster. How few need rescoring
+        depends on directions drawn from tokens like the queries': the
+        `sample`, else `doc_tokens`; an index given neither draws random
+        unit vectors, and its bound is looser (on the original's fixture
+        model and corpus, int8 rescored 22% of the pairs that way against
+        6% with the documents' tokens).
     num_threads : int, optional
         Threads for the one-time checks of the arrays and for building the
         compact copy.
@@ -353,12 +358,19 @@ class Index:
                           seed: int = 0) -> np.ndarray:
         """Features of pseudo-queries: groups of tokens drawn from the OLS
         sample (the learn set: query-side tokens), else the documents' own,
-        else random ones; what the compact scan's exact directions follow."""
+        else random unit vectors; what the compact scan's exact directions
+        follow. (Random ones of unit norm, as token embeddings are, and as the
+        model's space is where it centres them: the scale sets the balance of
+        a layer's weights and bias, and on the original's fixture model and
+        corpus an int8 index whose directions came from standard normal
+        tokens, of norm about sqrt(d), rescored 85% of the pairs, from unit
+        ones 22%, from the documents' tokens 6%.)"""
         random = np.random.default_rng(seed)
         tokens = self.sample if self._sample is not None else self.doc_tokens
         if tokens is None or tokens.shape[0] == 0:
             tokens = random.standard_normal((num_queries * query_tokens, self._model.input_dim),
                                             dtype=np.float32)
+            tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
         chosen = random.integers(0, tokens.shape[0], num_queries * query_tokens)
         drawn = np.ascontiguousarray(tokens[chosen], dtype=np.float32)
         offsets = np.arange(0, drawn.shape[0] + 1, query_tokens, dtype=np.int64)
