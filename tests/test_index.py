@@ -198,8 +198,9 @@ def test_an_index_without_tokens_takes_its_directions_from_unit_vectors():
     exact directions follow random unit vectors (the scale of token
     embeddings): on the original's model their bound leaves fewer pairs to
     rescore than directions from standard normal tokens (norm about sqrt(d),
-    what they were drawn from before: 93% of the pairs here), and the results
-    stay bitwise the float32 ones."""
+    what they were drawn from before: 74% of the pairs against 93% with
+    AVX2's int8 query codes, 33% against 66% with the others'), and the
+    results stay bitwise the float32 ones."""
     index, expected = fixture_index("mlp1_gelu_d128_h2048")
     features = index.features(expected["query_tokens"], expected["query_counts"])
     normal = np.random.default_rng(0).standard_normal((32 * 1024, index.model.input_dim)).astype(np.float32)
@@ -210,7 +211,7 @@ def test_an_index_without_tokens_takes_its_directions_from_unit_vectors():
         return report["rescored"]
 
     unit = lemur.Index(index.model, index.W, precision="int8")
-    assert rescored(unit) < 0.85 * rescored(lemur.Index(index.model, index.W, sample=normal, precision="int8"))
+    assert rescored(unit) < 0.9 * rescored(lemur.Index(index.model, index.W, sample=normal, precision="int8"))
     assert_same_results(unit.top_k(features, 10), index.top_k(features, 10))
 
 

@@ -359,12 +359,12 @@ class Index:
         """Features of pseudo-queries: groups of tokens drawn from the OLS
         sample (the learn set: query-side tokens), else the documents' own,
         else random unit vectors; what the compact scan's exact directions
-        follow. (Random ones of unit norm, as token embeddings are, and as the
-        model's space is where it centres them: the scale sets the balance of
-        a layer's weights and bias, and on the original's fixture model and
-        corpus an int8 index whose directions came from standard normal
-        tokens, of norm about sqrt(d), rescored 85% of the pairs, from unit
-        ones 22%, from the documents' tokens 6%.)"""
+        follow. (Unit vectors because token embeddings are, as is the model's
+        space where it centres them, and the scale sets the balance of a
+        layer's weights and bias: on the original's fixture model and corpus,
+        an int8 index whose directions came from standard normal tokens, of
+        norm about sqrt(d), rescored 85% of the pairs, from unit ones 22%, from
+        the documents' tokens 6%.)"""
         random = np.random.default_rng(seed)
         tokens = self.sample if self._sample is not None else self.doc_tokens
         if tokens is None or tokens.shape[0] == 0:
