@@ -27,6 +27,14 @@ and reused. Each OPENBLAS_CORETYPE setting asked for (default: unset, as users
 have it, and Haswell, as this machine's environment sets it) is a separate
 pass, since OpenBLAS reads it when it is loaded.
 
+With --rounds N each pass runs every implementation's process N times, in
+turns (the order reversed every other round), and prints the median of each
+figure over the rounds; a ratio is the median of the rounds' own ratios, each
+taken between processes that ran minutes apart rather than a whole pass apart.
+On a shared VM whose memory speed drifts (the original's first stage has taken
+103 to 219 ms in one day's runs of the same command) a single round's ratio
+says little; the JSON keeps every round.
+
 The peers are optional; give checkouts built outside this project, from their
 public repositories (their package is also called ``lemur``, so they run in an
 interpreter without lemur-retrieval installed, --peer-python):
@@ -443,11 +451,57 @@ MAPPED_ROWS = [
 ]
 
 
-def report(num_docs, coretype, results, threads):
+def run_rounds(folder, arguments, coretype) -> list[dict]:
+    """Every implementation asked for, `arguments.rounds` times in turns (the
+    order reversed every other round): one {name: results} per round."""
+    chosen = set(arguments.only or IMPLEMENTATIONS) | {"lemur"}
+    rounds = []
+    for turn in range(arguments.rounds):
+        order = [name for name in IMPLEMENTATIONS if name in chosen]
+        results = {name: {"skipped": "not asked for (--only)"} for name in IMPLEMENTATIONS}
+        for name in order if turn % 2 == 0 else reversed(order):
+            results[name] = run_worker(name, folder, arguments, coretype)
+        if "skipped" in results["lemur"]:
+            raise SystemExit(f"lemur failed: {results['lemur']['skipped']}")
+        rounds.append(results)
+    return rounds
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def median_over_rounds(rounds: list[dict]) -> dict:
+    """One implementation's results over the rounds: each figure's median over
+    the rounds that have it; anything else as the first round has it. Skipped
+    in any round: that round's reason."""
+    for results in rounds:
+        if "skipped" in results:
+            return results
+    combined = {}
+    for key, value in rounds[0].items():
+        values = [results.get(key) for results in rounds]
+        numbers = [value for value in values if is_number(value)]
+        combined[key] = float(np.median(numbers)) if is_number(value) and numbers else value
+    return combined
+
+
+def paired_ratio(rounds: list[dict], theirs: str, ours: str, key: str) -> float | None:
+    """The median over the rounds of theirs[key] / ours[key], each from the same round."""
+    ratios = [results[theirs][key] / results[ours][key] for results in rounds
+              if is_number(results[theirs].get(key)) and is_number(results[ours].get(key))
+              and results[ours][key] > 0]
+    return float(np.median(ratios)) if ratios else None
+
+
+def report(num_docs, coretype, rounds, threads):
+    results = {name: median_over_rounds([round_results[name] for round_results in rounds])
+               for name in IMPLEMENTATIONS}
     base = results["lemur"]
     print(
         f"\n== {num_docs:,} documents, OPENBLAS_CORETYPE={coretype}, {threads} threads "
-        f"(W: {base['W_bytes'] / 2**20:.0f} MB) =="
+        f"(W: {base['W_bytes'] / 2**20:.0f} MB)"
+        + (f", medians of {len(rounds)} rounds" if len(rounds) > 1 else "") + " =="
     )
     names = [name for name in IMPLEMENTATIONS if "skipped" not in results[name]]
     for name in IMPLEMENTATIONS:
@@ -464,7 +518,7 @@ def report(num_docs, coretype, results, threads):
         if all(value is None for value in values):
             continue
         print(f"  {label:44s}" + "".join(cell(value, unit) for value in values) + (
-            "".join(ratio(results[reference].get(key), results[name].get(key), unit) for name in ours)
+            "".join(ratio(paired_ratio(rounds, reference, name, key), unit) for name in ours)
             if reference else ""))
     mapped = [name for name in names if name in LEMUR_CONFIGURATIONS and LEMUR_CONFIGURATIONS[name][2]]
     for name in mapped:
@@ -473,7 +527,9 @@ def report(num_docs, coretype, results, threads):
             value = results[name].get(key)
             share = f"  ({value / base['W_bytes']:.2f}x W)" if unit == "MB" and value is not None else ""
             print(f"    {label:42s}{cell(value, unit)}{share}")
-    print("  (ratios: the original's time / lemur's, so > 1 means lemur is faster)")
+    print("  (ratios: the original's time / lemur's, so > 1 means lemur is faster"
+          + (", the median of the rounds' ratios)" if len(rounds) > 1 else ")"))
+    return results
 
 
 def cell(value, unit: str) -> str:
@@ -486,10 +542,10 @@ def cell(value, unit: str) -> str:
     return f"{value:14.2f}ms"
 
 
-def ratio(theirs, ours, unit: str) -> str:
-    if unit != "ms" or theirs is None or ours is None:
+def ratio(value, unit: str) -> str:
+    if unit != "ms" or value is None:
         return f"{'':16s}"
-    return f"{theirs / ours:15.2f}x"
+    return f"{value:15.2f}x"
 
 
 def main() -> None:
@@ -501,6 +557,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10, help="runs per batch measurement")
     parser.add_argument("--single", type=int, default=100, help="single queries timed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of every implementation's process per pass, in turns (medians reported)")
     parser.add_argument("--coretype", action="append", help="OPENBLAS_CORETYPE ('unset' for none); repeatable")
     parser.add_argument("--data-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "lemur-bench"))
     parser.add_argument("--json", help="also write all results to this file")
@@ -510,6 +568,8 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     if arguments.worker:
         print(json.dumps(measure(arguments.worker, Path(arguments.data), arguments.threads,
@@ -523,14 +583,10 @@ def main() -> None:
         folder = make_data(Path(arguments.data_dir), num_docs, arguments.single)
         subprocess.run([sys.executable, __file__, "--prepare", "--data", str(folder)], check=True)
         for coretype in arguments.coretype or ["unset", "Haswell"]:
-            chosen = set(arguments.only or IMPLEMENTATIONS) | {"lemur"}
-            results = {name: run_worker(name, folder, arguments, coretype) if name in chosen
-                       else {"skipped": "not asked for (--only)"} for name in IMPLEMENTATIONS}
-            if "skipped" in results["lemur"]:
-                raise SystemExit(f"lemur failed: {results['lemur']['skipped']}")
-            report(num_docs, coretype, results, arguments.threads)
+            rounds = run_rounds(folder, arguments, coretype)
+            results = report(num_docs, coretype, rounds, arguments.threads)
             everything.append({"docs": num_docs, "coretype": coretype, "threads": arguments.threads,
-                               "results": results})
+                               "results": results, "rounds": rounds})
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(everything, indent=1))
 
